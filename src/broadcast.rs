@@ -1,0 +1,389 @@
+//! The broadcast path: encode a message once into an `Arc`'d frame and hand it to every core.
+//!
+//! A [`Broadcaster`] may be called from any thread. It serializes the envelope once, outside
+//! any lock, then takes a short ordering lock only to stamp the `seq` (the last field, appended
+//! in place), write the frame header in front of the payload and push the same `Arc` into each
+//! core's bounded ring (drop-oldest). Shards never take that lock; it only orders concurrent
+//! broadcasters so that every client sees `seq` strictly increasing. Then each core is woken.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use atomic_waker::AtomicWaker;
+use crossbeam::queue::ArrayQueue;
+use crossbeam::utils::CachePadded;
+use serde::Serialize;
+
+use crate::error::BroadcastError;
+use crate::metrics::MonitoringMetrics;
+use crate::protocol::{write_envelope, Channel, FrameBuf, Number, Stamp, OP_TEXT};
+use crate::stats::ShardStats;
+
+/// A complete server WebSocket frame (header and JSON payload), shared by every client that
+/// receives it.
+#[derive(Clone)]
+pub struct Frame(Arc<FrameInner>);
+
+struct FrameInner {
+    buf: Vec<u8>,
+    start: usize,
+    channel: Channel,
+    /// A second channel that also receives the frame (`topic:<name>` for a topic event).
+    also: Option<Channel>,
+    /// Kept as the channel's last value for new subscribers.
+    retain: bool,
+    seq: u64,
+}
+
+impl Frame {
+    /// The frame as written to the socket.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0.buf[self.0.start..]
+    }
+
+    /// The JSON payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.0.buf[crate::protocol::HEADER_ROOM..]
+    }
+
+    /// The frame's `seq`.
+    pub fn seq(&self) -> u64 {
+        self.0.seq
+    }
+
+    /// The channel it is published on.
+    pub fn channel(&self) -> &Channel {
+        &self.0.channel
+    }
+
+    pub(crate) fn also(&self) -> Option<&Channel> {
+        self.0.also.as_ref()
+    }
+
+    pub(crate) fn retain(&self) -> bool {
+        self.0.retain
+    }
+
+    #[cfg(test)]
+    pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("seq", &self.0.seq)
+            .field("channel", &self.0.channel)
+            .field("len", &self.bytes().len())
+            .finish()
+    }
+}
+
+/// One core's inbox: the ring and the waker of its distributor.
+#[derive(Debug)]
+pub(crate) struct ShardLink {
+    pub(crate) ring: ArrayQueue<Frame>,
+    pub(crate) waker: AtomicWaker,
+}
+
+/// What every core and every broadcaster share: rings, counters, the `seq` and shutdown flag.
+pub struct HubShared {
+    pub(crate) links: Box<[CachePadded<ShardLink>]>,
+    pub(crate) stats: Box<[CachePadded<ShardStats>]>,
+    /// The last `seq` handed out; the lock orders concurrent broadcasters.
+    order: Mutex<u64>,
+    pub(crate) epoch: u64,
+    pub(crate) shutdown: AtomicBool,
+}
+
+impl fmt::Debug for HubShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubShared")
+            .field("shards", &self.links.len())
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+impl HubShared {
+    pub(crate) fn new(shards: usize, ring_size: usize) -> Self {
+        let stamp = now_stamp(0);
+        Self {
+            links: (0..shards)
+                .map(|_| {
+                    CachePadded::new(ShardLink {
+                        ring: ArrayQueue::new(ring_size),
+                        waker: AtomicWaker::new(),
+                    })
+                })
+                .collect(),
+            stats: (0..shards).map(|_| CachePadded::default()).collect(),
+            order: Mutex::new(0),
+            epoch: stamp.unix_us,
+            shutdown: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn stamp(&self) -> Stamp {
+        now_stamp(self.epoch)
+    }
+
+    /// Wakes every shard (new frames or shutdown).
+    pub(crate) fn wake_all(&self) {
+        for link in self.links.iter() {
+            link.waker.wake();
+        }
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.store(true, Relaxed);
+        self.wake_all();
+    }
+}
+
+/// Reads the wall clock into a [`Stamp`].
+pub(crate) fn now_stamp(epoch: u64) -> Stamp {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Stamp {
+        unix_s: now.as_secs(),
+        unix_us: now.as_micros() as u64,
+        epoch,
+    }
+}
+
+/// Publishes messages to every client of every core. `Clone + Send + Sync`; never blocks on a
+/// network thread and never waits for a client.
+#[derive(Clone)]
+pub struct Broadcaster {
+    shared: Arc<HubShared>,
+}
+
+impl fmt::Debug for Broadcaster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broadcaster")
+            .field("shards", &self.shared.links.len())
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct TopicCreated<'a> {
+    name: &'a str,
+    partitions: u32,
+}
+
+#[derive(Serialize)]
+struct TopicDeleted<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupUpdated<'a> {
+    group_id: &'a str,
+    state: &'a str,
+    members: u32,
+}
+
+impl Broadcaster {
+    pub(crate) fn new(shared: Arc<HubShared>) -> Self {
+        Self { shared }
+    }
+
+    /// Sends any serializable payload as `{"type": kind, "data": data, ..}` to the subscribers
+    /// of `channel`. Returns the message's `seq`.
+    pub fn publish<T: Serialize + ?Sized>(
+        &self,
+        channel: &Channel,
+        kind: &str,
+        data: &T,
+    ) -> Result<u64, BroadcastError> {
+        self.send(channel.clone(), None, false, kind, data)
+    }
+
+    /// Like [`Self::publish`], and the frame becomes the channel's last value: a client that
+    /// connects or subscribes later receives it at once.
+    pub fn publish_retained<T: Serialize + ?Sized>(
+        &self,
+        channel: &Channel,
+        kind: &str,
+        data: &T,
+    ) -> Result<u64, BroadcastError> {
+        self.send(channel.clone(), None, true, kind, data)
+    }
+
+    /// Sends the `metrics` snapshot on the `metrics` channel, retained as its last value.
+    pub fn metrics(&self, snapshot: &MonitoringMetrics) -> Result<u64, BroadcastError> {
+        self.send(Channel::Metrics, None, true, "metrics", snapshot)
+    }
+
+    /// Announces `topic_created` on `events` and `topic:<name>`.
+    pub fn topic_created(&self, name: &str, partitions: u32) -> Result<u64, BroadcastError> {
+        let data = TopicCreated { name, partitions };
+        let topic = Channel::topic(name);
+        self.send(Channel::Events, Some(topic), false, "topic_created", &data)
+    }
+
+    /// Announces `topic_deleted` on `events` and `topic:<name>`.
+    pub fn topic_deleted(&self, name: &str) -> Result<u64, BroadcastError> {
+        let topic = Channel::topic(name);
+        self.send(
+            Channel::Events,
+            Some(topic),
+            false,
+            "topic_deleted",
+            &TopicDeleted { name },
+        )
+    }
+
+    /// Announces `group_updated` on `events` and `group:<id>`.
+    pub fn group_updated(
+        &self,
+        group_id: &str,
+        state: &str,
+        members: u32,
+    ) -> Result<u64, BroadcastError> {
+        let data = GroupUpdated {
+            group_id,
+            state,
+            members,
+        };
+        let group = Channel::group(group_id);
+        self.send(Channel::Events, Some(group), false, "group_updated", &data)
+    }
+
+    fn send<T: Serialize + ?Sized>(
+        &self,
+        channel: Channel,
+        also: Option<Channel>,
+        retain: bool,
+        kind: &str,
+        data: &T,
+    ) -> Result<u64, BroadcastError> {
+        let stamp = self.shared.stamp();
+        let mut fb = FrameBuf::with_capacity(256);
+        write_envelope(
+            fb.payload(),
+            kind,
+            Some(data),
+            Number::Int(stamp.unix_s as i64),
+            None,
+            &stamp,
+        )?;
+        // The envelope ends with `}`; `seq` is appended in the ordered section below.
+        let payload = fb.payload();
+        payload.pop();
+        payload.extend_from_slice(b",\"seq\":");
+        payload.reserve(21);
+        Ok(self.enqueue(fb, channel, also, retain))
+    }
+
+    /// Stamps `seq`, finishes the frame and pushes it to every ring, in one ordered section.
+    fn enqueue(
+        &self,
+        mut fb: FrameBuf,
+        channel: Channel,
+        also: Option<Channel>,
+        retain: bool,
+    ) -> u64 {
+        let shared = &*self.shared;
+        let mut last = shared.order.lock().unwrap_or_else(|e| e.into_inner());
+        *last += 1;
+        let seq = *last;
+        let payload = fb.payload();
+        payload.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        payload.push(b'}');
+        let (buf, start) = fb.finish(OP_TEXT);
+        let frame = Frame(Arc::new(FrameInner {
+            buf,
+            start,
+            channel,
+            also,
+            retain,
+            seq,
+        }));
+        for (link, stats) in shared.links.iter().zip(shared.stats.iter()) {
+            if link.ring.force_push(frame.clone()).is_some() {
+                stats.ring_dropped_total.fetch_add(1, Relaxed);
+            }
+        }
+        drop(last);
+        shared.wake_all();
+        seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(shared: &HubShared, shard: usize) -> Vec<Frame> {
+        std::iter::from_fn(|| shared.links[shard].ring.pop()).collect()
+    }
+
+    #[test]
+    fn one_frame_is_shared_by_every_core() {
+        let shared = Arc::new(HubShared::new(3, 8));
+        let b = Broadcaster::new(shared.clone());
+        let seq = b.topic_created("orders", 5).unwrap();
+        let frames: Vec<Frame> = (0..3).flat_map(|s| drain(&shared, s)).collect();
+        assert_eq!(frames.len(), 3);
+        assert!(frames[0].ptr_eq(&frames[1]) && frames[1].ptr_eq(&frames[2]));
+        let v: serde_json::Value = serde_json::from_slice(frames[0].payload()).unwrap();
+        assert_eq!(v["type"], "topic_created");
+        assert_eq!(
+            v["data"],
+            serde_json::json!({"name": "orders", "partitions": 5})
+        );
+        assert_eq!(v["seq"], seq);
+        assert_eq!(v["epoch"], shared.epoch);
+        assert!(v["tsUs"].as_u64().unwrap() / 1_000_000 >= v["timestamp"].as_u64().unwrap());
+        assert_eq!(frames[0].also(), Some(&Channel::topic("orders")));
+    }
+
+    #[test]
+    fn a_full_ring_drops_its_oldest_and_counts_it() {
+        let shared = Arc::new(HubShared::new(1, 2));
+        let b = Broadcaster::new(shared.clone());
+        for i in 0..5 {
+            b.publish(&Channel::Events, "n", &i).unwrap();
+        }
+        let seqs: Vec<u64> = drain(&shared, 0).iter().map(Frame::seq).collect();
+        assert_eq!(seqs, [4, 5]);
+        assert_eq!(shared.stats[0].ring_dropped_total.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn concurrent_broadcasters_keep_seq_in_ring_order() {
+        let shared = Arc::new(HubShared::new(2, 100_000));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let b = Broadcaster::new(shared.clone());
+                std::thread::spawn(move || {
+                    for i in 0..2_000 {
+                        b.publish(&Channel::Events, "n", &i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        for shard in 0..2 {
+            let seqs: Vec<u64> = drain(&shared, shard).iter().map(Frame::seq).collect();
+            assert_eq!(seqs, (1..=8_000).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn an_empty_type_is_refused() {
+        let b = Broadcaster::new(Arc::new(HubShared::new(1, 2)));
+        assert!(matches!(
+            b.publish(&Channel::Events, "", &1),
+            Err(BroadcastError::EmptyType)
+        ));
+    }
+}

@@ -1,0 +1,373 @@
+//! `HubConfig`: every limit and interval of the hub, with the protocol's defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::error::ConfigError;
+
+/// Default listen address: loopback only, the protocol's port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default WebSocket path (PROTOCOL.md).
+pub const DEFAULT_WS_PATH: &str = "/api/monitoring/ws";
+/// Default interval between server pings (PROTOCOL.md: 54 s).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(54);
+/// Default time a client may stay silent before it is closed (PROTOCOL.md: 60 s).
+pub const DEFAULT_PONG_WAIT: Duration = Duration::from_secs(60);
+/// Default time a write may make no progress before the client is dropped (10 s).
+pub const DEFAULT_WRITE_WAIT: Duration = Duration::from_secs(10);
+/// Default largest client message and frame (512 KiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 512 << 10;
+/// Default per-client outbound queue, in broadcast frames (256).
+pub const DEFAULT_CLIENT_QUEUE: usize = 256;
+/// Default ring size per core, in frames.
+pub const DEFAULT_RING_SIZE: usize = 4096;
+/// Default initial read buffer per connection: client messages are small.
+pub const DEFAULT_READ_BUFFER: usize = 512;
+/// Default deadline for a complete request head.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default cap on the request head, in bytes.
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 16 << 10;
+/// Default cap on the number of request headers.
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// Default wait for the peer's close frame after ours.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default drain deadline for a graceful shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default cap on channels one connection may hold.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
+/// Default cap on per-client reply bytes (pong, subscribed, error) waiting to be written.
+pub const DEFAULT_MAX_REPLY_BACKLOG: usize = 256 << 10;
+/// Default listen backlog of each shard's listener.
+pub const DEFAULT_LISTEN_BACKLOG: i32 = 4096;
+/// Default io_uring buffer memory per executor: we do no DMA file I/O, and locked memory is scarce.
+pub const DEFAULT_EXECUTOR_IO_MEMORY: usize = 256 << 10;
+
+/// Which cores run a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Cores {
+    /// One shard on every core `core_affinity` reports (the default).
+    #[default]
+    All,
+    /// The first `n` available cores.
+    Count(usize),
+    /// Exactly these core ids.
+    List(Vec<usize>),
+}
+
+/// Configuration of a [`Hub`](crate::Hub).
+///
+/// Built from `HubConfig::default()` and chainable setters; checked once by
+/// [`HubConfig::assert_valid`] when the hub starts.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// Address every shard listens on (SO_REUSEPORT). Port 0 picks a free port once for all
+    /// shards. The default value is `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Cores that run a shard. The default is every available core.
+    pub cores: Cores,
+    /// Path of the WebSocket endpoint. The default value is `/api/monitoring/ws`.
+    pub ws_path: String,
+    /// Interval between server pings. The default value is 54 s.
+    pub ping_interval: Duration,
+    /// A client that sends nothing (not even a pong) for this long is closed. The default is 60 s.
+    pub pong_wait: Duration,
+    /// A client whose socket accepts no complete frame for this long is dropped. The default
+    /// value is 10 s.
+    pub write_wait: Duration,
+    /// Deadline for the whole request head to arrive. The default value is 5 s.
+    pub handshake_timeout: Duration,
+    /// How long to wait for the peer's close frame after sending ours. The default is 2 s.
+    pub close_timeout: Duration,
+    /// Drain deadline of a graceful shutdown. The default value is 5 s.
+    pub shutdown_timeout: Duration,
+    /// Broadcast frames held per client before the oldest is dropped. The default is 256.
+    pub client_queue: usize,
+    /// Frames held per core between broadcasters and the shard before the oldest is dropped.
+    /// The default value is 4096.
+    pub ring_size: usize,
+    /// Largest request head (request line and headers) in bytes. The default value is 16 KiB.
+    pub max_request_head: usize,
+    /// Largest number of request headers. The default value is 64.
+    pub max_headers: usize,
+    /// Most channels one connection may subscribe to. The default value is 1024.
+    pub max_subscriptions: usize,
+    /// Reply bytes (pong, subscribed, error) a client may leave unread before it is closed
+    /// with 1008. The default value is 256 KiB.
+    pub max_reply_backlog: usize,
+    /// Listen backlog of each shard's socket. The default value is 4096.
+    pub listen_backlog: i32,
+    /// io_uring buffer memory of each executor. The default value is 256 KiB.
+    pub executor_io_memory: usize,
+    /// tungstenite's limits for client frames: max message and frame 512 KiB, a 512-byte
+    /// initial read buffer that grows only for a large message.
+    pub websocket: WebSocketConfig,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a valid address"),
+            cores: Cores::All,
+            ws_path: DEFAULT_WS_PATH.to_owned(),
+            ping_interval: DEFAULT_PING_INTERVAL,
+            pong_wait: DEFAULT_PONG_WAIT,
+            write_wait: DEFAULT_WRITE_WAIT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            client_queue: DEFAULT_CLIENT_QUEUE,
+            ring_size: DEFAULT_RING_SIZE,
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_reply_backlog: DEFAULT_MAX_REPLY_BACKLOG,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            executor_io_memory: DEFAULT_EXECUTOR_IO_MEMORY,
+            websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
+        }
+    }
+}
+
+fn default_websocket_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+        .read_buffer_size(DEFAULT_READ_BUFFER)
+        // Replies tungstenite writes itself (pong, close) go straight to our reply buffer.
+        .write_buffer_size(0)
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        #[must_use]
+        pub fn $name(mut self, v: $ty) -> Self {
+            self.$name = v;
+            self
+        }
+    };
+}
+
+impl HubConfig {
+    setter!(
+        /// Sets [`Self::listen`].
+        listen: SocketAddr
+    );
+    setter!(
+        /// Sets [`Self::cores`].
+        cores: Cores
+    );
+    setter!(
+        /// Sets [`Self::ping_interval`].
+        ping_interval: Duration
+    );
+    setter!(
+        /// Sets [`Self::pong_wait`].
+        pong_wait: Duration
+    );
+    setter!(
+        /// Sets [`Self::write_wait`].
+        write_wait: Duration
+    );
+    setter!(
+        /// Sets [`Self::handshake_timeout`].
+        handshake_timeout: Duration
+    );
+    setter!(
+        /// Sets [`Self::close_timeout`].
+        close_timeout: Duration
+    );
+    setter!(
+        /// Sets [`Self::shutdown_timeout`].
+        shutdown_timeout: Duration
+    );
+    setter!(
+        /// Sets [`Self::client_queue`].
+        client_queue: usize
+    );
+    setter!(
+        /// Sets [`Self::ring_size`].
+        ring_size: usize
+    );
+    setter!(
+        /// Sets [`Self::max_request_head`].
+        max_request_head: usize
+    );
+    setter!(
+        /// Sets [`Self::max_headers`].
+        max_headers: usize
+    );
+    setter!(
+        /// Sets [`Self::max_subscriptions`].
+        max_subscriptions: usize
+    );
+    setter!(
+        /// Sets [`Self::max_reply_backlog`].
+        max_reply_backlog: usize
+    );
+    setter!(
+        /// Sets [`Self::listen_backlog`].
+        listen_backlog: i32
+    );
+    setter!(
+        /// Sets [`Self::executor_io_memory`].
+        executor_io_memory: usize
+    );
+    setter!(
+        /// Sets [`Self::websocket`] (tungstenite's own limits).
+        websocket: WebSocketConfig
+    );
+
+    /// Sets [`Self::ws_path`].
+    #[must_use]
+    pub fn ws_path(mut self, path: impl Into<String>) -> Self {
+        self.ws_path = path.into();
+        self
+    }
+
+    /// Sets the largest client message and frame; above it the client is closed with 1009.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.websocket = self
+            .websocket
+            .max_message_size(Some(bytes))
+            .max_frame_size(Some(bytes));
+        self
+    }
+
+    /// Checks the configuration once, before any thread starts.
+    pub fn assert_valid(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("ping_interval", self.ping_interval),
+            ("pong_wait", self.pong_wait),
+            ("write_wait", self.write_wait),
+            ("handshake_timeout", self.handshake_timeout),
+            ("close_timeout", self.close_timeout),
+        ];
+        for (name, d) in positive {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!("{name} must be above zero")));
+            }
+        }
+        if self.client_queue == 0 || self.ring_size == 0 {
+            return Err(ConfigError::Invalid(
+                "client_queue and ring_size must be at least 1".into(),
+            ));
+        }
+        if self.max_request_head < 256 || self.max_headers == 0 {
+            return Err(ConfigError::Invalid(
+                "max_request_head must be at least 256 bytes and max_headers at least 1".into(),
+            ));
+        }
+        if !self.ws_path.starts_with('/') {
+            return Err(ConfigError::Invalid("ws_path must start with '/'".into()));
+        }
+        match &self.cores {
+            Cores::Count(0) => return Err(ConfigError::Invalid("cores must be at least 1".into())),
+            Cores::List(l) if l.is_empty() => {
+                return Err(ConfigError::Invalid("the core list is empty".into()))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The period of each shard's single heartbeat sweep: a quarter of the shortest deadline,
+    /// between 10 ms and 1 s.
+    pub(crate) fn sweep_interval(&self) -> Duration {
+        let shortest = [
+            self.ping_interval,
+            self.pong_wait,
+            self.write_wait,
+            self.handshake_timeout,
+            self.close_timeout,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(DEFAULT_PING_INTERVAL);
+        (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// The largest client message, as configured in tungstenite.
+    pub fn max_message(&self) -> usize {
+        self.websocket
+            .max_message_size
+            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
+    }
+
+    /// Resolves [`Self::cores`] to the core ids that will run a shard.
+    pub(crate) fn core_ids(&self) -> Result<Vec<usize>, ConfigError> {
+        let available: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let available = if available.is_empty() {
+            vec![0]
+        } else {
+            available
+        };
+        match &self.cores {
+            Cores::All => Ok(available),
+            Cores::Count(n) if *n <= available.len() => Ok(available[..*n].to_vec()),
+            Cores::Count(n) => Err(ConfigError::Invalid(format!(
+                "{n} cores asked, {} available",
+                available.len()
+            ))),
+            Cores::List(list) => {
+                if let Some(bad) = list.iter().find(|c| !available.contains(c)) {
+                    return Err(ConfigError::Invalid(format!(
+                        "core {bad} is not available (available: {available:?})"
+                    )));
+                }
+                Ok(list.clone())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_protocol_table() {
+        let c = HubConfig::default();
+        assert_eq!(c.ping_interval, Duration::from_secs(54));
+        assert_eq!(c.pong_wait, Duration::from_secs(60));
+        assert_eq!(c.write_wait, Duration::from_secs(10));
+        assert_eq!(c.max_message(), 512 * 1024);
+        assert_eq!(c.websocket.max_frame_size, Some(512 * 1024));
+        assert_eq!(c.client_queue, 256);
+        assert!(c.websocket.read_buffer_size <= 1024);
+        c.assert_valid().unwrap();
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(HubConfig::default().client_queue(0).assert_valid().is_err());
+        assert!(HubConfig::default()
+            .pong_wait(Duration::ZERO)
+            .assert_valid()
+            .is_err());
+        assert!(HubConfig::default()
+            .cores(Cores::Count(0))
+            .assert_valid()
+            .is_err());
+    }
+
+    #[test]
+    fn sweep_is_a_quarter_of_the_shortest_deadline() {
+        let c = HubConfig::default().ping_interval(Duration::from_millis(200));
+        assert_eq!(c.sweep_interval(), Duration::from_millis(50));
+        assert_eq!(
+            HubConfig::default().sweep_interval(),
+            Duration::from_millis(500)
+        );
+    }
+}

@@ -1,0 +1,661 @@
+//! One client connection: the bounded handshake, a reader task (tungstenite parses frames) and
+//! a writer task that sends everything queued in one `sendmsg` of the shared frames.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
+use glommio::net::TcpStream;
+use tracing::{debug, error, trace};
+use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tungstenite::protocol::{Message, Role, WebSocketContext};
+
+use crate::fanout::{ClientLink, Subscribed};
+use crate::handshake::{self, Head};
+use crate::protocol::{
+    close_code, close_frame, error_frame, lagged_frame, parse_client_message, reply_frame, Channel,
+    ChannelError, ClientMessage, Number,
+};
+use crate::shard::{Shard, Timing};
+
+/// Most frames one `sendmsg` carries.
+pub(crate) const MAX_IOV: usize = 128;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading the request head.
+    Handshake,
+    /// A WebSocket client.
+    Open,
+    /// Our close frame is out (or the peer's came in): waiting for the socket to finish.
+    Closing,
+}
+
+/// A connection as its shard sees it.
+pub(crate) struct Conn {
+    pub(crate) link: ClientLink,
+    stream: RefCell<TcpStream>,
+    fd: RawFd,
+    phase: Cell<Phase>,
+    since: Cell<Instant>,
+    last_seen: Cell<Instant>,
+    pub(crate) last_ping: Cell<Instant>,
+    stalled_since: Cell<Option<Instant>>,
+    reader_done: Cell<bool>,
+    dead: Cell<bool>,
+}
+
+impl AsRef<ClientLink> for Conn {
+    fn as_ref(&self) -> &ClientLink {
+        &self.link
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("fd", &self.fd)
+            .field("phase", &self.phase.get())
+            .finish()
+    }
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        let now = Instant::now();
+        Self {
+            link: ClientLink::default(),
+            fd: stream.as_raw_fd(),
+            stream: RefCell::new(stream),
+            phase: Cell::new(Phase::Handshake),
+            since: Cell::new(now),
+            last_seen: Cell::new(now),
+            last_ping: Cell::new(now),
+            stalled_since: Cell::new(None),
+            reader_done: Cell::new(false),
+            dead: Cell::new(false),
+        }
+    }
+
+    pub(crate) fn timing(&self) -> Timing {
+        Timing {
+            phase: self.phase.get(),
+            since: self.since.get(),
+            last_seen: self.last_seen.get(),
+            last_ping: self.last_ping.get(),
+            stalled_since: self.stalled_since.get(),
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        if self.phase.get() != phase {
+            self.phase.set(phase);
+            self.since.set(Instant::now());
+        }
+    }
+
+    /// Ends the connection now: both directions are shut, so the reader sees EOF and the
+    /// writer an error; the tasks then release everything.
+    pub(crate) fn kill(&self) {
+        if !self.dead.replace(true) {
+            // SAFETY: `fd` is this connection's socket, open for as long as `self.stream` lives.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        }
+        self.link.wake_writer();
+    }
+
+    /// Starts a close handshake with `code`: queued frames are discarded, the close frame goes
+    /// out at the next frame boundary, and the connection lingers until the peer answers or the
+    /// close timeout.
+    pub(crate) fn close(&self, code: u16, reason: &str) {
+        match self.phase.get() {
+            Phase::Handshake => self.kill(),
+            Phase::Open => {
+                self.link
+                    .out
+                    .borrow_mut()
+                    .close_with(close_frame(code, reason));
+                self.set_phase(Phase::Closing);
+                self.link.wake_writer();
+            }
+            Phase::Closing => {}
+        }
+    }
+}
+
+/// Serves one accepted socket to its end. A panic inside closes this connection only.
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let conn = Rc::new(Conn::new(stream));
+    let key = shard.fanout.borrow_mut().insert(conn.clone());
+    let guard = Registered {
+        shard: &shard,
+        conn: &conn,
+        key,
+    };
+    if let Err(panic) = AssertUnwindSafe(run(&shard, &conn, key))
+        .catch_unwind()
+        .await
+    {
+        shard.stats().panics_total.fetch_add(1, Relaxed);
+        error!(
+            shard = shard.id,
+            cause = panic_text(&*panic),
+            "connection task panicked"
+        );
+    }
+    drop(guard);
+}
+
+/// Removes the connection from its shard however its task ends.
+struct Registered<'a> {
+    shard: &'a Shard,
+    conn: &'a Rc<Conn>,
+    key: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.conn.kill();
+        if let Ok(mut fanout) = self.shard.fanout.try_borrow_mut() {
+            fanout.remove(self.key);
+        }
+        if self.conn.phase.get() != Phase::Handshake {
+            self.shard.stats().connections.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown")
+}
+
+async fn run(shard: &Rc<Shard>, conn: &Rc<Conn>, key: usize) {
+    let Some(tail) = handshake(shard, conn).await else {
+        shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
+        return;
+    };
+    let stats = shard.stats();
+    stats.handshakes_total.fetch_add(1, Relaxed);
+    stats.connections.fetch_add(1, Relaxed);
+    let now = Instant::now();
+    conn.last_seen.set(now);
+    conn.last_ping.set(now);
+    conn.set_phase(Phase::Open);
+    {
+        let mut fanout = shard.fanout.borrow_mut();
+        for channel in [Channel::Metrics, Channel::Events] {
+            fanout.subscribe(key, channel.clone());
+            fanout.greet(key, &channel);
+        }
+    }
+    if shard.draining.get() {
+        conn.close(close_code::GOING_AWAY, "server shutting down");
+    }
+    let writer = glommio::spawn_local(writer_task(shard.clone(), conn.clone()));
+    let ctx =
+        WebSocketContext::from_partially_read(tail, Role::Server, Some(shard.config.websocket));
+    let end = read_messages(shard, conn, key, ctx).await;
+    trace!(shard = shard.id, ?end, "reader ended");
+    match end {
+        End::PeerClosed => {}
+        End::Failed => discard_until_eof(conn).await,
+        End::Gone => conn.kill(),
+    }
+    conn.reader_done.set(true);
+    conn.link.wake_writer();
+    writer.await;
+}
+
+/// Reads the request head and answers it. Returns the bytes after the head (the first frames,
+/// if the client sent them early) on success.
+async fn handshake(shard: &Shard, conn: &Conn) -> Option<Vec<u8>> {
+    let cfg = &shard.config;
+    let mut buf = Vec::with_capacity(1024);
+    let head_len = loop {
+        if let Some(end) = handshake::head_end(&buf) {
+            break end;
+        }
+        if buf.len() >= cfg.max_request_head {
+            respond(conn, &handshake::too_large()).await;
+            return None;
+        }
+        let want = (buf.len() + 1024).min(cfg.max_request_head);
+        match read_some(conn, &mut buf, want).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    };
+    match handshake::answer(&buf[..head_len], cfg) {
+        Head::Upgrade(response) => {
+            if write_all(conn, response.as_bytes()).await.is_err() {
+                return None;
+            }
+            Some(buf.split_off(head_len))
+        }
+        Head::Refuse(response) => {
+            debug!(shard = shard.id, "handshake refused");
+            respond(conn, &response).await;
+            None
+        }
+    }
+}
+
+/// Sends an HTTP error answer and closes politely.
+async fn respond(conn: &Conn, response: &str) {
+    conn.set_phase(Phase::Closing);
+    if write_all(conn, response.as_bytes()).await.is_ok() {
+        // SAFETY: `fd` is this connection's open socket.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+        discard_until_eof(conn).await;
+    }
+}
+
+/// Reads up to `want` total bytes into `buf`, waiting for at least one.
+async fn read_some(conn: &Conn, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    let len = buf.len();
+    buf.resize(want, 0);
+    let res = poll_fn(|cx| {
+        let mut stream = conn.stream.borrow_mut();
+        Pin::new(&mut *stream).poll_read(cx, &mut buf[len..])
+    })
+    .await;
+    buf.truncate(len + *res.as_ref().unwrap_or(&0));
+    res
+}
+
+async fn write_all(conn: &Conn, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| {
+            let mut stream = conn.stream.borrow_mut();
+            Pin::new(&mut *stream).poll_write(cx, bytes)
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Reads and throws away until the peer closes (bounded by the close timeout of the sweep), so
+/// that unread input never turns our close into a reset that loses the close frame.
+async fn discard_until_eof(conn: &Conn) {
+    let mut sink = [0u8; 512];
+    loop {
+        let res = poll_fn(|cx| {
+            let mut stream = conn.stream.borrow_mut();
+            Pin::new(&mut *stream).poll_read(cx, &mut sink)
+        })
+        .await;
+        if !matches!(res, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
+#[derive(Debug)]
+enum End {
+    /// The close handshake completed (or was started by the peer).
+    PeerClosed,
+    /// We are failing the connection with a close code already queued.
+    Failed,
+    /// The socket ended without a close handshake.
+    Gone,
+}
+
+/// The adapter tungstenite reads from and writes to: reads go to the socket (WouldBlock when
+/// it has nothing), writes (its automatic pong and close replies) go to the client's queue.
+struct Io<'a, 'b> {
+    conn: &'a Conn,
+    cx: &'a mut Context<'b>,
+}
+
+impl Read for Io<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut stream = self.conn.stream.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(self.cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for Io<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.conn.link.out.borrow_mut().push_control(buf);
+        self.conn.link.wake_writer();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn read_messages(shard: &Shard, conn: &Conn, key: usize, mut ctx: WebSocketContext) -> End {
+    loop {
+        let msg = poll_fn(|cx| match ctx.read(&mut Io { conn, cx }) {
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            other => Poll::Ready(other),
+        })
+        .await;
+        if msg.is_ok() {
+            conn.last_seen.set(Instant::now());
+        }
+        let failure = match msg {
+            Ok(Message::Text(text)) => on_text(shard, conn, key, text.as_bytes()),
+            Ok(Message::Binary(_)) => {
+                let stamp = shard.shared.stamp();
+                let reply = error_frame(
+                    "unsupported_message",
+                    "binary messages are not part of the protocol",
+                    &stamp,
+                );
+                queue_reply(shard, conn, reply)
+            }
+            Ok(Message::Close(_)) => {
+                // tungstenite queued its close reply as control bytes: make it our close frame.
+                conn.link.out.borrow_mut().close_with_control();
+                conn.set_phase(Phase::Closing);
+                conn.link.wake_writer();
+                None
+            }
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return End::PeerClosed,
+            Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                Some((close_code::TOO_BIG, "message too big"))
+            }
+            Err(WsError::Capacity(CapacityError::TooManyHeaders)) => {
+                Some((close_code::PROTOCOL_ERROR, "protocol error"))
+            }
+            Err(WsError::Utf8(_)) => Some((close_code::INVALID_PAYLOAD, "invalid UTF-8")),
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                return End::Gone
+            }
+            Err(WsError::Protocol(p)) => {
+                debug!(shard = shard.id, error = %p, "protocol error");
+                Some((close_code::PROTOCOL_ERROR, "protocol error"))
+            }
+            Err(WsError::Io(_)) => return End::Gone,
+            Err(other) => {
+                debug!(shard = shard.id, error = %other, "websocket error");
+                Some((close_code::PROTOCOL_ERROR, "protocol error"))
+            }
+        };
+        if let Some((code, reason)) = failure {
+            shard.stats().protocol_errors_total.fetch_add(1, Relaxed);
+            conn.close(code, reason);
+            return End::Failed;
+        }
+    }
+}
+
+/// Acts on one text message. Returns a close code when the client must be failed.
+fn on_text(shard: &Shard, conn: &Conn, key: usize, text: &[u8]) -> Option<(u16, &'static str)> {
+    let parsed = parse_client_message(text, &mut shard.scratch.borrow_mut());
+    let stamp = shard.shared.stamp();
+    let msg = match parsed {
+        Ok(msg) => msg,
+        Err(()) => {
+            shard.stats().invalid_messages_total.fetch_add(1, Relaxed);
+            shard.warn_limited("invalid JSON from a client (ignored)");
+            return None;
+        }
+    };
+    match msg {
+        ClientMessage::Ping(ts) => {
+            let reply = reply_frame::<()>(
+                "pong",
+                None,
+                ts.or(Some(Number::Int(stamp.unix_s as i64))),
+                &stamp,
+            );
+            queue_reply(shard, conn, reply)
+        }
+        ClientMessage::Subscribe(names) => change(shard, conn, key, names, true),
+        ClientMessage::Unsubscribe(names) => change(shard, conn, key, names, false),
+        ClientMessage::Invalid(code, message) => {
+            queue_reply(shard, conn, error_frame(code, &message, &stamp))
+        }
+        ClientMessage::Unknown => None,
+    }
+}
+
+/// Subscribes or unsubscribes, answers `subscribed`/`unsubscribed` with the names now in
+/// effect, an `error` per refused name, then the last values of newly subscribed channels.
+fn change(
+    shard: &Shard,
+    conn: &Conn,
+    key: usize,
+    names: Vec<String>,
+    subscribe: bool,
+) -> Option<(u16, &'static str)> {
+    let stamp = shard.shared.stamp();
+    let limit = shard.config.max_subscriptions;
+    if names.len() > limit {
+        let msg = format!("at most {limit} channels per connection");
+        return queue_reply(
+            shard,
+            conn,
+            error_frame("too_many_subscriptions", &msg, &stamp),
+        );
+    }
+    let mut in_effect = Vec::with_capacity(names.len());
+    let mut added = Vec::new();
+    let mut errors = Vec::new();
+    {
+        let mut fanout = shard.fanout.borrow_mut();
+        for name in names {
+            let channel = match Channel::parse(&name) {
+                Ok(c) => c,
+                Err(e) => {
+                    let code = match e {
+                        ChannelError::Unknown => "unknown_channel",
+                        ChannelError::Invalid => "invalid_channel",
+                    };
+                    let shown: String = name.chars().take(64).collect();
+                    errors.push(error_frame(
+                        code,
+                        &format!("no such channel: {shown}"),
+                        &stamp,
+                    ));
+                    continue;
+                }
+            };
+            if !subscribe {
+                fanout.unsubscribe(key, &channel);
+                in_effect.push(name);
+                continue;
+            }
+            match fanout.subscribe(key, channel.clone()) {
+                Subscribed::Added => {
+                    added.push(channel);
+                    in_effect.push(name);
+                }
+                Subscribed::Already => in_effect.push(name),
+                Subscribed::Limit => {
+                    let msg = format!("at most {limit} channels per connection");
+                    errors.push(error_frame("too_many_subscriptions", &msg, &stamp));
+                }
+            }
+        }
+    }
+    let kind = if subscribe {
+        "subscribed"
+    } else {
+        "unsubscribed"
+    };
+    let mut failure = None;
+    if !in_effect.is_empty() {
+        failure = queue_reply(
+            shard,
+            conn,
+            reply_frame(kind, Some(&in_effect), None, &stamp),
+        );
+    }
+    for e in errors {
+        failure = failure.or(queue_reply(shard, conn, e));
+    }
+    let fanout = shard.fanout.borrow();
+    for channel in &added {
+        fanout.greet(key, channel);
+    }
+    failure
+}
+
+fn queue_reply(shard: &Shard, conn: &Conn, reply: Box<[u8]>) -> Option<(u16, &'static str)> {
+    let waiting = conn.link.out.borrow_mut().push_reply(reply);
+    conn.link.wake_writer();
+    (waiting > shard.config.max_reply_backlog).then_some((close_code::POLICY, "replies not read"))
+}
+
+async fn writer_task(shard: Rc<Shard>, conn: Rc<Conn>) {
+    if let Err(panic) = AssertUnwindSafe(write_loop(&shard, &conn))
+        .catch_unwind()
+        .await
+    {
+        shard.stats().panics_total.fetch_add(1, Relaxed);
+        error!(
+            shard = shard.id,
+            cause = panic_text(&*panic),
+            "writer task panicked"
+        );
+        conn.kill();
+    }
+}
+
+async fn write_loop(shard: &Shard, conn: &Conn) {
+    loop {
+        let go = poll_fn(|cx| {
+            if conn.dead.get() {
+                return Poll::Ready(false);
+            }
+            if conn.link.out.borrow().has_work() {
+                Poll::Ready(true)
+            } else if conn.reader_done.get() {
+                Poll::Ready(false)
+            } else {
+                conn.link.set_writer(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await;
+        if !go || !flush(shard, conn).await {
+            return;
+        }
+    }
+}
+
+/// Writes until the queue is empty. Returns false when the connection is done (error or our
+/// close frame sent).
+async fn flush(shard: &Shard, conn: &Conn) -> bool {
+    let stats = shard.stats();
+    loop {
+        let sent = {
+            let mut out = conn.link.out.borrow_mut();
+            if out
+                .prepare(|dropped| lagged_frame(dropped, &shard.shared.stamp()))
+                .is_some()
+            {
+                stats.lagged_total.fetch_add(1, Relaxed);
+            }
+            if !out.has_work() {
+                return true;
+            }
+            send_queued(conn.fd, &out, &mut shard.iov.borrow_mut())
+        };
+        let n = match sent {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if conn.stalled_since.get().is_none() {
+                    conn.stalled_since.set(Some(Instant::now()));
+                }
+                match wait_writable(conn).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        conn.kill();
+                        return false;
+                    }
+                }
+            }
+            Err(_) => {
+                conn.kill();
+                return false;
+            }
+        };
+        if conn.dead.get() {
+            return false;
+        }
+        let progress = conn.link.out.borrow_mut().advance(n);
+        stats.bytes_sent_total.fetch_add(n as u64, Relaxed);
+        stats.writes_total.fetch_add(1, Relaxed);
+        if progress.frames > 0 {
+            stats.frames_sent_total.fetch_add(progress.frames, Relaxed);
+            conn.stalled_since.set(None);
+        }
+        if progress.close_sent {
+            conn.set_phase(Phase::Closing);
+            // SAFETY: `fd` is this connection's open socket.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+            return false;
+        }
+    }
+}
+
+/// One `sendmsg` of the queued frames, without blocking.
+fn send_queued(
+    fd: RawFd,
+    out: &crate::fanout::OutQueue,
+    iov: &mut Vec<libc::iovec>,
+) -> io::Result<usize> {
+    iov.clear();
+    iov.extend(out.slices(MAX_IOV).map(|s| libc::iovec {
+        iov_base: s.as_ptr() as *mut libc::c_void,
+        iov_len: s.len(),
+    }));
+    // SAFETY: a zeroed msghdr is valid; we point it at `iov`, whose entries borrow `out`,
+    // which outlives this call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Waits until the socket takes more bytes, through glommio's own write path (a poll on the
+/// ring): the unwritten part of the first queued frame goes out as soon as it can.
+async fn wait_writable(conn: &Conn) -> io::Result<usize> {
+    poll_fn(|cx| {
+        if conn.dead.get() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let out = conn.link.out.borrow();
+        let Some(first) = out.slices(1).next() else {
+            return Poll::Ready(Ok(0));
+        };
+        let mut stream = conn.stream.borrow_mut();
+        Pin::new(&mut *stream).poll_write(cx, first)
+    })
+    .await
+}

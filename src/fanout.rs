@@ -1,0 +1,643 @@
+//! One shard's subscription index and its clients' outbound queues.
+//!
+//! Pure single-threaded code (no sockets, no executor): the distributor calls
+//! [`Fanout::deliver`] for each frame from the ring, which appends a pointer to the shared
+//! frame to each subscribed client's bounded queue and wakes that client's writer.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::task::Waker;
+
+use slab::Slab;
+
+use crate::broadcast::Frame;
+use crate::protocol::Channel;
+
+/// One item waiting to be written to a client.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// A broadcast frame, shared with every other client.
+    Shared(Frame),
+    /// Bytes for this client only: replies, control frames.
+    Owned(Box<[u8]>),
+}
+
+impl Out {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Shared(f) => f.bytes(),
+            Self::Owned(b) => b,
+        }
+    }
+}
+
+/// A client's outbound queue: broadcast frames bounded with drop-oldest, replies counted.
+///
+/// The queue is also the writer's batch: the writer points its iovecs at the queued items and
+/// `head_written` says how much of the first one already went out.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    items: VecDeque<Out>,
+    head_written: usize,
+    shared: usize,
+    reply_bytes: usize,
+    control: Vec<u8>,
+    dropped: u64,
+    close: Option<Box<[u8]>>,
+    closed: bool,
+}
+
+/// What [`OutQueue::advance`] completed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// Items fully written.
+    pub(crate) frames: u64,
+    /// Whether the close frame was among them.
+    pub(crate) close_sent: bool,
+}
+
+impl OutQueue {
+    /// Appends a broadcast frame; when `cap` frames are already queued the oldest one not yet
+    /// partly written is dropped. Returns whether a frame was dropped.
+    pub(crate) fn push_shared(&mut self, frame: Frame, cap: usize) -> bool {
+        if self.close.is_some() || self.closed {
+            return false;
+        }
+        let mut dropped = false;
+        if self.shared >= cap {
+            let skip = usize::from(self.head_written > 0);
+            if let Some(i) = self
+                .items
+                .iter()
+                .skip(skip)
+                .position(|o| matches!(o, Out::Shared(_)))
+            {
+                self.items.remove(i + skip);
+                self.shared -= 1;
+                self.dropped += 1;
+                dropped = true;
+            }
+        }
+        self.items.push_back(Out::Shared(frame));
+        self.shared += 1;
+        dropped
+    }
+
+    /// Appends a reply for this client; returns the reply bytes now waiting.
+    pub(crate) fn push_reply(&mut self, bytes: Box<[u8]>) -> usize {
+        if self.close.is_none() && !self.closed {
+            self.reply_bytes += bytes.len();
+            self.items.push_back(Out::Owned(bytes));
+        }
+        self.reply_bytes
+    }
+
+    /// Appends control-frame bytes (pong, ping), sent ahead of queued frames at the next frame
+    /// boundary.
+    pub(crate) fn push_control(&mut self, bytes: &[u8]) {
+        if self.close.is_none() && !self.closed {
+            self.control.extend_from_slice(bytes);
+        }
+    }
+
+    /// Asks for a close frame at the next frame boundary; queued frames are discarded.
+    pub(crate) fn close_with(&mut self, frame: Box<[u8]>) {
+        if self.close.is_none() && !self.closed {
+            self.close = Some(frame);
+        }
+    }
+
+    /// Makes the control bytes (tungstenite's reply to the peer's close) our close frame.
+    pub(crate) fn close_with_control(&mut self) {
+        let control = std::mem::take(&mut self.control);
+        if !control.is_empty() {
+            self.close_with(control.into_boxed_slice());
+        }
+    }
+
+    /// Whether the writer has something to send.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.closed && (!self.items.is_empty() || !self.control.is_empty() || self.close.is_some())
+    }
+
+    /// Frames dropped since the last `lagged` notice.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Broadcast frames queued.
+    pub fn len(&self) -> usize {
+        self.shared
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// At a frame boundary, puts what must go first at the front: the close frame (dropping
+    /// everything else), else control bytes, then the `lagged` notice (built by `lagged`).
+    /// Returns the dropped count reported, if any.
+    pub(crate) fn prepare(&mut self, lagged: impl FnOnce(u64) -> Box<[u8]>) -> Option<u64> {
+        if self.head_written > 0 || self.closed {
+            return None;
+        }
+        if let Some(close) = self.close.take() {
+            self.items.clear();
+            self.control = Vec::new();
+            self.shared = 0;
+            self.reply_bytes = 0;
+            self.items.push_back(Out::Owned(close));
+            self.closed = true;
+            return None;
+        }
+        let mut reported = None;
+        if self.dropped > 0 && !self.items.is_empty() {
+            reported = Some(self.dropped);
+            self.items.push_front(Out::Owned(lagged(self.dropped)));
+            self.reply_bytes += self.items[0].bytes().len();
+            self.dropped = 0;
+        }
+        if !self.control.is_empty() {
+            let control = std::mem::take(&mut self.control).into_boxed_slice();
+            self.reply_bytes += control.len();
+            self.items.push_front(Out::Owned(control));
+        }
+        reported
+    }
+
+    /// The unwritten bytes of the queued items, in order, at most `max` slices.
+    pub(crate) fn slices(&self, max: usize) -> impl Iterator<Item = &[u8]> {
+        self.items.iter().take(max).enumerate().map(|(i, o)| {
+            let b = o.bytes();
+            if i == 0 {
+                &b[self.head_written..]
+            } else {
+                b
+            }
+        })
+    }
+
+    /// Records that `n` bytes were written.
+    pub(crate) fn advance(&mut self, mut n: usize) -> Progress {
+        let mut progress = Progress::default();
+        while n > 0 {
+            let Some(front) = self.items.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.head_written;
+            if n < left {
+                self.head_written += n;
+                break;
+            }
+            n -= left;
+            self.head_written = 0;
+            match self.items.pop_front() {
+                Some(Out::Shared(_)) => self.shared -= 1,
+                Some(Out::Owned(b)) => {
+                    self.reply_bytes = self.reply_bytes.saturating_sub(b.len());
+                    if self.closed && self.items.is_empty() {
+                        progress.close_sent = true;
+                    }
+                }
+                None => {}
+            }
+            progress.frames += 1;
+        }
+        if self.items.is_empty() && self.items.capacity() > 64 {
+            // A burst is over: an idle client keeps no large queue.
+            self.items = VecDeque::new();
+        }
+        progress
+    }
+}
+
+/// What the fan-out needs of a client: its queue, its writer's waker, its channels.
+#[derive(Default)]
+pub struct ClientLink {
+    pub(crate) out: RefCell<OutQueue>,
+    writer: Cell<Option<Waker>>,
+    subs: RefCell<Vec<Channel>>,
+}
+
+impl std::fmt::Debug for ClientLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientLink")
+            .field("queued", &self.out.borrow().len())
+            .field("channels", &self.subs.borrow())
+            .finish()
+    }
+}
+
+impl ClientLink {
+    /// Wakes the writer if it waits for work.
+    pub(crate) fn wake_writer(&self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Registers the writer's waker.
+    pub(crate) fn set_writer(&self, waker: &Waker) {
+        self.writer.set(Some(waker.clone()));
+    }
+
+    /// Whether the client subscribes to `channel`.
+    pub fn subscribed(&self, channel: &Channel) -> bool {
+        self.subs.borrow().contains(channel)
+    }
+
+    /// The client's channels.
+    pub fn channels(&self) -> Vec<Channel> {
+        self.subs.borrow().clone()
+    }
+
+    /// The outbound queue (for inspection).
+    pub fn queue(&self) -> std::cell::Ref<'_, OutQueue> {
+        self.out.borrow()
+    }
+}
+
+/// How a subscribe went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribed {
+    /// Newly added.
+    Added,
+    /// Already there.
+    Already,
+    /// The client holds the maximum number of channels.
+    Limit,
+}
+
+/// What one delivery did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Client queues the frame was appended to.
+    pub queued: u64,
+    /// Older frames dropped to make room.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct ChannelSlot {
+    subscribers: Vec<usize>,
+    last: Option<Frame>,
+}
+
+/// A shard's clients and who subscribes to what.
+#[derive(Debug)]
+pub struct Fanout<C> {
+    clients: Slab<Rc<C>>,
+    channels: HashMap<Channel, ChannelSlot>,
+    queue_cap: usize,
+    max_subscriptions: usize,
+}
+
+impl<C: AsRef<ClientLink>> Fanout<C> {
+    /// An empty index; `queue_cap` bounds each client's broadcast frames.
+    pub fn new(queue_cap: usize, max_subscriptions: usize) -> Self {
+        Self {
+            clients: Slab::new(),
+            channels: HashMap::new(),
+            queue_cap,
+            max_subscriptions,
+        }
+    }
+
+    /// Adds a client with no channels; returns its key.
+    pub fn insert(&mut self, client: Rc<C>) -> usize {
+        self.clients.insert(client)
+    }
+
+    /// Removes a client and all its subscriptions.
+    pub fn remove(&mut self, key: usize) -> Option<Rc<C>> {
+        let client = self.clients.try_remove(key)?;
+        let subs = std::mem::take(&mut *(*client).as_ref().subs.borrow_mut());
+        for channel in subs {
+            self.drop_subscriber(&channel, key);
+        }
+        Some(client)
+    }
+
+    /// The client at `key`.
+    pub fn get(&self, key: usize) -> Option<&Rc<C>> {
+        self.clients.get(key)
+    }
+
+    /// Every client, with its key.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Rc<C>)> {
+        self.clients.iter()
+    }
+
+    /// Number of clients.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether there are no clients.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Subscribes a client. Call [`Self::greet`] next so it receives the channel's last value.
+    pub fn subscribe(&mut self, key: usize, channel: Channel) -> Subscribed {
+        let Some(client) = self.clients.get(key) else {
+            return Subscribed::Already;
+        };
+        let link = (**client).as_ref();
+        {
+            let mut subs = link.subs.borrow_mut();
+            if subs.contains(&channel) {
+                return Subscribed::Already;
+            }
+            if subs.len() >= self.max_subscriptions {
+                return Subscribed::Limit;
+            }
+            subs.push(channel.clone());
+        }
+        self.channels
+            .entry(channel)
+            .or_default()
+            .subscribers
+            .push(key);
+        Subscribed::Added
+    }
+
+    /// Queues the channel's last value, if it has one, to a client that just subscribed.
+    pub fn greet(&self, key: usize, channel: &Channel) {
+        if let (Some(client), Some(last)) = (self.clients.get(key), self.last_value(channel)) {
+            let link = (**client).as_ref();
+            link.out
+                .borrow_mut()
+                .push_shared(last.clone(), self.queue_cap);
+            link.wake_writer();
+        }
+    }
+
+    /// Unsubscribes a client; returns whether it was subscribed.
+    pub fn unsubscribe(&mut self, key: usize, channel: &Channel) -> bool {
+        let Some(client) = self.clients.get(key) else {
+            return false;
+        };
+        let removed = {
+            let mut subs = (**client).as_ref().subs.borrow_mut();
+            match subs.iter().position(|c| c == channel) {
+                Some(i) => {
+                    subs.swap_remove(i);
+                    true
+                }
+                None => false,
+            }
+        };
+        if removed {
+            self.drop_subscriber(channel, key);
+        }
+        removed
+    }
+
+    fn drop_subscriber(&mut self, channel: &Channel, key: usize) {
+        if let Some(slot) = self.channels.get_mut(channel) {
+            if let Some(i) = slot.subscribers.iter().position(|&k| k == key) {
+                slot.subscribers.swap_remove(i);
+            }
+            if slot.subscribers.is_empty() && slot.last.is_none() {
+                self.channels.remove(channel);
+            }
+        }
+    }
+
+    /// Appends `frame` to the queue of every client subscribed to its channel (or to its second
+    /// channel, once per client) and wakes their writers.
+    pub fn deliver(&mut self, frame: &Frame) -> Delivery {
+        let mut delivery = Delivery::default();
+        let primary = frame.channel();
+        if let Some(slot) = self.channels.get_mut(primary) {
+            if frame.retain() {
+                slot.last = Some(frame.clone());
+            }
+            push_all(
+                &self.clients,
+                &slot.subscribers,
+                frame,
+                self.queue_cap,
+                None,
+                &mut delivery,
+            );
+        } else if frame.retain() {
+            let slot = self.channels.entry(primary.clone()).or_default();
+            slot.last = Some(frame.clone());
+        }
+        if let Some(also) = frame.also() {
+            if let Some(slot) = self.channels.get(also) {
+                let skip = Some(primary);
+                push_all(
+                    &self.clients,
+                    &slot.subscribers,
+                    frame,
+                    self.queue_cap,
+                    skip,
+                    &mut delivery,
+                );
+            }
+        }
+        delivery
+    }
+
+    /// The channel's last value, if any.
+    pub fn last_value(&self, channel: &Channel) -> Option<&Frame> {
+        self.channels.get(channel)?.last.as_ref()
+    }
+
+    /// Forgets the channel's last value.
+    pub fn clear_last_value(&mut self, channel: &Channel) {
+        if let Some(slot) = self.channels.get_mut(channel) {
+            slot.last = None;
+            if slot.subscribers.is_empty() {
+                self.channels.remove(channel);
+            }
+        }
+    }
+}
+
+fn push_all<C: AsRef<ClientLink>>(
+    clients: &Slab<Rc<C>>,
+    keys: &[usize],
+    frame: &Frame,
+    cap: usize,
+    skip_if_subscribed: Option<&Channel>,
+    delivery: &mut Delivery,
+) {
+    for &key in keys {
+        let link = (*clients[key]).as_ref();
+        if skip_if_subscribed.is_some_and(|c| link.subscribed(c)) {
+            continue;
+        }
+        if link.out.borrow_mut().push_shared(frame.clone(), cap) {
+            delivery.dropped += 1;
+        }
+        delivery.queued += 1;
+        link.wake_writer();
+    }
+}
+
+impl AsRef<Self> for ClientLink {
+    fn as_ref(&self) -> &Self {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broadcast::{Broadcaster, HubShared};
+    use std::sync::Arc;
+
+    struct Rig {
+        shared: Arc<HubShared>,
+        b: Broadcaster,
+        fanout: Fanout<ClientLink>,
+    }
+
+    impl Rig {
+        fn new(cap: usize) -> Self {
+            let shared = Arc::new(HubShared::new(1, 1024));
+            Self {
+                b: Broadcaster::new(shared.clone()),
+                shared,
+                fanout: Fanout::new(cap, 8),
+            }
+        }
+        fn pump(&mut self) {
+            while let Some(f) = self.shared.links[0].ring.pop() {
+                self.fanout.deliver(&f);
+            }
+        }
+        fn client(&mut self, channels: &[Channel]) -> usize {
+            let k = self.fanout.insert(Rc::new(ClientLink::default()));
+            for c in channels {
+                self.fanout.subscribe(k, c.clone());
+                self.fanout.greet(k, c);
+            }
+            k
+        }
+        fn seqs(&self, key: usize) -> Vec<u64> {
+            let link = self.fanout.get(key).unwrap();
+            let out = link.out.borrow();
+            out.items
+                .iter()
+                .filter_map(|o| match o {
+                    Out::Shared(f) => Some(f.seq()),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn frames_reach_only_subscribers_and_events_reach_topic_subscribers_once() {
+        let mut rig = Rig::new(16);
+        let both = rig.client(&[Channel::Events, Channel::topic("a")]);
+        let topic_only = rig.client(&[Channel::topic("a")]);
+        let other = rig.client(&[Channel::topic("b")]);
+        let s1 = rig.b.topic_created("a", 3).unwrap();
+        rig.b.publish(&Channel::Metrics, "metrics", &1).unwrap();
+        rig.pump();
+        assert_eq!(rig.seqs(both), [s1]);
+        assert_eq!(rig.seqs(topic_only), [s1]);
+        assert!(rig.seqs(other).is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_drops_oldest_and_counts() {
+        let mut rig = Rig::new(3);
+        let c = rig.client(&[Channel::Events]);
+        for i in 0..5 {
+            rig.b.publish(&Channel::Events, "n", &i).unwrap();
+        }
+        rig.pump();
+        assert_eq!(rig.seqs(c), [3, 4, 5]);
+        let link = rig.fanout.get(c).unwrap().clone();
+        let mut out = link.out.borrow_mut();
+        assert_eq!(out.dropped(), 2);
+        let reported = out.prepare(|n| format!("lagged {n}").into_bytes().into_boxed_slice());
+        assert_eq!(reported, Some(2));
+        assert_eq!(out.items[0].bytes(), b"lagged 2");
+        assert_eq!(out.dropped(), 0);
+    }
+
+    #[test]
+    fn a_partly_written_frame_is_never_dropped() {
+        let mut rig = Rig::new(2);
+        let c = rig.client(&[Channel::Events]);
+        rig.b.publish(&Channel::Events, "n", &0).unwrap();
+        rig.b.publish(&Channel::Events, "n", &1).unwrap();
+        rig.pump();
+        let link = rig.fanout.get(c).unwrap().clone();
+        link.out.borrow_mut().advance(3);
+        rig.b.publish(&Channel::Events, "n", &2).unwrap();
+        rig.pump();
+        assert_eq!(rig.seqs(c), [1, 3]);
+    }
+
+    #[test]
+    fn retained_frames_greet_new_subscribers() {
+        let mut rig = Rig::new(4);
+        rig.b
+            .publish_retained(&Channel::Metrics, "metrics", &1)
+            .unwrap();
+        let s2 = rig
+            .b
+            .publish_retained(&Channel::Metrics, "metrics", &2)
+            .unwrap();
+        rig.pump();
+        let late = rig.client(&[Channel::Metrics]);
+        assert_eq!(rig.seqs(late), [s2]);
+        assert_eq!(
+            rig.fanout.subscribe(late, Channel::Metrics),
+            Subscribed::Already
+        );
+    }
+
+    #[test]
+    fn removal_and_unsubscribe_stop_delivery_and_limits_hold() {
+        let mut rig = Rig::new(4);
+        let a = rig.client(&[Channel::Events]);
+        let b = rig.client(&[Channel::Events]);
+        assert!(rig.fanout.unsubscribe(a, &Channel::Events));
+        assert!(!rig.fanout.unsubscribe(a, &Channel::Events));
+        rig.fanout.remove(b);
+        rig.b.publish(&Channel::Events, "n", &0).unwrap();
+        rig.pump();
+        assert!(rig.seqs(a).is_empty());
+        for i in 0..8 {
+            assert_eq!(
+                rig.fanout.subscribe(a, Channel::topic(&i.to_string())),
+                Subscribed::Added
+            );
+        }
+        assert_eq!(
+            rig.fanout.subscribe(a, Channel::topic("x")),
+            Subscribed::Limit
+        );
+    }
+
+    #[test]
+    fn close_discards_the_queue_and_goes_alone() {
+        let mut q = OutQueue::default();
+        q.push_reply(b"reply".to_vec().into_boxed_slice());
+        q.push_control(b"pong");
+        q.close_with(b"close".to_vec().into_boxed_slice());
+        q.prepare(|_| unreachable!());
+        let sent: Vec<&[u8]> = q.slices(8).collect();
+        assert_eq!(sent, [b"close".as_slice()]);
+        assert_eq!(
+            q.advance(5),
+            Progress {
+                frames: 1,
+                close_sent: true
+            }
+        );
+        assert!(!q.has_work());
+    }
+}

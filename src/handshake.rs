@@ -1,0 +1,189 @@
+//! The upgrade request: find the end of the head, parse it with httparse, let tungstenite
+//! check it and build the `101` answer, or refuse with the right HTTP status.
+//!
+//! Pure code over bytes; the connection reads the head (bounded in size and time) and writes
+//! what this returns.
+
+use std::fmt::Write as _;
+
+use tungstenite::error::{Error as WsError, ProtocolError};
+use tungstenite::handshake::server::create_response;
+use tungstenite::http::{self, Request};
+
+use crate::config::HubConfig;
+
+/// What to answer to a request head.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// A valid WebSocket upgrade: the `101` answer.
+    Upgrade(String),
+    /// A refusal: a complete HTTP answer, after which the connection closes.
+    Refuse(String),
+}
+
+/// The length of the head (through the blank line), once it is complete.
+pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// The answer to a head over the size cap.
+pub(crate) fn too_large() -> String {
+    error_response(
+        431,
+        "Request Header Fields Too Large",
+        "request head too large",
+        &[],
+    )
+}
+
+/// Decides what to answer to a complete request head.
+pub(crate) fn answer(head: &[u8], cfg: &HubConfig) -> Head {
+    let request = match parse(head, cfg.max_headers) {
+        Ok(r) => r,
+        Err(refusal) => return Head::Refuse(refusal),
+    };
+    if request.uri().path() != cfg.ws_path {
+        return Head::Refuse(error_response(404, "Not Found", "no such path", &[]));
+    }
+    match create_response(&request) {
+        Ok(response) => {
+            let mut out = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+            for (name, value) in response.headers() {
+                let value = value.to_str().unwrap_or_default();
+                let _ = write!(out, "{name}: {value}\r\n");
+            }
+            out.push_str("\r\n");
+            Head::Upgrade(out)
+        }
+        Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => Head::Refuse(error_response(
+            405,
+            "Method Not Allowed",
+            "the WebSocket endpoint takes GET",
+            &[("Allow", "GET")],
+        )),
+        Err(WsError::Protocol(ProtocolError::MissingSecWebSocketVersionHeader)) => {
+            Head::Refuse(error_response(
+                426,
+                "Upgrade Required",
+                "WebSocket version 13 is required",
+                &[("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")],
+            ))
+        }
+        Err(e) => Head::Refuse(error_response(400, "Bad Request", &e.to_string(), &[])),
+    }
+}
+
+fn parse(head: &[u8], max_headers: usize) -> Result<Request<()>, String> {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(error_response(
+                400,
+                "Bad Request",
+                "incomplete request head",
+                &[],
+            ))
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(error_response(
+                431,
+                "Request Header Fields Too Large",
+                "too many headers",
+                &[],
+            ))
+        }
+        Err(e) => return Err(error_response(400, "Bad Request", &e.to_string(), &[])),
+    }
+    let bad = |what: &str| error_response(400, "Bad Request", what, &[]);
+    let mut builder = Request::builder()
+        .method(req.method.unwrap_or("GET"))
+        .uri(req.path.unwrap_or("/"))
+        .version(match req.version {
+            Some(0) => http::Version::HTTP_10,
+            _ => http::Version::HTTP_11,
+        });
+    for h in req.headers.iter() {
+        builder = builder.header(h.name, h.value);
+    }
+    builder
+        .body(())
+        .map_err(|_| bad("malformed request line or header"))
+}
+
+/// A complete HTTP error answer with a small JSON body; the connection closes after it.
+pub(crate) fn error_response(
+    status: u16,
+    reason: &str,
+    message: &str,
+    extra: &[(&str, &str)],
+) -> String {
+    let body = simd_json::to_string(&serde_error(message)).unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in extra {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out
+}
+
+fn serde_error(message: &str) -> std::collections::BTreeMap<&'static str, &str> {
+    std::collections::BTreeMap::from([("error", message)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /api/monitoring/ws?token=x HTTP/1.1\r\nHost: localhost\r\n\
+        Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    fn status(head: &str) -> u16 {
+        match answer(head.as_bytes(), &HubConfig::default()) {
+            Head::Upgrade(r) | Head::Refuse(r) => r[9..12].parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_valid_upgrade_gets_101_with_the_rfc_accept_key() {
+        let Head::Upgrade(r) = answer(UPGRADE.as_bytes(), &HubConfig::default()) else {
+            panic!("refused")
+        };
+        assert!(r.starts_with("HTTP/1.1 101 "));
+        assert!(r.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(r.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn refusals_carry_the_right_status() {
+        assert_eq!(
+            status(&UPGRADE.replace("/api/monitoring/ws", "/other")),
+            404
+        );
+        assert_eq!(status(&UPGRADE.replace("GET", "POST")), 405);
+        assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
+        assert_eq!(
+            status(&UPGRADE.replace("Sec-WebSocket-Key", "X-Nothing")),
+            400
+        );
+        assert_eq!(status(&UPGRADE.replace("Upgrade: websocket\r\n", "")), 400);
+        assert_eq!(status("\x16\x03\x01garbage\r\n\r\n"), 400);
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(
+            status(&UPGRADE.replace("Host", &format!("{many}Host"))),
+            431
+        );
+    }
+
+    #[test]
+    fn the_head_ends_at_the_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! A thread-per-core WebSocket hub that streams a Kafka-compatible broker's live metrics and
+//! events to dashboards.
+//!
+//! # The model
+//!
+//! Every configured core runs its own pinned glommio executor, which owns a *shard*: its own
+//! SO_REUSEPORT listener on the shared address (the kernel spreads new connections over the
+//! shards), its connections, their outbound queues, its subscription index and one heartbeat
+//! sweep. Nothing inside a shard is shared with another core.
+//!
+//! A broadcast is serialized once, into a complete WebSocket frame behind an `Arc`. The
+//! [`Broadcaster`] (callable from any thread, a broker's own included) pushes that pointer into
+//! one bounded ring per core (drop-oldest) and wakes the core. Each shard's distributor appends
+//! the pointer to the bounded queue of every subscribed client (drop-oldest again, then a
+//! `lagged` notice), and each client's writer sends everything queued in one `sendmsg` of the
+//! shared buffers: no per-client encoding, copying or JSON work.
+//!
+//! # Layout
+//!
+//! - [`HubConfig`]: limits and intervals, with the protocol's defaults.
+//! - [`Hub`] / [`HubHandle`]: start, address, counters, graceful shutdown.
+//! - [`Broadcaster`]: `publish`, `topic_created`, `topic_deleted`, `group_updated`, `metrics`.
+//! - `protocol`: channels, client messages, envelopes and frames (pure, no I/O).
+//! - `handshake`: the bounded upgrade request (pure).
+//! - `fanout`: a shard's subscription index and client queues (pure, single-threaded).
+//! - `shard` / `connection`: the glommio side: accept, distribute, sweep, read, write.
+//! - [`MonitoringMetrics`]: the snapshot model of PROTOCOL.md.
+//!
+//! ```no_run
+//! use takhin_monitor::{Hub, HubConfig};
+//!
+//! let hub = Hub::start(HubConfig::default()).expect("hub starts");
+//! let broadcaster = hub.broadcaster();
+//! broadcaster.topic_created("orders", 12).expect("encodes");
+//! hub.shutdown().expect("clean shutdown");
+//! ```
+
+mod broadcast;
+mod config;
+mod connection;
+mod error;
+mod fanout;
+mod handshake;
+mod hub;
+mod metrics;
+mod protocol;
+mod shard;
+mod stats;
+
+pub use crate::broadcast::{Broadcaster, Frame};
+pub use crate::config::{Cores, HubConfig};
+pub use crate::error::{BroadcastError, ConfigError, Error};
+pub use crate::hub::{Hub, HubHandle, ShutdownTrigger};
+pub use crate::metrics::{
+    ClusterHealth, ConsumerLag, Latency, MonitoringMetrics, PartitionLag, Throughput, TopicLag,
+    TopicStats,
+};
+pub use crate::protocol::{close_code, Channel, ChannelError, MAX_CHANNEL_LEN};
+pub use crate::stats::HubStats;
+pub use tungstenite::protocol::WebSocketConfig;
+
+/// Defaults of [`HubConfig`], as named constants.
+pub mod defaults {
+    pub use crate::config::{
+        DEFAULT_CLIENT_QUEUE, DEFAULT_CLOSE_TIMEOUT, DEFAULT_EXECUTOR_IO_MEMORY,
+        DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_HEADERS,
+        DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_REPLY_BACKLOG, DEFAULT_MAX_REQUEST_HEAD,
+        DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_PING_INTERVAL, DEFAULT_PONG_WAIT, DEFAULT_READ_BUFFER,
+        DEFAULT_RING_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WRITE_WAIT, DEFAULT_WS_PATH,
+    };
+}
+
+/// Internals exposed for the criterion benches only; not a stable API.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::broadcast::HubShared;
+    pub use crate::fanout::{ClientLink, Delivery, Fanout, OutQueue, Subscribed};
+
+    /// A broadcaster over bare rings, with no executors behind them.
+    pub fn rings(
+        shards: usize,
+        ring_size: usize,
+    ) -> (std::sync::Arc<HubShared>, crate::Broadcaster) {
+        let shared = std::sync::Arc::new(HubShared::new(shards, ring_size));
+        (shared.clone(), crate::Broadcaster::new(shared))
+    }
+
+    /// Pops one frame from a shard's ring.
+    pub fn pop(shared: &HubShared, shard: usize) -> Option<crate::Frame> {
+        shared.links[shard].ring.pop()
+    }
+
+    /// Empties a client's queue as a writer would after sending it all.
+    pub fn drain(link: &ClientLink) -> u64 {
+        let mut out = link.out.borrow_mut();
+        let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
+        out.advance(n).frames
+    }
+}

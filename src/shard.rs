@@ -1,0 +1,330 @@
+//! Everything one core owns: its listener, its connections, their queues, its subscription
+//! index and its one heartbeat sweep. Nothing here is shared with another core; only
+//! immutable `Arc`'d frames arrive, through this core's ring.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpListener;
+use glommio::timer::Timer;
+use tracing::{debug, info, warn};
+
+use crate::broadcast::HubShared;
+use crate::config::HubConfig;
+use crate::connection::{self, Conn, Phase};
+use crate::fanout::Fanout;
+use crate::protocol::{close_code, PING_FRAME};
+use crate::stats::ShardStats;
+
+/// Frames the distributor moves before it lets the writers run.
+const DISTRIBUTE_BATCH: usize = 256;
+
+/// One core's state. `Rc`-shared by the tasks of this core only.
+pub(crate) struct Shard {
+    pub(crate) id: usize,
+    pub(crate) config: Arc<HubConfig>,
+    pub(crate) shared: Arc<HubShared>,
+    pub(crate) fanout: RefCell<Fanout<Conn>>,
+    /// Scratch space simd-json parses client messages in.
+    pub(crate) scratch: RefCell<Vec<u8>>,
+    /// Scratch iovecs for the writers' `sendmsg`.
+    pub(crate) iov: RefCell<Vec<libc::iovec>>,
+    pub(crate) draining: Cell<bool>,
+    log_limit: RateLimit,
+}
+
+impl Shard {
+    pub(crate) fn new(id: usize, config: Arc<HubConfig>, shared: Arc<HubShared>) -> Self {
+        let fanout = Fanout::new(config.client_queue, config.max_subscriptions);
+        Self {
+            id,
+            config,
+            shared,
+            fanout: RefCell::new(fanout),
+            scratch: RefCell::new(Vec::new()),
+            iov: RefCell::new(Vec::with_capacity(connection::MAX_IOV)),
+            draining: Cell::new(false),
+            log_limit: RateLimit::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.id]
+    }
+
+    /// Logs at most once a second per shard, with the count of what was held back.
+    pub(crate) fn warn_limited(&self, what: &str) {
+        if let Some(suppressed) = self.log_limit.allow(Instant::now()) {
+            warn!(shard = self.id, suppressed, "{what}");
+        }
+    }
+}
+
+/// One log line per second, counting what it held back.
+#[derive(Debug, Default)]
+struct RateLimit {
+    last: Cell<Option<Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl RateLimit {
+    fn allow(&self, now: Instant) -> Option<u64> {
+        match self.last.get() {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
+}
+
+/// Runs the shard until shutdown, then drains it.
+pub(crate) async fn run(shard: Rc<Shard>, listener: TcpListener) {
+    let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
+    let sweep = glommio::spawn_local(sweep_loop(shard.clone()));
+    distribute(&shard).await;
+    drop(accept); // stops accepting and closes this shard's listener
+    drain(&shard).await;
+    drop(sweep);
+    debug!(shard = shard.id, "shard stopped");
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                shard.stats().accepted_total.fetch_add(1, Relaxed);
+                glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+            }
+            Err(err) => {
+                // Out of descriptors or memory: back off a little instead of spinning.
+                shard.warn_limited(&format!("accept failed: {err}"));
+                Timer::new(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// Moves frames from this core's ring to the subscribed clients' queues, until shutdown.
+async fn distribute(shard: &Shard) {
+    let link = &shard.shared.links[shard.id];
+    loop {
+        let go = poll_fn(|cx| {
+            if shard.shared.shutdown.load(Relaxed) {
+                return Poll::Ready(false);
+            }
+            if !link.ring.is_empty() {
+                return Poll::Ready(true);
+            }
+            link.waker.register(cx.waker());
+            if shard.shared.shutdown.load(Relaxed) || !link.ring.is_empty() {
+                Poll::Ready(!shard.shared.shutdown.load(Relaxed))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        if !go {
+            return;
+        }
+        let (mut frames, mut queued, mut dropped) = (0u64, 0u64, 0u64);
+        while let Some(frame) = link.ring.pop() {
+            let d = shard.fanout.borrow_mut().deliver(&frame);
+            frames += 1;
+            queued += d.queued;
+            dropped += d.dropped;
+            if frames as usize % DISTRIBUTE_BATCH == 0 {
+                futures_lite::future::yield_now().await;
+            }
+        }
+        let stats = shard.stats();
+        stats.broadcasts_total.fetch_add(frames, Relaxed);
+        stats.deliveries_total.fetch_add(queued, Relaxed);
+        if dropped > 0 {
+            stats.queue_dropped_total.fetch_add(dropped, Relaxed);
+        }
+    }
+}
+
+/// What the sweep does to one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sweep {
+    Nothing,
+    Ping,
+    /// Close the socket; the reason is logged and counted.
+    Kill(Expired),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    Handshake,
+    Pong,
+    Write,
+    Close,
+}
+
+/// The times the sweep looks at, read from a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) phase: Phase,
+    /// When the current phase began.
+    pub(crate) since: Instant,
+    pub(crate) last_seen: Instant,
+    pub(crate) last_ping: Instant,
+    pub(crate) stalled_since: Option<Instant>,
+}
+
+/// The heartbeat rules, as a pure function of the connection's times and `now`.
+pub(crate) fn sweep_action(t: &Timing, now: Instant, cfg: &HubConfig) -> Sweep {
+    let over = |since: Instant, limit: Duration| now.saturating_duration_since(since) >= limit;
+    match t.phase {
+        Phase::Handshake if over(t.since, cfg.handshake_timeout) => Sweep::Kill(Expired::Handshake),
+        Phase::Closing if over(t.since, cfg.close_timeout) => Sweep::Kill(Expired::Close),
+        Phase::Open | Phase::Closing => {
+            if t.stalled_since.is_some_and(|s| over(s, cfg.write_wait)) {
+                Sweep::Kill(Expired::Write)
+            } else if t.phase == Phase::Open && over(t.last_seen, cfg.pong_wait) {
+                Sweep::Kill(Expired::Pong)
+            } else if t.phase == Phase::Open && over(t.last_ping, cfg.ping_interval) {
+                Sweep::Ping
+            } else {
+                Sweep::Nothing
+            }
+        }
+        Phase::Handshake => Sweep::Nothing,
+    }
+}
+
+/// The one heartbeat timer of this shard: pings, pong deadlines, write stalls, slow handshakes
+/// and lingering closes of every connection.
+async fn sweep_loop(shard: Rc<Shard>) {
+    let period = shard.config.sweep_interval();
+    loop {
+        Timer::new(period).await;
+        let now = Instant::now();
+        let fanout = shard.fanout.borrow();
+        for (_, conn) in fanout.iter() {
+            match sweep_action(&conn.timing(), now, &shard.config) {
+                Sweep::Nothing => {}
+                Sweep::Ping => {
+                    conn.last_ping.set(now);
+                    conn.link.out.borrow_mut().push_control(PING_FRAME);
+                    conn.link.wake_writer();
+                }
+                Sweep::Kill(reason) => {
+                    let stats = shard.stats();
+                    let counter = match reason {
+                        Expired::Pong => Some(&stats.pong_timeouts_total),
+                        Expired::Write => Some(&stats.write_timeouts_total),
+                        Expired::Handshake => Some(&stats.handshake_failures_total),
+                        Expired::Close => None,
+                    };
+                    if let Some(counter) = counter {
+                        counter.fetch_add(1, Relaxed);
+                    }
+                    debug!(shard = shard.id, ?reason, "closing connection");
+                    conn.kill();
+                }
+            }
+        }
+    }
+}
+
+/// Graceful shutdown of this shard: close 1001 to every client, then wait for them to go, up
+/// to the shutdown deadline.
+async fn drain(shard: &Shard) {
+    shard.draining.set(true);
+    let deadline = Instant::now() + shard.config.shutdown_timeout;
+    let n = {
+        let fanout = shard.fanout.borrow();
+        for (_, conn) in fanout.iter() {
+            conn.close(close_code::GOING_AWAY, "server shutting down");
+        }
+        fanout.len()
+    };
+    info!(shard = shard.id, clients = n, "draining");
+    loop {
+        if shard.fanout.borrow().is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            for (_, conn) in shard.fanout.borrow().iter() {
+                conn.kill();
+            }
+        }
+        Timer::new(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HubConfig {
+        HubConfig::default()
+            .ping_interval(Duration::from_secs(54))
+            .pong_wait(Duration::from_secs(60))
+            .write_wait(Duration::from_secs(10))
+    }
+
+    fn timing(phase: Phase, t0: Instant) -> Timing {
+        Timing {
+            phase,
+            since: t0,
+            last_seen: t0,
+            last_ping: t0,
+            stalled_since: None,
+        }
+    }
+
+    #[test]
+    fn the_heartbeat_rules_follow_the_protocol_table() {
+        let t0 = Instant::now();
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let cfg = cfg();
+        let open = timing(Phase::Open, t0);
+        assert_eq!(sweep_action(&open, s(10), &cfg), Sweep::Nothing);
+        assert_eq!(sweep_action(&open, s(54), &cfg), Sweep::Ping);
+        assert_eq!(sweep_action(&open, s(60), &cfg), Sweep::Kill(Expired::Pong));
+        let stalled = Timing {
+            stalled_since: Some(s(1)),
+            ..open
+        };
+        assert_eq!(sweep_action(&stalled, s(5), &cfg), Sweep::Nothing);
+        assert_eq!(
+            sweep_action(&stalled, s(11), &cfg),
+            Sweep::Kill(Expired::Write)
+        );
+        let hs = timing(Phase::Handshake, t0);
+        assert_eq!(sweep_action(&hs, s(4), &cfg), Sweep::Nothing);
+        assert_eq!(
+            sweep_action(&hs, s(5), &cfg),
+            Sweep::Kill(Expired::Handshake)
+        );
+        let closing = timing(Phase::Closing, t0);
+        assert_eq!(sweep_action(&closing, s(1), &cfg), Sweep::Nothing);
+        assert_eq!(
+            sweep_action(&closing, s(2), &cfg),
+            Sweep::Kill(Expired::Close)
+        );
+    }
+
+    #[test]
+    fn the_log_limit_holds_back_and_counts() {
+        let rl = RateLimit::default();
+        let t0 = Instant::now();
+        assert_eq!(rl.allow(t0), Some(0));
+        assert_eq!(rl.allow(t0 + Duration::from_millis(10)), None);
+        assert_eq!(rl.allow(t0 + Duration::from_millis(20)), None);
+        assert_eq!(rl.allow(t0 + Duration::from_secs(1)), Some(2));
+    }
+}

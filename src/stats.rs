@@ -1,0 +1,70 @@
+//! Per-shard counters, written only by their own shard (or by broadcasters for ring drops)
+//! and summed on demand.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// One shard's counters: relaxed atomics on the shard's own cache lines.
+        #[derive(Debug, Default)]
+        pub(crate) struct ShardStats {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        /// A snapshot of the hub's counters, summed over shards (or of one shard).
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct HubStats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl ShardStats {
+            pub(crate) fn snapshot(&self) -> HubStats {
+                HubStats { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl HubStats {
+            pub(crate) fn add(&mut self, other: &Self) {
+                $(self.$name += other.$name;)*
+            }
+        }
+    };
+}
+
+counters! {
+    /// Open WebSocket clients (after the handshake), the `activeConnections` figure.
+    connections,
+    /// TCP connections accepted.
+    accepted_total,
+    /// WebSocket handshakes completed.
+    handshakes_total,
+    /// Requests refused before or during the upgrade (bad head, wrong path, timeout).
+    handshake_failures_total,
+    /// Frames queued to clients by the distributor (one per subscribed client per broadcast).
+    deliveries_total,
+    /// Frames (broadcast and replies) completely written to sockets.
+    frames_sent_total,
+    /// Bytes written to client sockets.
+    bytes_sent_total,
+    /// Write calls (`sendmsg`) that carried at least one byte.
+    writes_total,
+    /// Frames dropped from this core's ring because it was full.
+    ring_dropped_total,
+    /// Frames dropped from client queues (drop-oldest).
+    queue_dropped_total,
+    /// `lagged` notices sent.
+    lagged_total,
+    /// Connections closed for breaking RFC 6455 or our limits (1002, 1007, 1009, 1008).
+    protocol_errors_total,
+    /// Text messages that were not JSON objects (logged, rate-limited, and ignored).
+    invalid_messages_total,
+    /// Clients closed for not answering within the pong wait.
+    pong_timeouts_total,
+    /// Clients dropped because their writes made no progress within the write wait.
+    write_timeouts_total,
+    /// Connection tasks that panicked (only that connection was closed).
+    panics_total,
+    /// Broadcasts taken from the ring by this shard's distributor.
+    broadcasts_total,
+}
