@@ -1,0 +1,199 @@
+//! Shared helpers of the integration tests: a hub on 127.0.0.1:0, real WebSocket clients, and
+//! a watchdog so a hung test fails instead of hanging CI.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use takhin_monitor::{Cores, Hub, HubConfig, HubHandle};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// Aborts the whole test binary if it runs longer than this.
+const WATCHDOG: Duration = Duration::from_secs(120);
+/// How long a client read may wait before the test fails.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn watchdog() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(WATCHDOG);
+            eprintln!("watchdog: test binary ran over {WATCHDOG:?}, aborting");
+            std::process::abort();
+        });
+    });
+}
+
+/// The test configuration: loopback port 0, both cores when there are two.
+pub fn config() -> HubConfig {
+    let cores = core_affinity::get_core_ids().map_or(1, |c| c.len()).min(2);
+    HubConfig::default()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .cores(Cores::Count(cores))
+}
+
+pub fn start(config: HubConfig) -> HubHandle {
+    watchdog();
+    Hub::start(config).expect("hub starts")
+}
+
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+pub fn ws_url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/api/monitoring/ws")
+}
+
+/// Connects a WebSocket client and waits until the server has registered it (a ping answered).
+pub fn connect(addr: SocketAddr) -> Client {
+    let stream = TcpStream::connect(addr).expect("tcp connect");
+    connect_stream(addr, stream)
+}
+
+pub fn connect_stream(addr: SocketAddr, stream: TcpStream) -> Client {
+    let mut c = connect_quiet(addr, stream);
+    c.send_json(&serde_json::json!({"type": "ping"}));
+    c.recv_type("pong");
+    c
+}
+
+/// Connects without the registration ping, so the first message read is the server's.
+pub fn connect_quiet(addr: SocketAddr, stream: TcpStream) -> Client {
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (ws, _) = tungstenite::client(ws_url(addr), stream).expect("handshake");
+    Client { ws }
+}
+
+impl Client {
+    pub fn send_json(&mut self, v: &Value) {
+        self.ws.send(Message::text(v.to_string())).expect("send");
+    }
+
+    pub fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s)).expect("send");
+    }
+
+    /// The next text message as JSON (control frames are handled by tungstenite).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("read") {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+                Message::Close(c) => panic!("closed by server: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips messages until one of type `kind`.
+    pub fn recv_type(&mut self, kind: &str) -> Value {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            assert!(Instant::now() < deadline, "no {kind} in time");
+            let v = self.recv();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server's close frame and returns it.
+    pub fn recv_close(&mut self) -> Option<CloseFrame> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(c)) => return c,
+                Ok(_) => {}
+                Err(e) => panic!("no close frame: {e}"),
+            }
+        }
+    }
+}
+
+/// A raw TCP client that has done the WebSocket handshake by hand.
+pub fn raw_upgrade(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    s.write_all(
+        b"GET /api/monitoring/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// Reads an HTTP response head byte by byte.
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A masked client frame.
+pub fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n < 65536 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads raw server frames until a close frame and returns its code; `None` when the socket
+/// ended without one.
+pub fn raw_close_code(s: &mut TcpStream) -> Option<u16> {
+    loop {
+        let mut h = [0u8; 2];
+        if s.read_exact(&mut h).is_err() {
+            return None;
+        }
+        let mut len = u64::from(h[1] & 0x7f);
+        if len == 126 {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).ok()?;
+            len = u64::from(u16::from_be_bytes(b));
+        } else if len == 127 {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).ok()?;
+            len = u64::from_be_bytes(b);
+        }
+        let mut payload = vec![0u8; len as usize];
+        s.read_exact(&mut payload).ok()?;
+        if h[0] & 0x0f == 0x8 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+}
+
+/// Waits for a condition the test cannot await directly (a server counter), with a deadline.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
