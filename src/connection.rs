@@ -185,7 +185,6 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 
 async fn run(shard: &Rc<Shard>, conn: &Rc<Conn>, key: usize) {
     let Some(tail) = handshake(shard, conn).await else {
-        shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
         return;
     };
     let stats = shard.stats();
@@ -230,12 +229,19 @@ async fn handshake(shard: &Shard, conn: &Conn) -> Option<Vec<u8>> {
             break end;
         }
         if buf.len() >= cfg.max_request_head {
+            shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
             respond(conn, &handshake::too_large()).await;
             return None;
         }
         let want = (buf.len() + 1024).min(cfg.max_request_head);
         match read_some(conn, &mut buf, want).await {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => {
+                // A peer that left mid-head; a head timeout was already counted by the sweep.
+                if !conn.dead.get() {
+                    shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
+                }
+                return None;
+            }
             Ok(_) => {}
         }
     };
@@ -248,6 +254,7 @@ async fn handshake(shard: &Shard, conn: &Conn) -> Option<Vec<u8>> {
         }
         Head::Refuse(response) => {
             debug!(shard = shard.id, "handshake refused");
+            shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
             respond(conn, &response).await;
             None
         }

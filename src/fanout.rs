@@ -118,7 +118,9 @@ impl OutQueue {
 
     /// Whether the writer has something to send.
     pub(crate) fn has_work(&self) -> bool {
-        !self.closed && (!self.items.is_empty() || !self.control.is_empty() || self.close.is_some())
+        // Once closed, the queue holds only the close frame until it is written.
+        !self.items.is_empty()
+            || (!self.closed && (!self.control.is_empty() || self.close.is_some()))
     }
 
     /// Frames dropped since the last `lagged` notice.
@@ -629,6 +631,7 @@ mod tests {
         q.push_control(b"pong");
         q.close_with(b"close".to_vec().into_boxed_slice());
         q.prepare(|_| unreachable!());
+        assert!(q.has_work(), "the close frame itself is work");
         let sent: Vec<&[u8]> = q.slices(8).collect();
         assert_eq!(sent, [b"close".as_slice()]);
         assert_eq!(

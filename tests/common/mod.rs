@@ -107,7 +107,11 @@ impl Client {
     pub fn recv_close(&mut self) -> Option<CloseFrame> {
         loop {
             match self.ws.read() {
-                Ok(Message::Close(c)) => return c,
+                Ok(Message::Close(c)) => {
+                    // Send tungstenite's close reply, completing the handshake.
+                    let _ = self.ws.flush();
+                    return c;
+                }
                 Ok(_) => {}
                 Err(e) => panic!("no close frame: {e}"),
             }

@@ -1,0 +1,169 @@
+//! Bad input and dead peers over real sockets: each gets its close code or is dropped, and the
+//! hub's counters say so.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{connect, masked, raw_close_code, raw_upgrade, start};
+use serde_json::json;
+use takhin_monitor::{close_code, Channel, Cores};
+use tungstenite::Message;
+
+#[test]
+fn an_oversize_message_closes_with_1009() {
+    let hub = start(common::config().max_message_size(1024));
+    let mut c = connect(hub.local_addr());
+    c.send_text(&"x".repeat(2000));
+    let close = c.recv_close().expect("a close frame");
+    assert_eq!(u16::from(close.code), close_code::TOO_BIG);
+    assert_eq!(hub.stats().protocol_errors_total, 1);
+}
+
+#[test]
+fn an_oversize_message_across_continuation_frames_closes_with_1009() {
+    let hub = start(common::config().max_message_size(1024));
+    let mut s = raw_upgrade(hub.local_addr());
+    let mut first = masked(0x1, &[b'a'; 600]);
+    first[0] &= 0x7f; // not final
+    s.write_all(&first).unwrap();
+    s.write_all(&masked(0x0, &[b'a'; 600])).unwrap();
+    assert_eq!(raw_close_code(&mut s), Some(close_code::TOO_BIG));
+}
+
+#[test]
+fn an_unmasked_frame_closes_with_1002() {
+    let hub = start(common::config());
+    let mut s = raw_upgrade(hub.local_addr());
+    s.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+    assert_eq!(raw_close_code(&mut s), Some(close_code::PROTOCOL_ERROR));
+    assert_eq!(hub.stats().protocol_errors_total, 1);
+}
+
+#[test]
+fn invalid_utf8_closes_with_1007() {
+    let hub = start(common::config());
+    let mut s = raw_upgrade(hub.local_addr());
+    s.write_all(&masked(0x1, &[0xff, 0xfe, 0xfd])).unwrap();
+    assert_eq!(raw_close_code(&mut s), Some(close_code::INVALID_PAYLOAD));
+}
+
+#[test]
+fn invalid_json_and_binary_messages_keep_the_connection() {
+    let hub = start(common::config());
+    let mut c = connect(hub.local_addr());
+    for _ in 0..100 {
+        c.send_text("this is not json");
+    }
+    c.send_text("[1,2,3]");
+    c.ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+    let err = c.recv_type("error");
+    assert_eq!(err["data"]["code"], "unsupported_message");
+    c.send_json(&json!({"type": "ping", "timestamp": 7}));
+    assert_eq!(c.recv_type("pong")["timestamp"], 7);
+    assert_eq!(hub.stats().invalid_messages_total, 101);
+    assert_eq!(hub.stats().protocol_errors_total, 0);
+}
+
+#[test]
+fn a_client_that_never_answers_pings_is_closed_and_one_that_answers_stays() {
+    let config = common::config()
+        .ping_interval(Duration::from_millis(100))
+        .pong_wait(Duration::from_millis(400));
+    let hub = start(config);
+    let addr = hub.local_addr();
+    let mut alive = connect(addr);
+    alive
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+
+    // A raw client that completes the handshake and then stays silent.
+    let mut silent = raw_upgrade(addr);
+    let started = Instant::now();
+    let mut pings = 0;
+    let mut buf = [0u8; 64];
+    loop {
+        match silent.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => pings += buf[..n].iter().filter(|&&b| b == 0x89).count(),
+        }
+        // Meanwhile the well-behaved client reads, so tungstenite answers its pings.
+        let _ = alive.ws.read();
+    }
+    let waited = started.elapsed();
+    assert!(pings >= 1, "the server pinged the silent client");
+    assert!(waited >= Duration::from_millis(400), "closed after the pong wait: {waited:?}");
+    assert_eq!(hub.stats().pong_timeouts_total, 1);
+
+    // The client that answered pings is still served after several pong waits.
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        let _ = alive.ws.read();
+    }
+    alive
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(common::READ_TIMEOUT))
+        .unwrap();
+    alive.send_json(&json!({"type": "ping", "timestamp": 1}));
+    assert_eq!(alive.recv_type("pong")["timestamp"], 1);
+    assert_eq!(hub.stats().pong_timeouts_total, 1);
+    assert_eq!(hub.active_connections(), 1);
+}
+
+#[test]
+fn a_client_whose_writes_make_no_progress_is_dropped_after_the_write_wait() {
+    let config = common::config()
+        .cores(Cores::Count(1))
+        .write_wait(Duration::from_millis(300));
+    let hub = start(config);
+    let addr = hub.local_addr();
+    let stuck = raw_upgrade(addr); // never reads
+    let mut fine = connect(addr);
+    let b = hub.broadcaster();
+    let payload = "y".repeat(64 * 1024);
+    // Fill the stuck client's socket until the hub gives up on it.
+    let deadline = Instant::now() + common::READ_TIMEOUT;
+    while hub.stats().write_timeouts_total == 0 {
+        assert!(Instant::now() < deadline, "the stuck client was never dropped");
+        b.publish(&Channel::Events, "big", &payload).unwrap();
+        assert_eq!(fine.recv()["type"], "big");
+    }
+    common::eventually("the stuck client to be released", || {
+        hub.active_connections() == 1
+    });
+    drop(stuck);
+    b.publish(&Channel::Events, "after", &0).unwrap();
+    assert_eq!(fine.recv_type("after")["data"], 0);
+}
+
+#[test]
+fn shutdown_sends_1001_to_every_client_and_the_hub_stops() {
+    let hub = start(common::config());
+    let addr = hub.local_addr();
+    let mut clients: Vec<_> = (0..12).map(|_| connect(addr)).collect();
+    let stopper = std::thread::spawn(move || hub.shutdown());
+    for c in &mut clients {
+        let close = c.recv_close().expect("a close frame");
+        assert_eq!(u16::from(close.code), close_code::GOING_AWAY);
+    }
+    stopper.join().unwrap().expect("clean shutdown");
+    assert!(TcpStream::connect(addr).is_err(), "no longer listening");
+}
+
+#[test]
+fn other_paths_get_404_before_any_upgrade() {
+    let hub = start(common::config());
+    let mut s = TcpStream::connect(hub.local_addr()).unwrap();
+    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    assert!(answer.ends_with("{\"error\":\"no such path\"}"));
+    assert_eq!(hub.stats().handshake_failures_total, 1);
+}
