@@ -104,6 +104,10 @@ pub struct HubConfig {
     /// tungstenite's limits for client frames: max message and frame 512 KiB, a 512-byte
     /// initial read buffer that grows only for a large message.
     pub websocket: WebSocketConfig,
+    /// Test hook: a client text message `__panic__` panics its connection task. Off by default;
+    /// exists so tests can prove a panic closes only that connection.
+    #[doc(hidden)]
+    pub fault_injection: bool,
 }
 
 impl Default for HubConfig {
@@ -129,6 +133,7 @@ impl Default for HubConfig {
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
             executor_io_memory: DEFAULT_EXECUTOR_IO_MEMORY,
             websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
+            fault_injection: false,
         }
     }
 }
@@ -221,6 +226,10 @@ impl HubConfig {
     setter!(
         /// Sets [`Self::websocket`] (tungstenite's own limits).
         websocket: WebSocketConfig
+    );
+    setter!(
+        #[doc(hidden)]
+        fault_injection: bool
     );
 
     /// Sets [`Self::ws_path`].

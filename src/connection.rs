@@ -152,8 +152,31 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             cause = panic_text(&*panic),
             "connection task panicked"
         );
+        send_close_now(&conn, close_code::INTERNAL, "internal error");
     }
     drop(guard);
+}
+
+/// Best effort, without waiting: a close frame straight to the socket, when no frame is
+/// half-written (the writer task is gone after a panic).
+fn send_close_now(conn: &Conn, code: u16, reason: &str) {
+    let at_boundary = conn
+        .link
+        .out
+        .try_borrow()
+        .is_ok_and(|out| out.at_frame_boundary());
+    if conn.phase.get() == Phase::Open && at_boundary {
+        let frame = close_frame(code, reason);
+        // SAFETY: `fd` is this connection's open socket; `frame` outlives the call.
+        unsafe {
+            libc::send(
+                conn.fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+    }
 }
 
 /// Removes the connection from its shard however its task ends.
@@ -414,6 +437,9 @@ async fn read_messages(shard: &Shard, conn: &Conn, key: usize, mut ctx: WebSocke
 
 /// Acts on one text message. Returns a close code when the client must be failed.
 fn on_text(shard: &Shard, conn: &Conn, key: usize, text: &[u8]) -> Option<(u16, &'static str)> {
+    if shard.config.fault_injection && text == b"__panic__" {
+        panic!("injected fault");
+    }
     let parsed = parse_client_message(text, &mut shard.scratch.borrow_mut());
     let stamp = shard.shared.stamp();
     let msg = match parsed {

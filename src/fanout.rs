@@ -169,6 +169,11 @@ impl OutQueue {
         reported
     }
 
+    /// Whether no frame is half-written.
+    pub(crate) fn at_frame_boundary(&self) -> bool {
+        self.head_written == 0
+    }
+
     /// The unwritten bytes of the queued items, in order, at most `max` slices.
     pub(crate) fn slices(&self, max: usize) -> impl Iterator<Item = &[u8]> {
         self.items.iter().take(max).enumerate().map(|(i, o)| {

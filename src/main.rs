@@ -85,6 +85,7 @@ fn main() {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Opt::parse()) {
         eprintln!("takhin-monitor: {e:#}");

@@ -96,7 +96,10 @@ fn a_client_that_never_answers_pings_is_closed_and_one_that_answers_stays() {
     }
     let waited = started.elapsed();
     assert!(pings >= 1, "the server pinged the silent client");
-    assert!(waited >= Duration::from_millis(400), "closed after the pong wait: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed after the pong wait: {waited:?}"
+    );
     assert_eq!(hub.stats().pong_timeouts_total, 1);
 
     // The client that answered pings is still served after several pong waits.
@@ -129,7 +132,10 @@ fn a_client_whose_writes_make_no_progress_is_dropped_after_the_write_wait() {
     // Fill the stuck client's socket until the hub gives up on it.
     let deadline = Instant::now() + common::READ_TIMEOUT;
     while hub.stats().write_timeouts_total == 0 {
-        assert!(Instant::now() < deadline, "the stuck client was never dropped");
+        assert!(
+            Instant::now() < deadline,
+            "the stuck client was never dropped"
+        );
         b.publish(&Channel::Events, "big", &payload).unwrap();
         assert_eq!(fine.recv()["type"], "big");
     }
@@ -160,10 +166,35 @@ fn other_paths_get_404_before_any_upgrade() {
     let hub = start(common::config());
     let mut s = TcpStream::connect(hub.local_addr()).unwrap();
     s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
-    s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
     assert!(answer.ends_with("{\"error\":\"no such path\"}"));
     assert_eq!(hub.stats().handshake_failures_total, 1);
+}
+
+#[test]
+fn a_panic_in_one_connection_closes_only_that_connection() {
+    let hub = start(
+        common::config()
+            .cores(Cores::Count(1))
+            .fault_injection(true),
+    );
+    let addr = hub.local_addr();
+    let mut doomed = connect(addr);
+    let mut other = connect(addr);
+    doomed.send_text("__panic__");
+    let close = doomed.recv_close().expect("a close frame");
+    assert_eq!(u16::from(close.code), close_code::INTERNAL);
+    common::eventually("the panicked connection to be released", || {
+        hub.active_connections() == 1
+    });
+    assert_eq!(hub.stats().panics_total, 1);
+    let seq = hub.broadcaster().topic_created("still-here", 1).unwrap();
+    assert_eq!(other.recv_type("topic_created")["seq"], seq);
+    let mut late = connect(addr);
+    late.send_json(&json!({"type": "ping", "timestamp": 3}));
+    assert_eq!(late.recv_type("pong")["timestamp"], 3);
 }
