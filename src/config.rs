@@ -24,7 +24,7 @@ pub const DEFAULT_CLIENT_QUEUE: usize = 256;
 /// Default ring size per core, in frames.
 pub const DEFAULT_RING_SIZE: usize = 4096;
 /// Default initial read buffer per connection: client messages are small.
-pub const DEFAULT_READ_BUFFER: usize = 512;
+pub const DEFAULT_READ_BUFFER: usize = 256;
 /// Default deadline for a complete request head.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default cap on the request head, in bytes.
@@ -101,7 +101,7 @@ pub struct HubConfig {
     pub listen_backlog: i32,
     /// io_uring buffer memory of each executor. The default value is 256 KiB.
     pub executor_io_memory: usize,
-    /// tungstenite's limits for client frames: max message and frame 512 KiB, a 512-byte
+    /// tungstenite's limits for client frames: max message and frame 512 KiB, a 256-byte
     /// initial read buffer that grows only for a large message.
     pub websocket: WebSocketConfig,
     /// Test hook: a client text message `__panic__` panics its connection task. Off by default;

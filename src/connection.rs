@@ -133,9 +133,15 @@ impl Conn {
 }
 
 /// Serves one accepted socket to its end. A panic inside closes this connection only.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+///
+/// The socket is wrapped before the task starts, so the task's future holds a pointer to it,
+/// not the stream itself.
+pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
-    let conn = Rc::new(Conn::new(stream));
+    serve_conn(shard, Rc::new(Conn::new(stream)))
+}
+
+async fn serve_conn(shard: Rc<Shard>, conn: Rc<Conn>) {
     let key = shard.fanout.borrow_mut().insert(conn.clone());
     let guard = Registered {
         shard: &shard,
@@ -228,13 +234,11 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<Conn>, key: usize) {
         conn.close(close_code::GOING_AWAY, "server shutting down");
     }
     let writer = glommio::spawn_local(writer_task(shard.clone(), conn.clone()));
-    let ctx =
-        WebSocketContext::from_partially_read(tail, Role::Server, Some(shard.config.websocket));
-    let end = read_messages(shard, conn, key, ctx).await;
+    let end = read_messages(shard, conn, key, tail).await;
     trace!(shard = shard.id, ?end, "reader ended");
     match end {
         End::PeerClosed => {}
-        End::Failed => discard_until_eof(conn).await,
+        End::Failed => discard_until_eof(shard, conn).await,
         End::Gone => conn.kill(),
     }
     conn.reader_done.set(true);
@@ -253,7 +257,7 @@ async fn handshake(shard: &Shard, conn: &Conn) -> Option<Vec<u8>> {
         }
         if buf.len() >= cfg.max_request_head {
             shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
-            respond(conn, &handshake::too_large()).await;
+            respond(shard, conn, &handshake::too_large()).await;
             return None;
         }
         let want = (buf.len() + 1024).min(cfg.max_request_head);
@@ -278,19 +282,19 @@ async fn handshake(shard: &Shard, conn: &Conn) -> Option<Vec<u8>> {
         Head::Refuse(response) => {
             debug!(shard = shard.id, "handshake refused");
             shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
-            respond(conn, &response).await;
+            respond(shard, conn, &response).await;
             None
         }
     }
 }
 
 /// Sends an HTTP error answer and closes politely.
-async fn respond(conn: &Conn, response: &str) {
+async fn respond(shard: &Shard, conn: &Conn, response: &str) {
     conn.set_phase(Phase::Closing);
     if write_all(conn, response.as_bytes()).await.is_ok() {
         // SAFETY: `fd` is this connection's open socket.
         unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
-        discard_until_eof(conn).await;
+        discard_until_eof(shard, conn).await;
     }
 }
 
@@ -324,12 +328,17 @@ async fn write_all(conn: &Conn, mut bytes: &[u8]) -> io::Result<()> {
 
 /// Reads and throws away until the peer closes (bounded by the close timeout of the sweep), so
 /// that unread input never turns our close into a reset that loses the close frame.
-async fn discard_until_eof(conn: &Conn) {
-    let mut sink = [0u8; 512];
+///
+/// The bytes land in the shard's scratch buffer, borrowed only inside each poll: no buffer
+/// lives in the connection's task.
+async fn discard_until_eof(shard: &Shard, conn: &Conn) {
     loop {
         let res = poll_fn(|cx| {
+            let mut sink = shard.scratch.borrow_mut();
+            let len = sink.len().max(4096);
+            sink.resize(len, 0);
             let mut stream = conn.stream.borrow_mut();
-            Pin::new(&mut *stream).poll_read(cx, &mut sink)
+            Pin::new(&mut *stream).poll_read(cx, &mut sink[..])
         })
         .await;
         if !matches!(res, Ok(n) if n > 0) {
@@ -377,7 +386,11 @@ impl Write for Io<'_, '_> {
     }
 }
 
-async fn read_messages(shard: &Shard, conn: &Conn, key: usize, mut ctx: WebSocketContext) -> End {
+/// Reads client messages until the connection ends. The tungstenite context is built here, not
+/// passed in, so the connection's task holds one copy of it.
+async fn read_messages(shard: &Shard, conn: &Conn, key: usize, tail: Vec<u8>) -> End {
+    let config = Some(shard.config.websocket);
+    let mut ctx = WebSocketContext::from_partially_read(tail, Role::Server, config);
     loop {
         let msg = poll_fn(|cx| match ctx.read(&mut Io { conn, cx }) {
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
@@ -691,4 +704,36 @@ async fn wait_writable(conn: &Conn) -> io::Result<usize> {
         Pin::new(&mut *stream).poll_write(cx, first)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle connection carries these two task futures: keep them small (DESIGN.md aims
+    /// at under 3 KB per idle connection, all included).
+    #[test]
+    fn connection_tasks_stay_small() {
+        fn size<F>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        glommio::LocalExecutor::default().run(async {
+            let l = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let shared = std::sync::Arc::new(crate::broadcast::HubShared::new(1, 4));
+            let shard = Rc::new(Shard::new(0, Default::default(), shared));
+            let conn = Rc::new(Conn::new(TcpStream::connect(addr).await.unwrap()));
+            let serve = serve_conn(shard.clone(), conn.clone());
+            let writer = writer_task(shard.clone(), conn.clone());
+            eprintln!(
+                "Conn {} B, serve {} B, writer {} B",
+                std::mem::size_of::<Conn>(),
+                size(&serve),
+                size(&writer)
+            );
+            assert!(std::mem::size_of::<Conn>() <= 400);
+            assert!(size(&serve) <= 512, "serve future: {} B", size(&serve));
+            assert!(size(&writer) <= 256, "writer future: {} B", size(&writer));
+        });
+    }
 }
