@@ -4,7 +4,8 @@
 //! any lock, then takes a short ordering lock only to stamp the `seq` (the last field, appended
 //! in place), write the frame header in front of the payload and push the same `Arc` into each
 //! core's bounded ring (drop-oldest). Shards never take that lock; it only orders concurrent
-//! broadcasters so that every client sees `seq` strictly increasing. Then each core is woken.
+//! broadcasters so that every ring receives frames in `seq` order. Then each core is woken.
+//! (A retained snapshot replayed to a new subscriber keeps its original `seq`.)
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

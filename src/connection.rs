@@ -546,14 +546,9 @@ fn change(
     } else {
         "unsubscribed"
     };
-    let mut failure = None;
-    if !in_effect.is_empty() {
-        failure = queue_reply(
-            shard,
-            conn,
-            reply_frame(kind, Some(&in_effect), None, &stamp),
-        );
-    }
+    // Always answered, with `[]` when every name was refused.
+    let reply = reply_frame(kind, Some(&in_effect), None, &stamp);
+    let mut failure = queue_reply(shard, conn, reply);
     for e in errors {
         failure = failure.or(queue_reply(shard, conn, e));
     }

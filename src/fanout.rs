@@ -123,6 +123,13 @@ impl OutQueue {
             || (!self.closed && (!self.control.is_empty() || self.close.is_some()))
     }
 
+    /// Counts frames this client may have missed elsewhere (its core's ring overflowed).
+    pub(crate) fn add_missed(&mut self, n: u64) {
+        if !self.closed && self.close.is_none() {
+            self.dropped += n;
+        }
+    }
+
     /// Frames dropped since the last `lagged` notice.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -451,6 +458,17 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         delivery
     }
 
+    /// Tells every client that `n` broadcasts were lost before reaching this shard (its ring
+    /// overflowed): each gets `lagged` before its next frame. Which channels the lost frames
+    /// were for is unknown, so the count is an upper bound for a given client.
+    pub fn mark_all_missed(&self, n: u64) {
+        for (_, client) in self.clients.iter() {
+            let link = (**client).as_ref();
+            link.out.borrow_mut().add_missed(n);
+            link.wake_writer();
+        }
+    }
+
     /// The channel's last value, if any.
     pub fn last_value(&self, channel: &Channel) -> Option<&Frame> {
         self.channels.get(channel)?.last.as_ref()
@@ -571,6 +589,19 @@ mod tests {
         assert_eq!(reported, Some(2));
         assert_eq!(out.items[0].bytes(), b"lagged 2");
         assert_eq!(out.dropped(), 0);
+    }
+
+    #[test]
+    fn a_ring_loss_is_told_to_every_client() {
+        let mut rig = Rig::new(8);
+        let a = rig.client(&[Channel::Events]);
+        let b = rig.client(&[Channel::Metrics]);
+        rig.fanout.mark_all_missed(3);
+        rig.b.publish(&Channel::Events, "n", &0).unwrap();
+        rig.pump();
+        for key in [a, b] {
+            assert_eq!(rig.fanout.get(key).unwrap().out.borrow().dropped(), 3);
+        }
     }
 
     #[test]

@@ -117,6 +117,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// Moves frames from this core's ring to the subscribed clients' queues, until shutdown.
 async fn distribute(shard: &Shard) {
     let link = &shard.shared.links[shard.id];
+    // Ring drops already reported to this shard's clients.
+    let mut ring_lost_seen = shard.stats().ring_dropped_total.load(Relaxed);
     loop {
         let go = poll_fn(|cx| {
             if shard.shared.shutdown.load(Relaxed) {
@@ -135,6 +137,11 @@ async fn distribute(shard: &Shard) {
         .await;
         if !go {
             return;
+        }
+        let lost = shard.stats().ring_dropped_total.load(Relaxed);
+        if lost > ring_lost_seen {
+            shard.fanout.borrow().mark_all_missed(lost - ring_lost_seen);
+            ring_lost_seen = lost;
         }
         let (mut frames, mut queued, mut dropped) = (0u64, 0u64, 0u64);
         while let Some(frame) = link.ring.pop() {

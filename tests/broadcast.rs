@@ -234,3 +234,35 @@ fn a_new_client_gets_the_last_metrics_at_once() {
     assert_eq!(v["seq"], seq);
     assert_eq!(v["data"]["clusterHealth"]["goroutineCount"], 0);
 }
+
+#[test]
+fn a_ring_overflow_is_told_to_clients_as_lagged() {
+    let hub = start(common::config().cores(Cores::Count(1)).ring_size(2));
+    let mut c = connect(hub.local_addr());
+    let b = hub.broadcaster();
+    let mut sent = 0u64;
+    while hub.stats().ring_dropped_total == 0 {
+        assert!(sent < 1_000_000, "the ring never overflowed");
+        b.publish(&Channel::Events, "n", &sent).unwrap();
+        sent += 1;
+    }
+    let end = b.publish(&Channel::Events, "end", &0).unwrap();
+    let (mut received, mut told) = (0u64, 0u64);
+    loop {
+        let v = c.recv();
+        match v["type"].as_str().unwrap() {
+            "lagged" => told += v["data"]["dropped"].as_u64().unwrap(),
+            "n" => received += 1,
+            "end" if v["seq"] == end => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let missing = sent - received;
+    assert!(missing > 0);
+    assert!(told >= missing, "told {told}, missing {missing}");
+    let stats = hub.stats();
+    assert_eq!(
+        stats.ring_dropped_total + stats.queue_dropped_total,
+        missing
+    );
+}
