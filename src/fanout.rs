@@ -17,8 +17,9 @@ use crate::protocol::Channel;
 /// One item waiting to be written to a client.
 #[derive(Debug)]
 pub(crate) enum Out {
-    /// A broadcast frame, shared with every other client.
-    Shared(Frame),
+    /// A broadcast frame, shared with every other client: the shard wraps the cross-core `Arc`
+    /// once in an `Rc`, so per-client clones never touch a cache line another core writes.
+    Shared(Rc<Frame>),
     /// Bytes for this client only: replies, control frames.
     Owned(Box<[u8]>),
 }
@@ -60,7 +61,7 @@ pub(crate) struct Progress {
 impl OutQueue {
     /// Appends a broadcast frame; when `cap` frames are already queued the oldest one not yet
     /// partly written is dropped. Returns whether a frame was dropped.
-    pub(crate) fn push_shared(&mut self, frame: Frame, cap: usize) -> bool {
+    pub(crate) fn push_shared(&mut self, frame: Rc<Frame>, cap: usize) -> bool {
         if self.close.is_some() || self.closed {
             return false;
         }
@@ -296,7 +297,7 @@ pub struct Delivery {
 #[derive(Debug, Default)]
 struct ChannelSlot {
     subscribers: Vec<usize>,
-    last: Option<Frame>,
+    last: Option<Rc<Frame>>,
 }
 
 /// A shard's clients and who subscribes to what.
@@ -380,7 +381,8 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
 
     /// Queues the channel's last value, if it has one, to a client that just subscribed.
     pub fn greet(&self, key: usize, channel: &Channel) {
-        if let (Some(client), Some(last)) = (self.clients.get(key), self.last_value(channel)) {
+        let last = self.channels.get(channel).and_then(|s| s.last.as_ref());
+        if let (Some(client), Some(last)) = (self.clients.get(key), last) {
             let link = (**client).as_ref();
             link.out
                 .borrow_mut()
@@ -426,21 +428,22 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
     pub fn deliver(&mut self, frame: &Frame) -> Delivery {
         let mut delivery = Delivery::default();
         let primary = frame.channel();
+        let local = Rc::new(frame.clone());
         if let Some(slot) = self.channels.get_mut(primary) {
             if frame.retain() {
-                slot.last = Some(frame.clone());
+                slot.last = Some(local.clone());
             }
             push_all(
                 &self.clients,
                 &slot.subscribers,
-                frame,
+                &local,
                 self.queue_cap,
                 None,
                 &mut delivery,
             );
         } else if frame.retain() {
             let slot = self.channels.entry(primary.clone()).or_default();
-            slot.last = Some(frame.clone());
+            slot.last = Some(local.clone());
         }
         if let Some(also) = frame.also() {
             if let Some(slot) = self.channels.get(also) {
@@ -448,7 +451,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
                 push_all(
                     &self.clients,
                     &slot.subscribers,
-                    frame,
+                    &local,
                     self.queue_cap,
                     skip,
                     &mut delivery,
@@ -471,7 +474,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
 
     /// The channel's last value, if any.
     pub fn last_value(&self, channel: &Channel) -> Option<&Frame> {
-        self.channels.get(channel)?.last.as_ref()
+        self.channels.get(channel)?.last.as_deref()
     }
 
     /// Forgets the channel's last value.
@@ -488,7 +491,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
 fn push_all<C: AsRef<ClientLink>>(
     clients: &Slab<Rc<C>>,
     keys: &[usize],
-    frame: &Frame,
+    frame: &Rc<Frame>,
     cap: usize,
     skip_if_subscribed: Option<&Channel>,
     delivery: &mut Delivery,
