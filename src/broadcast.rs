@@ -30,11 +30,7 @@ pub struct Frame(Arc<FrameInner>);
 struct FrameInner {
     buf: Vec<u8>,
     start: usize,
-    channel: Channel,
-    /// A second channel that also receives the frame (`topic:<name>` for a topic event).
-    also: Option<Channel>,
-    /// Kept as the channel's last value for new subscribers.
-    retain: bool,
+    route: Route,
     seq: u64,
 }
 
@@ -56,15 +52,23 @@ impl Frame {
 
     /// The channel it is published on.
     pub fn channel(&self) -> &Channel {
-        &self.0.channel
+        &self.0.route.channel
     }
 
     pub(crate) fn also(&self) -> Option<&Channel> {
-        self.0.also.as_ref()
+        self.0.route.also.as_ref()
     }
 
     pub(crate) fn retain(&self) -> bool {
-        self.0.retain
+        self.0.route.retain
+    }
+
+    pub(crate) fn clears(&self) -> bool {
+        self.0.route.clears
+    }
+
+    pub(crate) fn forget(&self) -> bool {
+        self.0.route.forget
     }
 
     #[cfg(test)]
@@ -77,7 +81,7 @@ impl fmt::Debug for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Frame")
             .field("seq", &self.0.seq)
-            .field("channel", &self.0.channel)
+            .field("channel", &self.0.route.channel)
             .field("len", &self.bytes().len())
             .finish()
     }
@@ -98,6 +102,9 @@ pub struct HubShared {
     order: Mutex<u64>,
     pub(crate) epoch: u64,
     pub(crate) shutdown: AtomicBool,
+    /// Per shard: its `topic:`/`group:` channels that have subscribers, published by the shard
+    /// when they change and read by the ticker, which sends their detail frames.
+    pub(crate) interest: Box<[Mutex<Vec<Channel>>]>,
 }
 
 impl fmt::Debug for HubShared {
@@ -125,6 +132,7 @@ impl HubShared {
             order: Mutex::new(0),
             epoch: stamp.unix_us,
             shutdown: AtomicBool::new(false),
+            interest: (0..shards).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -204,7 +212,7 @@ impl Broadcaster {
         kind: &str,
         data: &T,
     ) -> Result<u64, BroadcastError> {
-        self.send(channel.clone(), None, false, kind, data)
+        self.send(Route::to(channel.clone()), kind, data)
     }
 
     /// Like [`Self::publish`], and the frame becomes the channel's last value: a client that
@@ -215,31 +223,36 @@ impl Broadcaster {
         kind: &str,
         data: &T,
     ) -> Result<u64, BroadcastError> {
-        self.send(channel.clone(), None, true, kind, data)
+        let route = Route {
+            retain: true,
+            ..Route::to(channel.clone())
+        };
+        self.send(route, kind, data)
     }
 
     /// Sends the `metrics` snapshot on the `metrics` channel, retained as its last value.
     pub fn metrics(&self, snapshot: &MonitoringMetrics) -> Result<u64, BroadcastError> {
-        self.send(Channel::Metrics, None, true, "metrics", snapshot)
+        let route = Route {
+            retain: true,
+            ..Route::to(Channel::Metrics)
+        };
+        self.send(route, "metrics", snapshot)
     }
 
     /// Announces `topic_created` on `events` and `topic:<name>`.
     pub fn topic_created(&self, name: &str, partitions: u32) -> Result<u64, BroadcastError> {
         let data = TopicCreated { name, partitions };
-        let topic = Channel::topic(name);
-        self.send(Channel::Events, Some(topic), false, "topic_created", &data)
+        self.send(Route::event(Channel::topic(name)), "topic_created", &data)
     }
 
-    /// Announces `topic_deleted` on `events` and `topic:<name>`.
+    /// Announces `topic_deleted` on `events` and `topic:<name>`; the topic channel's last
+    /// value (its detail frame) is forgotten.
     pub fn topic_deleted(&self, name: &str) -> Result<u64, BroadcastError> {
-        let topic = Channel::topic(name);
-        self.send(
-            Channel::Events,
-            Some(topic),
-            false,
-            "topic_deleted",
-            &TopicDeleted { name },
-        )
+        let route = Route {
+            clears: true,
+            ..Route::event(Channel::topic(name))
+        };
+        self.send(route, "topic_deleted", &TopicDeleted { name })
     }
 
     /// Announces `group_updated` on `events` and `group:<id>`.
@@ -254,15 +267,26 @@ impl Broadcaster {
             state,
             members,
         };
-        let group = Channel::group(group_id);
-        self.send(Channel::Events, Some(group), false, "group_updated", &data)
+        self.send(
+            Route::event(Channel::group(group_id)),
+            "group_updated",
+            &data,
+        )
+    }
+
+    /// Makes every core forget `channel`'s last value, delivering nothing to clients (the
+    /// ticker uses it when a topic or group vanished while its detail frame was in flight).
+    pub(crate) fn forget(&self, channel: &Channel) {
+        let route = Route {
+            forget: true,
+            ..Route::to(channel.clone())
+        };
+        let _ = self.send(route, "forget", &());
     }
 
     fn send<T: Serialize + ?Sized>(
         &self,
-        channel: Channel,
-        also: Option<Channel>,
-        retain: bool,
+        route: Route,
         kind: &str,
         data: &T,
     ) -> Result<u64, BroadcastError> {
@@ -281,17 +305,11 @@ impl Broadcaster {
         payload.pop();
         payload.extend_from_slice(b",\"seq\":");
         payload.reserve(21);
-        Ok(self.enqueue(fb, channel, also, retain))
+        Ok(self.enqueue(fb, route))
     }
 
     /// Stamps `seq`, finishes the frame and pushes it to every ring, in one ordered section.
-    fn enqueue(
-        &self,
-        mut fb: FrameBuf,
-        channel: Channel,
-        also: Option<Channel>,
-        retain: bool,
-    ) -> u64 {
+    fn enqueue(&self, mut fb: FrameBuf, route: Route) -> u64 {
         let shared = &*self.shared;
         let mut last = shared.order.lock().unwrap_or_else(|e| e.into_inner());
         *last += 1;
@@ -303,9 +321,7 @@ impl Broadcaster {
         let frame = Frame(Arc::new(FrameInner {
             buf,
             start,
-            channel,
-            also,
-            retain,
+            route,
             seq,
         }));
         for (link, stats) in shared.links.iter().zip(shared.stats.iter()) {
@@ -316,6 +332,40 @@ impl Broadcaster {
         drop(last);
         shared.wake_all();
         seq
+    }
+}
+
+/// Where a frame goes and what it does to the channel's last value.
+#[derive(Debug)]
+struct Route {
+    channel: Channel,
+    /// A second channel that also receives the frame (`topic:<name>` for a topic event).
+    also: Option<Channel>,
+    /// Kept as the channel's last value for new subscribers.
+    retain: bool,
+    /// Forgets the last value of `also` (a deleted topic's detail frame).
+    clears: bool,
+    /// Not for clients: only forgets the last value of `channel`.
+    forget: bool,
+}
+
+impl Route {
+    fn to(channel: Channel) -> Self {
+        Self {
+            channel,
+            also: None,
+            retain: false,
+            clears: false,
+            forget: false,
+        }
+    }
+
+    /// An event: on `events` and on the topic's or group's own channel.
+    fn event(own: Channel) -> Self {
+        Self {
+            also: Some(own),
+            ..Self::to(Channel::Events)
+        }
     }
 }
 

@@ -198,6 +198,7 @@ impl Drop for Registered<'_> {
         if let Ok(mut fanout) = self.shard.fanout.try_borrow_mut() {
             fanout.remove(self.key);
         }
+        self.shard.publish_interest();
         if self.conn.phase.get() != Phase::Handshake {
             self.shard.stats().connections.fetch_sub(1, Relaxed);
         }
@@ -473,8 +474,16 @@ fn on_text(shard: &Shard, conn: &Conn, key: usize, text: &[u8]) -> Option<(u16, 
             );
             queue_reply(shard, conn, reply)
         }
-        ClientMessage::Subscribe(names) => change(shard, conn, key, names, true),
-        ClientMessage::Unsubscribe(names) => change(shard, conn, key, names, false),
+        ClientMessage::Subscribe(names) => {
+            let failure = change(shard, conn, key, names, true);
+            shard.publish_interest();
+            failure
+        }
+        ClientMessage::Unsubscribe(names) => {
+            let failure = change(shard, conn, key, names, false);
+            shard.publish_interest();
+            failure
+        }
         ClientMessage::Invalid(code, message) => {
             queue_reply(shard, conn, error_frame(code, &message, &stamp))
         }

@@ -307,6 +307,12 @@ pub struct Fanout<C> {
     channels: HashMap<Channel, ChannelSlot>,
     queue_cap: usize,
     max_subscriptions: usize,
+    /// Bumped when a `topic:`/`group:` channel gains its first subscriber or loses its last.
+    interest_version: u64,
+}
+
+fn is_detail(channel: &Channel) -> bool {
+    matches!(channel, Channel::Topic(_) | Channel::Group(_))
 }
 
 impl<C: AsRef<ClientLink>> Fanout<C> {
@@ -317,6 +323,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             channels: HashMap::new(),
             queue_cap,
             max_subscriptions,
+            interest_version: 0,
         }
     }
 
@@ -371,11 +378,12 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             }
             subs.push(channel.clone());
         }
-        self.channels
-            .entry(channel)
-            .or_default()
-            .subscribers
-            .push(key);
+        let detail = is_detail(&channel);
+        let slot = self.channels.entry(channel).or_default();
+        slot.subscribers.push(key);
+        if detail && slot.subscribers.len() == 1 {
+            self.interest_version += 1;
+        }
         Subscribed::Added
     }
 
@@ -416,6 +424,9 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         if let Some(slot) = self.channels.get_mut(channel) {
             if let Some(i) = slot.subscribers.iter().position(|&k| k == key) {
                 slot.subscribers.swap_remove(i);
+                if slot.subscribers.is_empty() && is_detail(channel) {
+                    self.interest_version += 1;
+                }
             }
             if slot.subscribers.is_empty() && slot.last.is_none() {
                 self.channels.remove(channel);
@@ -428,6 +439,10 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
     pub fn deliver(&mut self, frame: &Frame) -> Delivery {
         let mut delivery = Delivery::default();
         let primary = frame.channel();
+        if frame.forget() {
+            self.clear_last_value(primary);
+            return delivery;
+        }
         let local = Rc::new(frame.clone());
         if let Some(slot) = self.channels.get_mut(primary) {
             if frame.retain() {
@@ -458,7 +473,26 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
                 );
             }
         }
+        if frame.clears() {
+            if let Some(also) = frame.also() {
+                self.clear_last_value(also);
+            }
+        }
         delivery
+    }
+
+    /// Changes whenever [`Self::interest`] does.
+    pub fn interest_version(&self) -> u64 {
+        self.interest_version
+    }
+
+    /// The `topic:` and `group:` channels that have subscribers.
+    pub fn interest(&self) -> Vec<Channel> {
+        self.channels
+            .iter()
+            .filter(|(c, s)| is_detail(c) && !s.subscribers.is_empty())
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     /// Tells every client that `n` broadcasts were lost before reaching this shard (its ring
@@ -605,6 +639,25 @@ mod tests {
         for key in [a, b] {
             assert_eq!(rig.fanout.get(key).unwrap().out.borrow().dropped(), 3);
         }
+    }
+
+    #[test]
+    fn a_deleted_topic_forgets_its_detail_and_forget_reaches_no_client() {
+        let mut rig = Rig::new(8);
+        let c = rig.client(&[Channel::topic("t")]);
+        rig.b
+            .publish_retained(&Channel::topic("t"), "topic_detail", &1)
+            .unwrap();
+        rig.b.topic_deleted("t").unwrap();
+        rig.pump();
+        assert!(rig.fanout.last_value(&Channel::topic("t")).is_none());
+        rig.b
+            .publish_retained(&Channel::topic("t"), "topic_detail", &2)
+            .unwrap();
+        rig.b.forget(&Channel::topic("t"));
+        rig.pump();
+        assert!(rig.fanout.last_value(&Channel::topic("t")).is_none());
+        assert_eq!(rig.seqs(c), [1, 2, 3], "the forget frame is not delivered");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tracing::info;
 use crate::broadcast::{Broadcaster, HubShared};
 use crate::config::HubConfig;
 use crate::error::Error;
+use crate::protocol::Channel;
 use crate::shard::{self, Shard};
 use crate::stats::HubStats;
 
@@ -142,18 +143,22 @@ impl HubHandle {
         ShutdownTrigger(self.shared.clone())
     }
 
+    /// A `Clone + Send + Sync` view of the hub's counters and subscriptions, for metrics
+    /// sources and exporters.
+    pub fn probe(&self) -> HubProbe {
+        HubProbe {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The counters summed over every shard.
     pub fn stats(&self) -> HubStats {
-        let mut total = HubStats::default();
-        for s in self.shard_stats() {
-            total.add(&s);
-        }
-        total
+        self.probe().stats()
     }
 
     /// Each shard's counters, in shard order.
     pub fn shard_stats(&self) -> Vec<HubStats> {
-        self.shared.stats.iter().map(|s| s.snapshot()).collect()
+        self.probe().shard_stats()
     }
 
     /// Open WebSocket clients across all cores.
@@ -196,5 +201,62 @@ impl Drop for HubHandle {
         if !self.threads.is_empty() {
             let _ = self.stop();
         }
+    }
+}
+
+/// A read-only view of a running hub: counters and the detail channels clients subscribe to.
+#[derive(Debug, Clone)]
+pub struct HubProbe {
+    shared: Arc<HubShared>,
+}
+
+impl HubProbe {
+    /// The counters summed over every shard.
+    pub fn stats(&self) -> HubStats {
+        let mut total = HubStats::default();
+        for s in self.shard_stats() {
+            total.add(&s);
+        }
+        total
+    }
+
+    /// Each shard's counters, in shard order.
+    pub fn shard_stats(&self) -> Vec<HubStats> {
+        self.shared.stats.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Open WebSocket clients across all cores.
+    pub fn active_connections(&self) -> u64 {
+        self.stats().connections
+    }
+
+    /// Number of shards (cores).
+    pub fn shards(&self) -> usize {
+        self.shared.links.len()
+    }
+
+    /// The `topic:` and `group:` channels that have at least one subscriber on some core.
+    pub fn detail_channels(&self) -> Vec<Channel> {
+        let mut all: Vec<Channel> = Vec::new();
+        for interest in self.shared.interest.iter() {
+            let interest = interest.lock().unwrap_or_else(|e| e.into_inner());
+            for c in interest.iter() {
+                if !all.contains(c) {
+                    all.push(c.clone());
+                }
+            }
+        }
+        all
+    }
+
+    pub(crate) fn record_tick(&self, took: std::time::Duration) {
+        let stats = &self.shared.stats[0];
+        stats
+            .ticks_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.tick_micros_total.fetch_add(
+            took.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }

@@ -25,6 +25,10 @@
 //! - `fanout`: a shard's subscription index and client queues (pure, single-threaded).
 //! - `shard` / `connection`: the glommio side: accept, distribute, sweep, read, write.
 //! - [`MonitoringMetrics`]: the snapshot model of PROTOCOL.md.
+//! - [`Recorder`] / [`TopicMeter`]: the broker's hot path (striped counters, per-thread HDR
+//!   histograms), [`TopicManager`] and [`GroupCoordinator`]: topics, groups, lag, events.
+//! - [`MetricsSource`] / [`StandardSource`] and the [`Ticker`]: one snapshot per interval,
+//!   encoded once, plus detail frames for subscribed `topic:` / `group:` channels.
 //!
 //! ```no_run
 //! use takhin_monitor::{Hub, HubConfig};
@@ -40,23 +44,35 @@ mod config;
 mod connection;
 mod error;
 mod fanout;
+mod groups;
 mod handshake;
 mod hub;
 mod metrics;
 mod protocol;
+mod recorder;
 mod shard;
+mod source;
 mod stats;
+mod ticker;
+mod topics;
 
 pub use crate::broadcast::{Broadcaster, Frame};
 pub use crate::config::{Cores, HubConfig};
 pub use crate::error::{BroadcastError, ConfigError, Error};
-pub use crate::hub::{Hub, HubHandle, ShutdownTrigger};
+pub use crate::groups::{GroupCoordinator, GroupInfo, DEAD_STATE, INITIAL_STATE};
+pub use crate::hub::{Hub, HubHandle, HubProbe, ShutdownTrigger};
 pub use crate::metrics::{
-    ClusterHealth, ConsumerLag, Latency, MonitoringMetrics, PartitionLag, Throughput, TopicLag,
-    TopicStats,
+    ClusterHealth, ConsumerLag, GroupDetail, Latency, MonitoringMetrics, PartitionLag,
+    PartitionOffset, Throughput, TopicDetail, TopicLag, TopicStats,
 };
 pub use crate::protocol::{close_code, Channel, ChannelError, MAX_CHANNEL_LEN};
+pub use crate::recorder::{Recorder, TopicMeter};
+pub use crate::source::{MetricsSource, StandardSource};
 pub use crate::stats::HubStats;
+pub use crate::ticker::{Ticker, DEFAULT_METRICS_INTERVAL};
+pub use crate::topics::{
+    valid_topic_name, TopicError, TopicInfo, TopicManager, MAX_PARTITIONS, MAX_TOPIC_NAME,
+};
 pub use tungstenite::protocol::WebSocketConfig;
 
 /// Defaults of [`HubConfig`], as named constants.

@@ -83,12 +83,16 @@ pub struct TopicLag {
 /// A group's lag on one partition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[allow(missing_docs)]
 pub struct PartitionLag {
+    /// The partition number.
     pub partition: u32,
-    pub current_offset: i64,
+    /// The group's committed offset; `null` when it has committed none on this partition.
+    pub current_offset: Option<i64>,
+    /// The partition's log-end offset.
     pub log_end_offset: i64,
-    pub lag: i64,
+    /// Log-end minus committed, never below zero; `null` (and out of every sum) when nothing
+    /// is committed.
+    pub lag: Option<i64>,
 }
 
 /// Process and cluster facts.
@@ -104,4 +108,145 @@ pub struct ClusterHealth {
     pub memory_usage_bytes: u64,
     /// The server's live tasks and threads (the name is kept for existing clients).
     pub goroutine_count: u64,
+}
+
+/// The detail frame of a `topic:<name>` channel (type `topic_detail`), once per tick.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicDetail {
+    /// The topic's name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Messages produced since the topic was created.
+    pub total_messages: u64,
+    /// Bytes produced since the topic was created.
+    pub total_bytes: u64,
+    /// Messages produced per second over the last interval.
+    pub produce_rate: f64,
+    /// Messages fetched per second over the last interval.
+    pub fetch_rate: f64,
+    /// Each partition's log-end offset.
+    pub partition_offsets: Vec<PartitionOffset>,
+    /// Unix seconds.
+    pub timestamp: u64,
+}
+
+/// One partition's log-end offset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionOffset {
+    /// The partition number.
+    pub partition: u32,
+    /// Its log-end offset.
+    pub log_end_offset: i64,
+}
+
+/// The detail frame of a `group:<id>` channel (type `group_detail`), once per tick.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupDetail {
+    /// The group id.
+    pub group_id: String,
+    /// The group's state.
+    pub state: String,
+    /// Number of members.
+    pub members: u32,
+    /// Sum of the partition lags.
+    pub total_lag: u64,
+    /// Lag per topic and partition, as in `consumerLags`.
+    pub topic_lags: Vec<TopicLag>,
+    /// Unix seconds.
+    pub timestamp: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
+    fn keys(v: &Value) -> BTreeSet<&str> {
+        v.as_object().unwrap().keys().map(String::as_str).collect()
+    }
+
+    fn set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
+        names.iter().copied().collect()
+    }
+
+    /// The field names are a contract with every client (PROTOCOL.md): a rename fails here.
+    #[test]
+    fn serialized_key_sets_match_the_protocol() {
+        let m = MonitoringMetrics {
+            topic_stats: vec![TopicStats::default()],
+            consumer_lags: vec![ConsumerLag {
+                topic_lags: vec![TopicLag {
+                    partition_lags: vec![PartitionLag::default()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            keys(&v),
+            set(&[
+                "throughput",
+                "latency",
+                "topicStats",
+                "consumerLags",
+                "clusterHealth",
+                "timestamp"
+            ])
+        );
+        assert_eq!(
+            keys(&v["throughput"]),
+            set(&["produceRate", "fetchRate", "produceBytes", "fetchBytes"])
+        );
+        assert_eq!(
+            keys(&v["latency"]),
+            set(&[
+                "produceP50",
+                "produceP95",
+                "produceP99",
+                "fetchP50",
+                "fetchP95",
+                "fetchP99"
+            ])
+        );
+        assert_eq!(
+            keys(&v["topicStats"][0]),
+            set(&[
+                "name",
+                "partitions",
+                "totalMessages",
+                "totalBytes",
+                "produceRate",
+                "fetchRate"
+            ])
+        );
+        let lag = &v["consumerLags"][0];
+        assert_eq!(keys(lag), set(&["groupId", "totalLag", "topicLags"]));
+        assert_eq!(
+            keys(&lag["topicLags"][0]),
+            set(&["topic", "totalLag", "partitionLags"])
+        );
+        assert_eq!(
+            keys(&lag["topicLags"][0]["partitionLags"][0]),
+            set(&["partition", "currentOffset", "logEndOffset", "lag"])
+        );
+        assert_eq!(
+            keys(&v["clusterHealth"]),
+            set(&[
+                "activeConnections",
+                "totalTopics",
+                "totalPartitions",
+                "totalConsumers",
+                "diskUsageBytes",
+                "memoryUsageBytes",
+                "goroutineCount",
+            ])
+        );
+    }
 }

@@ -36,6 +36,8 @@ pub(crate) struct Shard {
     pub(crate) iov: RefCell<Vec<libc::iovec>>,
     pub(crate) draining: Cell<bool>,
     log_limit: RateLimit,
+    /// The fan-out's interest version last published to the ticker.
+    published_interest: Cell<u64>,
 }
 
 impl Shard {
@@ -50,6 +52,23 @@ impl Shard {
             iov: RefCell::new(Vec::with_capacity(connection::MAX_IOV)),
             draining: Cell::new(false),
             log_limit: RateLimit::default(),
+            published_interest: Cell::new(0),
+        }
+    }
+
+    /// Publishes this shard's subscribed `topic:`/`group:` channels for the ticker, when they
+    /// changed.
+    pub(crate) fn publish_interest(&self) {
+        let Ok(fanout) = self.fanout.try_borrow() else {
+            return;
+        };
+        let version = fanout.interest_version();
+        if version != self.published_interest.get() {
+            let mut shared = self.shared.interest[self.id]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *shared = fanout.interest();
+            self.published_interest.set(version);
         }
     }
 

@@ -67,4 +67,8 @@ counters! {
     panics_total,
     /// Broadcasts taken from the ring by this shard's distributor.
     broadcasts_total,
+    /// Metrics ticks run (counted on shard 0's counters).
+    ticks_total,
+    /// Time spent in ticks (snapshot, encode, details), in microseconds.
+    tick_micros_total,
 }

@@ -1,0 +1,142 @@
+//! The ticker: every interval (2 s by default) one snapshot, encoded once and broadcast on
+//! `metrics`, then one detail frame for each `topic:<name>` and `group:<id>` channel that has
+//! subscribers somewhere. Its work depends on the cluster's size, never on the number of
+//! clients.
+
+use std::fmt;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::broadcast::Broadcaster;
+use crate::hub::{HubHandle, HubProbe};
+use crate::protocol::Channel;
+use crate::source::MetricsSource;
+
+/// Default interval between snapshots (PROTOCOL.md: 2 s).
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The running ticker thread. Dropping it stops the thread.
+pub struct Ticker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Ticker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticker")
+            .field("running", &self.thread.is_some())
+            .finish()
+    }
+}
+
+impl Ticker {
+    /// Starts ticking for `hub` from `source`: a first snapshot at once, then one every
+    /// `interval`.
+    pub fn start(
+        hub: &HubHandle,
+        source: impl MetricsSource + 'static,
+        interval: Duration,
+    ) -> std::io::Result<Self> {
+        Self::start_with(hub.broadcaster(), hub.probe(), Box::new(source), interval)
+    }
+
+    /// Like [`Self::start`], from a broadcaster and a probe.
+    pub fn start_with(
+        broadcaster: Broadcaster,
+        probe: HubProbe,
+        mut source: Box<dyn MetricsSource>,
+        interval: Duration,
+    ) -> std::io::Result<Self> {
+        let interval = interval.max(Duration::from_millis(10));
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("takhin-ticker".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                let mut next = last;
+                loop {
+                    let now = Instant::now();
+                    match stopped.recv_timeout(next.saturating_duration_since(now)) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let now = Instant::now();
+                    let elapsed = if now == last { interval } else { now - last };
+                    tick(
+                        &mut *source,
+                        &broadcaster,
+                        &probe,
+                        elapsed.max(interval / 2),
+                    );
+                    last = now;
+                    next += interval;
+                    if next < now {
+                        next = now + interval; // fell behind: skip, never burst
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// One tick: the snapshot, then the detail frames of channels with subscribers.
+pub(crate) fn tick(
+    source: &mut dyn MetricsSource,
+    broadcaster: &Broadcaster,
+    probe: &HubProbe,
+    elapsed: Duration,
+) {
+    let started = Instant::now();
+    let snapshot = source.snapshot(elapsed);
+    if let Err(e) = broadcaster.metrics(&snapshot) {
+        warn!(error = %e, "metrics snapshot not sent");
+    }
+    for channel in probe.detail_channels() {
+        let sent = match &channel {
+            Channel::Topic(name) => source
+                .topic_detail(name)
+                .map(|d| broadcaster.publish_retained(&channel, "topic_detail", &d)),
+            Channel::Group(id) => source
+                .group_detail(id)
+                .map(|d| broadcaster.publish_retained(&channel, "group_detail", &d)),
+            Channel::Metrics | Channel::Events => None,
+        };
+        if let Some(Err(e)) = &sent {
+            warn!(%channel, error = %e, "detail frame not sent");
+        }
+        // Deleted while its detail was being built: make sure no core keeps that detail.
+        let gone = match &channel {
+            Channel::Topic(name) => sent.is_some() && source.topic_detail(name).is_none(),
+            Channel::Group(id) => sent.is_some() && source.group_detail(id).is_none(),
+            Channel::Metrics | Channel::Events => false,
+        };
+        if gone {
+            broadcaster.forget(&channel);
+        }
+    }
+    probe.record_tick(started.elapsed());
+}
