@@ -7,7 +7,9 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use takhin_monitor::{Cores, Hub, HubConfig};
+use takhin_monitor::{
+    Cores, GroupCoordinator, Hub, HubConfig, Recorder, StandardSource, Ticker, TopicManager,
+};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -46,6 +48,12 @@ struct Opt {
     /// Drain deadline on SIGTERM, in seconds.
     #[arg(long, env = "TAKHIN_SHUTDOWN_TIMEOUT")]
     shutdown_timeout: Option<f64>,
+    /// Interval between `metrics` snapshots, in seconds.
+    #[arg(long, env = "TAKHIN_METRICS_INTERVAL", default_value_t = 2.0)]
+    metrics_interval: f64,
+    /// Directory whose disk usage is reported as `diskUsageBytes`.
+    #[arg(long, env = "TAKHIN_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl Opt {
@@ -95,6 +103,7 @@ fn main() {
 
 fn run(opt: Opt) -> anyhow::Result<()> {
     let config = opt.build_config()?;
+    let interval = secs(opt.metrics_interval, "--metrics-interval")?;
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let hub = Hub::start(config).context("starting the hub")?;
     info!(
@@ -103,6 +112,15 @@ fn run(opt: Opt) -> anyhow::Result<()> {
         hub.cores(),
         opt.source
     );
+    // The services every source feeds, and the ticker that streams their snapshot.
+    let broadcaster = hub.broadcaster();
+    let topics = TopicManager::new(Recorder::new(), Some(broadcaster.clone()));
+    let groups = GroupCoordinator::new(Some(broadcaster));
+    let mut source = StandardSource::new(topics, groups, Some(hub.probe()));
+    if let Some(dir) = &opt.data_dir {
+        source = source.data_dir(dir);
+    }
+    let ticker = Ticker::start(&hub, source, interval).context("starting the ticker")?;
     let trigger = hub.shutdown_trigger();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
@@ -111,6 +129,7 @@ fn run(opt: Opt) -> anyhow::Result<()> {
         }
     });
     hub.wait().context("shard failure")?;
+    ticker.stop();
     info!("stopped");
     Ok(())
 }
