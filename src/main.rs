@@ -101,16 +101,35 @@ fn main() {
     }
 }
 
+/// Raises the open-files soft limit to the hard limit: every client is a descriptor.
+fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+        lim.rlim_cur
+    }
+}
+
 fn run(opt: Opt) -> anyhow::Result<()> {
     let config = opt.build_config()?;
+    let max_files = raise_fd_limit();
     let interval = secs(opt.metrics_interval, "--metrics-interval")?;
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let hub = Hub::start(config).context("starting the hub")?;
     info!(
-        "listening on ws://{}/api/monitoring/ws (cores {:?}, source {:?})",
+        "listening on ws://{}/api/monitoring/ws (cores {:?}, source {:?}, open files {})",
         hub.local_addr(),
         hub.cores(),
-        opt.source
+        opt.source,
+        max_files
     );
     // The services every source feeds, and the ticker that streams their snapshot.
     let broadcaster = hub.broadcaster();

@@ -62,7 +62,12 @@ fn the_binary_serves_clients_and_sigterm_closes_them_with_1001_then_exits_0() {
     let mut clients: Vec<_> = (0..3).map(|_| common::connect(server.addr)).collect();
     for c in &mut clients {
         let m = c.recv_type("metrics");
-        assert!(m["data"]["clusterHealth"]["activeConnections"].as_u64().unwrap() >= 1);
+        assert!(
+            m["data"]["clusterHealth"]["activeConnections"]
+                .as_u64()
+                .unwrap()
+                >= 1
+        );
     }
     // SAFETY: signalling our own child process by its PID.
     assert_eq!(
