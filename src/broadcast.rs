@@ -8,8 +8,8 @@
 //! (A retained snapshot replayed to a new subscriber keeps its original `seq`.)
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use atomic_waker::AtomicWaker;
@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use crate::error::BroadcastError;
 use crate::metrics::MonitoringMetrics;
-use crate::protocol::{write_envelope, Channel, FrameBuf, Number, Stamp, OP_TEXT};
-use crate::stats::ShardStats;
+use crate::protocol::{write_envelope_with, Channel, FrameBuf, Number, Stamp, OP_TEXT};
+use crate::stats::{DurationHistogram, ShardStats};
 
 /// A complete server WebSocket frame (header and JSON payload), shared by every client that
 /// receives it.
@@ -105,6 +105,14 @@ pub struct HubShared {
     /// Per shard: its `topic:`/`group:` channels that have subscribers, published by the shard
     /// when they change and read by the ticker, which sends their detail frames.
     pub(crate) interest: Box<[Mutex<Vec<Channel>>]>,
+    /// WebSocket clients across all shards, for the global connection limit.
+    pub(crate) clients: AtomicUsize,
+    /// Time per broadcast call (encode and enqueue).
+    pub(crate) broadcast_seconds: DurationHistogram,
+    /// Time per metrics tick.
+    pub(crate) tick_seconds: DurationHistogram,
+    /// The REST services, once attached with `HubHandle::serve_api`.
+    pub(crate) api: OnceLock<crate::http::Services>,
 }
 
 impl fmt::Debug for HubShared {
@@ -133,6 +141,10 @@ impl HubShared {
             epoch: stamp.unix_us,
             shutdown: AtomicBool::new(false),
             interest: (0..shards).map(|_| Mutex::default()).collect(),
+            clients: AtomicUsize::new(0),
+            broadcast_seconds: DurationHistogram::default(),
+            tick_seconds: DurationHistogram::default(),
+            api: OnceLock::new(),
         }
     }
 
@@ -145,6 +157,23 @@ impl HubShared {
         for link in self.links.iter() {
             link.waker.wake();
         }
+    }
+
+    /// Takes a place under the global connection limit; false when the hub is full.
+    pub(crate) fn try_admit(&self, max: usize) -> bool {
+        self.clients
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives back a place taken by [`Self::try_admit`].
+    pub(crate) fn release(&self) {
+        self.clients.fetch_sub(1, Relaxed);
+    }
+
+    /// The last `seq` handed out: the number of broadcasts so far.
+    pub(crate) fn last_seq(&self) -> u64 {
+        *self.order.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn begin_shutdown(&self) {
@@ -284,18 +313,56 @@ impl Broadcaster {
         let _ = self.send(route, "forget", &());
     }
 
+    /// Sends `data`, already JSON text, as given (checked to be one JSON value, not
+    /// re-encoded): for external producers and relays.
+    /// `None` sends a message without `data`.
+    pub fn publish_raw(
+        &self,
+        channel: &Channel,
+        kind: &str,
+        data: Option<&str>,
+    ) -> Result<u64, BroadcastError> {
+        if let Some(data) = data {
+            if serde_json::from_str::<&serde_json::value::RawValue>(data).is_err() {
+                return Err(BroadcastError::Encode("data is not one JSON value".into()));
+            }
+        }
+        let write = data.map(|data| {
+            move |out: &mut Vec<u8>| {
+                out.extend_from_slice(data.trim().as_bytes());
+                Ok(())
+            }
+        });
+        let size = data.map_or(0, str::len);
+        self.send_with(Route::to(channel.clone()), kind, write, size)
+    }
+
     fn send<T: Serialize + ?Sized>(
         &self,
         route: Route,
         kind: &str,
         data: &T,
     ) -> Result<u64, BroadcastError> {
+        let write = |out: &mut Vec<u8>| {
+            simd_json::to_writer(out, data).map_err(|e| BroadcastError::Encode(e.to_string()))
+        };
+        self.send_with(route, kind, Some(write), 256)
+    }
+
+    fn send_with(
+        &self,
+        route: Route,
+        kind: &str,
+        data: Option<impl FnOnce(&mut Vec<u8>) -> Result<(), BroadcastError>>,
+        size_hint: usize,
+    ) -> Result<u64, BroadcastError> {
+        let started = std::time::Instant::now();
         let stamp = self.shared.stamp();
-        let mut fb = FrameBuf::with_capacity(256);
-        write_envelope(
+        let mut fb = FrameBuf::with_capacity(size_hint + 128);
+        write_envelope_with(
             fb.payload(),
             kind,
-            Some(data),
+            data,
             Number::Int(stamp.unix_s as i64),
             None,
             &stamp,
@@ -305,7 +372,9 @@ impl Broadcaster {
         payload.pop();
         payload.extend_from_slice(b",\"seq\":");
         payload.reserve(21);
-        Ok(self.enqueue(fb, route))
+        let seq = self.enqueue(fb, route);
+        self.shared.broadcast_seconds.observe(started.elapsed());
+        Ok(seq)
     }
 
     /// Stamps `seq`, finishes the frame and pushes it to every ring, in one ordered section.

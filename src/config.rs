@@ -41,6 +41,12 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 pub const DEFAULT_MAX_REPLY_BACKLOG: usize = 256 << 10;
 /// Default listen backlog of each shard's listener.
 pub const DEFAULT_LISTEN_BACKLOG: i32 = 4096;
+/// Default cap on WebSocket clients across all cores.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default cap on a REST request body.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
+/// Default idle time before a keep-alive HTTP connection is closed.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default io_uring buffer memory per executor: we do no DMA file I/O, and locked memory is scarce.
 pub const DEFAULT_EXECUTOR_IO_MEMORY: usize = 256 << 10;
 
@@ -104,6 +110,23 @@ pub struct HubConfig {
     /// tungstenite's limits for client frames: max message and frame 512 KiB, a 256-byte
     /// initial read buffer that grows only for a large message.
     pub websocket: WebSocketConfig,
+    /// Token for viewers: WebSocket clients and REST reads (`GET`). `None`: open. The default
+    /// is `None`. Accepted as `Authorization: Bearer <token>` or `?token=<token>`; the admin
+    /// token is accepted too.
+    pub viewer_token: Option<String>,
+    /// Token for mutations and the publish endpoint. `None`: open (fine on loopback; the
+    /// server warns when it listens beyond loopback so). The default is `None`.
+    pub admin_token: Option<String>,
+    /// Origins allowed for the upgrade and for REST (CORS). Empty: every origin is accepted.
+    /// The default is empty.
+    pub allowed_origins: Vec<String>,
+    /// WebSocket clients across all cores; past it, HTTP 503 with `Retry-After`. The default
+    /// value is 100,000 (the open-files limit usually binds first).
+    pub max_connections: usize,
+    /// Largest REST request body; above it, 413. The default value is 1 MiB.
+    pub max_request_body: usize,
+    /// A keep-alive HTTP connection idle this long is closed. The default value is 30 s.
+    pub http_idle_timeout: Duration,
     /// Test hook: a client text message `__panic__` panics its connection task. Off by default;
     /// exists so tests can prove a panic closes only that connection.
     #[doc(hidden)]
@@ -133,6 +156,12 @@ impl Default for HubConfig {
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
             executor_io_memory: DEFAULT_EXECUTOR_IO_MEMORY,
             websocket: default_websocket_config(DEFAULT_MAX_MESSAGE_SIZE),
+            viewer_token: None,
+            admin_token: None,
+            allowed_origins: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            http_idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
             fault_injection: false,
         }
     }
@@ -231,6 +260,30 @@ impl HubConfig {
         #[doc(hidden)]
         fault_injection: bool
     );
+    setter!(
+        /// Sets [`Self::viewer_token`].
+        viewer_token: Option<String>
+    );
+    setter!(
+        /// Sets [`Self::admin_token`].
+        admin_token: Option<String>
+    );
+    setter!(
+        /// Sets [`Self::allowed_origins`].
+        allowed_origins: Vec<String>
+    );
+    setter!(
+        /// Sets [`Self::max_connections`].
+        max_connections: usize
+    );
+    setter!(
+        /// Sets [`Self::max_request_body`].
+        max_request_body: usize
+    );
+    setter!(
+        /// Sets [`Self::http_idle_timeout`].
+        http_idle_timeout: Duration
+    );
 
     /// Sets [`Self::ws_path`].
     #[must_use]
@@ -273,6 +326,21 @@ impl HubConfig {
                 "max_request_head must be at least 256 bytes and max_headers at least 1".into(),
             ));
         }
+        for (name, token) in [("viewer", &self.viewer_token), ("admin", &self.admin_token)] {
+            if token
+                .as_deref()
+                .is_some_and(|t| t.is_empty() || t.len() > 4096)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "the {name} token must be 1 to 4096 bytes"
+                )));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
+        }
         if !self.ws_path.starts_with('/') {
             return Err(ConfigError::Invalid("ws_path must start with '/'".into()));
         }
@@ -295,6 +363,7 @@ impl HubConfig {
             self.write_wait,
             self.handshake_timeout,
             self.close_timeout,
+            self.http_idle_timeout,
         ]
         .into_iter()
         .min()

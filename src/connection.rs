@@ -38,6 +38,8 @@ pub(crate) enum Phase {
     Open,
     /// Our close frame is out (or the peer's came in): waiting for the socket to finish.
     Closing,
+    /// Served by the HTTP server (keep-alive between requests).
+    Http,
 }
 
 /// A connection as its shard sees it.
@@ -52,6 +54,10 @@ pub(crate) struct Conn {
     stalled_since: Cell<Option<Instant>>,
     reader_done: Cell<bool>,
     dead: Cell<bool>,
+    /// Counted in the shard's open WebSocket clients.
+    opened: Cell<bool>,
+    /// Holds a place under the global connection limit.
+    admitted: Cell<bool>,
 }
 
 impl AsRef<ClientLink> for Conn {
@@ -83,6 +89,8 @@ impl Conn {
             stalled_since: Cell::new(None),
             reader_done: Cell::new(false),
             dead: Cell::new(false),
+            opened: Cell::new(false),
+            admitted: Cell::new(false),
         }
     }
 
@@ -101,6 +109,37 @@ impl Conn {
             self.phase.set(phase);
             self.since.set(Instant::now());
         }
+    }
+
+    /// Whether this is an upgraded WebSocket client.
+    pub(crate) fn is_websocket(&self) -> bool {
+        self.opened.get()
+    }
+
+    /// Marks the connection as served by the HTTP server (idle-timed by the sweep).
+    pub(crate) fn begin_http(&self) {
+        self.set_phase(Phase::Http);
+    }
+
+    /// A request arrived: the HTTP idle clock starts again.
+    pub(crate) fn touch(&self) {
+        self.since.set(Instant::now());
+    }
+
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)
+    }
+
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, buf)
+    }
+
+    pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream.borrow_mut()).poll_close(cx)
     }
 
     /// Ends the connection now: both directions are shut, so the reader sees EOF and the
@@ -127,7 +166,7 @@ impl Conn {
                 self.set_phase(Phase::Closing);
                 self.link.wake_writer();
             }
-            Phase::Closing => {}
+            Phase::Closing | Phase::Http => {}
         }
     }
 }
@@ -199,8 +238,11 @@ impl Drop for Registered<'_> {
             fanout.remove(self.key);
         }
         self.shard.publish_interest();
-        if self.conn.phase.get() != Phase::Handshake {
+        if self.conn.opened.get() {
             self.shard.stats().connections.fetch_sub(1, Relaxed);
+        }
+        if self.conn.admitted.get() {
+            self.shard.shared.release();
         }
     }
 }
@@ -214,12 +256,19 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 async fn run(shard: &Rc<Shard>, conn: &Rc<Conn>, key: usize) {
-    let Some(tail) = handshake(shard, conn).await else {
-        return;
+    let tail = match handshake(shard, conn).await {
+        Opening::WebSocket(tail) => tail,
+        Opening::Http(bytes) => {
+            // Boxed: hyper's connection state is allocated only for HTTP connections, so it
+            // does not grow the task every WebSocket client carries.
+            return Box::pin(crate::http::serve(shard, conn, bytes)).await;
+        }
+        Opening::Refused => return,
     };
     let stats = shard.stats();
     stats.handshakes_total.fetch_add(1, Relaxed);
     stats.connections.fetch_add(1, Relaxed);
+    conn.opened.set(true);
     let now = Instant::now();
     conn.last_seen.set(now);
     conn.last_ping.set(now);
@@ -247,9 +296,18 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<Conn>, key: usize) {
     writer.await;
 }
 
-/// Reads the request head and answers it. Returns the bytes after the head (the first frames,
-/// if the client sent them early) on success.
-async fn handshake(shard: &Shard, conn: &Conn) -> Option<Vec<u8>> {
+/// How a connection's first request went.
+enum Opening {
+    /// Upgraded; the bytes after the head (frames the client sent early).
+    WebSocket(Vec<u8>),
+    /// Not for the WebSocket endpoint: everything read so far, for the HTTP server.
+    Http(Vec<u8>),
+    /// Answered with an error, or gone.
+    Refused,
+}
+
+/// Reads the request head and answers it when it is for the WebSocket endpoint.
+async fn handshake(shard: &Shard, conn: &Conn) -> Opening {
     let cfg = &shard.config;
     let mut buf = Vec::with_capacity(1024);
     let head_len = loop {
@@ -259,7 +317,7 @@ async fn handshake(shard: &Shard, conn: &Conn) -> Option<Vec<u8>> {
         if buf.len() >= cfg.max_request_head {
             shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
             respond(shard, conn, &handshake::too_large()).await;
-            return None;
+            return Opening::Refused;
         }
         let want = (buf.len() + 1024).min(cfg.max_request_head);
         match read_some(conn, &mut buf, want).await {
@@ -268,24 +326,30 @@ async fn handshake(shard: &Shard, conn: &Conn) -> Option<Vec<u8>> {
                 if !conn.dead.get() {
                     shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
                 }
-                return None;
+                return Opening::Refused;
             }
             Ok(_) => {}
         }
     };
-    match handshake::answer(&buf[..head_len], cfg) {
+    let admit = || {
+        let ok = !shard.draining.get() && shard.shared.try_admit(cfg.max_connections);
+        conn.admitted.set(ok);
+        ok
+    };
+    match handshake::answer(&buf[..head_len], cfg, admit) {
         Head::Upgrade(response) => {
             if write_all(conn, response.as_bytes()).await.is_err() {
-                return None;
+                return Opening::Refused;
             }
-            Some(buf.split_off(head_len))
+            Opening::WebSocket(buf.split_off(head_len))
         }
         Head::Refuse(response) => {
             debug!(shard = shard.id, "handshake refused");
             shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
             respond(shard, conn, &response).await;
-            None
+            Opening::Refused
         }
+        Head::Http => Opening::Http(buf),
     }
 }
 

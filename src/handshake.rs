@@ -11,6 +11,10 @@ use tungstenite::handshake::server::create_response;
 use tungstenite::http::{self, Request};
 
 use crate::config::HubConfig;
+use crate::security::{self, Access, Denied};
+
+/// `Retry-After` of a 503, in seconds.
+const RETRY_AFTER: &str = "5";
 
 /// What to answer to a request head.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,6 +23,8 @@ pub(crate) enum Head {
     Upgrade(String),
     /// A refusal: a complete HTTP answer, after which the connection closes.
     Refuse(String),
+    /// Not for the WebSocket endpoint: the HTTP server takes the connection.
+    Http,
 }
 
 /// The length of the head (through the blank line), once it is complete.
@@ -36,16 +42,38 @@ pub(crate) fn too_large() -> String {
     )
 }
 
-/// Decides what to answer to a complete request head.
-pub(crate) fn answer(head: &[u8], cfg: &HubConfig) -> Head {
+/// Decides what to answer to a complete request head: a foreign origin gets 403, a missing or
+/// wrong token 401 (before anything else is looked at), a bad upgrade 400/405/426, and a full
+/// hub 503. `admit` takes a place under the connection limit and is called last.
+pub(crate) fn answer(head: &[u8], cfg: &HubConfig, admit: impl FnOnce() -> bool) -> Head {
     let request = match parse(head, cfg.max_headers) {
         Ok(r) => r,
         Err(refusal) => return Head::Refuse(refusal),
     };
     if request.uri().path() != cfg.ws_path {
-        return Head::Refuse(error_response(404, "Not Found", "no such path", &[]));
+        return Head::Http;
+    }
+    match security::check(cfg, Access::Viewer, request.headers(), request.uri()) {
+        Ok(()) => {}
+        Err(Denied::Origin) => {
+            return Head::Refuse(error_response(403, "Forbidden", "origin not allowed", &[]))
+        }
+        Err(Denied::Token) => {
+            return Head::Refuse(error_response(
+                401,
+                "Unauthorized",
+                "missing or wrong token",
+                &[("WWW-Authenticate", "Bearer")],
+            ))
+        }
     }
     match create_response(&request) {
+        Ok(_) if !admit() => Head::Refuse(error_response(
+            503,
+            "Service Unavailable",
+            "the server is at its connection limit or shutting down",
+            &[("Retry-After", RETRY_AFTER)],
+        )),
         Ok(response) => {
             let mut out = String::from("HTTP/1.1 101 Switching Protocols\r\n");
             for (name, value) in response.headers() {
@@ -144,15 +172,36 @@ mod tests {
         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
-    fn status(head: &str) -> u16 {
-        match answer(head.as_bytes(), &HubConfig::default()) {
+    fn status_with(head: &str, cfg: &HubConfig, admit: bool) -> u16 {
+        match answer(head.as_bytes(), cfg, || admit) {
             Head::Upgrade(r) | Head::Refuse(r) => r[9..12].parse().unwrap(),
+            Head::Http => 0,
         }
+    }
+
+    fn status(head: &str) -> u16 {
+        status_with(head, &HubConfig::default(), true)
+    }
+
+    #[test]
+    fn tokens_origins_and_the_limit_are_checked_before_the_upgrade() {
+        let cfg = HubConfig::default()
+            .viewer_token(Some("x".into()))
+            .allowed_origins(vec!["http://ok.example".into()]);
+        let no_token = UPGRADE.replace("?token=x", "");
+        assert_eq!(status_with(&no_token, &cfg, true), 401);
+        assert_eq!(status_with(UPGRADE, &cfg, true), 101);
+        let foreign = UPGRADE.replace(
+            "Host: localhost",
+            "Host: localhost\r\nOrigin: http://evil.example",
+        );
+        assert_eq!(status_with(&foreign, &cfg, true), 403);
+        assert_eq!(status_with(UPGRADE, &cfg, false), 503);
     }
 
     #[test]
     fn a_valid_upgrade_gets_101_with_the_rfc_accept_key() {
-        let Head::Upgrade(r) = answer(UPGRADE.as_bytes(), &HubConfig::default()) else {
+        let Head::Upgrade(r) = answer(UPGRADE.as_bytes(), &HubConfig::default(), || true) else {
             panic!("refused")
         };
         assert!(r.starts_with("HTTP/1.1 101 "));
@@ -162,10 +211,8 @@ mod tests {
 
     #[test]
     fn refusals_carry_the_right_status() {
-        assert_eq!(
-            status(&UPGRADE.replace("/api/monitoring/ws", "/other")),
-            404
-        );
+        let other = UPGRADE.replace("/api/monitoring/ws", "/other");
+        assert_eq!(status(&other), 0, "another path goes to the HTTP server");
         assert_eq!(status(&UPGRADE.replace("GET", "POST")), 405);
         assert_eq!(status(&UPGRADE.replace("Version: 13", "Version: 8")), 426);
         assert_eq!(

@@ -11,14 +11,17 @@ use std::time::Duration;
 use glommio::net::TcpListener;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::broadcast::{Broadcaster, HubShared};
 use crate::config::HubConfig;
 use crate::error::Error;
+use crate::groups::GroupCoordinator;
+use crate::http::Services;
 use crate::protocol::Channel;
 use crate::shard::{self, Shard};
 use crate::stats::HubStats;
+use crate::topics::TopicManager;
 
 /// The thread-per-core WebSocket hub.
 #[derive(Debug)]
@@ -50,7 +53,7 @@ impl Hub {
                     // SAFETY: `fd` is a bound, listening socket whose ownership moved here.
                     let listener = unsafe { TcpListener::from_raw_fd(fd) };
                     let _ = ready.send(id);
-                    shard::run(Rc::new(Shard::new(id, config, shared)), listener).await;
+                    shard::run(Rc::new(Shard::new(id, config, shared)), listener, fd).await;
                 });
             match spawned {
                 Ok(t) => handle.threads.push(t),
@@ -76,7 +79,24 @@ impl Hub {
             }
         }
         info!(%local_addr, ?cores, "hub listening");
+        warn_if_exposed(&config, local_addr);
         Ok(handle)
+    }
+}
+
+/// Beyond loopback, an open configuration is worth a warning at start.
+fn warn_if_exposed(config: &HubConfig, addr: SocketAddr) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if config.allowed_origins.is_empty() {
+        warn!(%addr, "listening beyond loopback with no allowed origin: every origin is accepted");
+    }
+    if config.admin_token.is_none() {
+        warn!(%addr, "listening beyond loopback with no admin token: anyone can change topics and publish");
+    }
+    if config.viewer_token.is_none() {
+        warn!(%addr, "listening beyond loopback with no viewer token: anyone can watch");
     }
 }
 
@@ -149,6 +169,12 @@ impl HubHandle {
         HubProbe {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Serves the REST API (`/api/topics`, `/api/groups`) from these services. Until this is
+    /// called those routes answer 503. Returns false if services were already attached.
+    pub fn serve_api(&self, topics: TopicManager, groups: GroupCoordinator) -> bool {
+        self.shared.api.set(Services { topics, groups }).is_ok()
     }
 
     /// The counters summed over every shard.
@@ -249,14 +275,30 @@ impl HubProbe {
         all
     }
 
+    pub(crate) fn new(shared: Arc<HubShared>) -> Self {
+        Self { shared }
+    }
+
+    /// Messages broadcast so far (the last `seq`).
+    pub fn broadcasts(&self) -> u64 {
+        self.shared.last_seq()
+    }
+
+    pub(crate) fn broadcast_histogram(&self) -> ([u64; 12], u64, f64) {
+        self.shared.broadcast_seconds.read()
+    }
+
+    pub(crate) fn tick_histogram(&self) -> ([u64; 12], u64, f64) {
+        self.shared.tick_seconds.read()
+    }
+
     pub(crate) fn record_tick(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
         let stats = &self.shared.stats[0];
+        stats.ticks_total.fetch_add(1, Relaxed);
         stats
-            .ticks_total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        stats.tick_micros_total.fetch_add(
-            took.as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+            .tick_micros_total
+            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.shared.tick_seconds.observe(took);
     }
 }

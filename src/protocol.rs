@@ -254,15 +254,33 @@ pub(crate) fn write_envelope<T: Serialize + ?Sized>(
     seq: Option<u64>,
     stamp: &Stamp,
 ) -> Result<(), BroadcastError> {
+    let data =
+        data.map(|d| move |out: &mut Vec<u8>| simd_json::to_writer(out, d).map_err(encode_error));
+    write_envelope_with(out, kind, data, timestamp, seq, stamp)
+}
+
+fn encode_error(e: simd_json::Error) -> BroadcastError {
+    BroadcastError::Encode(e.to_string())
+}
+
+/// [`write_envelope`] with the `data` written by a function (raw JSON passed through, say).
+pub(crate) fn write_envelope_with(
+    out: &mut Vec<u8>,
+    kind: &str,
+    data: Option<impl FnOnce(&mut Vec<u8>) -> Result<(), BroadcastError>>,
+    timestamp: Number,
+    seq: Option<u64>,
+    stamp: &Stamp,
+) -> Result<(), BroadcastError> {
     if kind.is_empty() {
         return Err(BroadcastError::EmptyType);
     }
-    let enc = |e: simd_json::Error| BroadcastError::Encode(e.to_string());
+    let enc = encode_error;
     out.extend_from_slice(b"{\"type\":");
     simd_json::to_writer(&mut *out, kind).map_err(enc)?;
-    if let Some(data) = data {
+    if let Some(write_data) = data {
         out.extend_from_slice(b",\"data\":");
-        simd_json::to_writer(&mut *out, data).map_err(enc)?;
+        write_data(out)?;
     }
     out.extend_from_slice(b",\"timestamp\":");
     match timestamp {

@@ -107,13 +107,21 @@ impl RateLimit {
 }
 
 /// Runs the shard until shutdown, then drains it.
-pub(crate) async fn run(shard: Rc<Shard>, listener: TcpListener) {
+/// `listen_fd` is `listener`'s descriptor, used to stop listening at the end.
+pub(crate) async fn run(shard: Rc<Shard>, listener: TcpListener, listen_fd: std::os::fd::RawFd) {
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
     let sweep = glommio::spawn_local(sweep_loop(shard.clone()));
     distribute(&shard).await;
-    drop(accept); // stops accepting and closes this shard's listener
+    // Still listening while draining: health checks see /readyz answer 503, and new upgrades
+    // are refused with 503 and Retry-After rather than with a closed port.
     drain(&shard).await;
-    drop(sweep);
+    // An accept in flight in io_uring holds its own reference to the socket, so closing the
+    // descriptor would not stop it listening at once; shutdown() does, synchronously.
+    // SAFETY: `listen_fd` is this shard's listening socket, owned by the accept task.
+    unsafe { libc::shutdown(listen_fd, libc::SHUT_RDWR) };
+    accept.cancel().await;
+    stop_remaining(&shard).await;
+    sweep.cancel().await;
     debug!(shard = shard.id, "shard stopped");
 }
 
@@ -215,6 +223,7 @@ pub(crate) fn sweep_action(t: &Timing, now: Instant, cfg: &HubConfig) -> Sweep {
     match t.phase {
         Phase::Handshake if over(t.since, cfg.handshake_timeout) => Sweep::Kill(Expired::Handshake),
         Phase::Closing if over(t.since, cfg.close_timeout) => Sweep::Kill(Expired::Close),
+        Phase::Http if over(t.since, cfg.http_idle_timeout) => Sweep::Kill(Expired::Close),
         Phase::Open | Phase::Closing => {
             if t.stalled_since.is_some_and(|s| over(s, cfg.write_wait)) {
                 Sweep::Kill(Expired::Write)
@@ -226,7 +235,7 @@ pub(crate) fn sweep_action(t: &Timing, now: Instant, cfg: &HubConfig) -> Sweep {
                 Sweep::Nothing
             }
         }
-        Phase::Handshake => Sweep::Nothing,
+        Phase::Handshake | Phase::Http => Sweep::Nothing,
     }
 }
 
@@ -265,8 +274,8 @@ async fn sweep_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Graceful shutdown of this shard: close 1001 to every client, then wait for them to go, up
-/// to the shutdown deadline.
+/// Graceful shutdown of this shard: close 1001 to every WebSocket client, then wait for them to
+/// go, up to the shutdown deadline.
 async fn drain(shard: &Shard) {
     shard.draining.set(true);
     let deadline = Instant::now() + shard.config.shutdown_timeout;
@@ -279,7 +288,8 @@ async fn drain(shard: &Shard) {
     };
     info!(shard = shard.id, clients = n, "draining");
     loop {
-        if shard.fanout.borrow().is_empty() {
+        let websockets = shard.fanout.borrow().iter().any(|(_, c)| c.is_websocket());
+        if !websockets {
             return;
         }
         if Instant::now() >= deadline {
@@ -288,6 +298,16 @@ async fn drain(shard: &Shard) {
             }
         }
         Timer::new(Duration::from_millis(10)).await;
+    }
+}
+
+/// After the drain: ends what is left (HTTP connections, handshakes) and waits for their tasks.
+async fn stop_remaining(shard: &Shard) {
+    for (_, conn) in shard.fanout.borrow().iter() {
+        conn.kill();
+    }
+    while !shard.fanout.borrow().is_empty() {
+        Timer::new(Duration::from_millis(5)).await;
     }
 }
 

@@ -72,3 +72,40 @@ counters! {
     /// Time spent in ticks (snapshot, encode, details), in microseconds.
     tick_micros_total,
 }
+
+/// Upper bounds of the duration histograms' buckets, in seconds (Prometheus `le`).
+pub(crate) const DURATION_BUCKETS: [f64; 12] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 1e-1, 1.0,
+];
+
+/// A fixed-bucket histogram of durations for Prometheus: relaxed atomic counts.
+#[derive(Debug, Default)]
+pub(crate) struct DurationHistogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl DurationHistogram {
+    pub(crate) fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|&le| secs <= le) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Cumulative bucket counts (as Prometheus wants them), the count and the sum in seconds.
+    pub(crate) fn read(&self) -> ([u64; DURATION_BUCKETS.len()], u64, f64) {
+        let mut cumulative = [0u64; DURATION_BUCKETS.len()];
+        let mut total = 0;
+        for (c, b) in cumulative.iter_mut().zip(&self.buckets) {
+            total += b.load(Relaxed);
+            *c = total;
+        }
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        (cumulative, self.count.load(Relaxed), sum)
+    }
+}
