@@ -1,89 +1,179 @@
-//! The `takhin-monitor` server: CLI -> config -> run.
+//! The `takhin-monitor` server: options (flags over environment over file) -> config -> run.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
+use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use takhin_monitor::{
-    Cores, GroupCoordinator, Hub, HubConfig, Recorder, StandardSource, Ticker, TopicManager,
+    Cores, DemoBroker, GroupCoordinator, Hub, HubConfig, Recorder, StandardSource, Ticker,
+    TopicManager,
 };
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// What feeds the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum Source {
-    /// Nothing built in: only what an embedding broker or the publish endpoint sends.
+    /// A built-in simulated broker: topics, traffic, consumer groups, lag, events.
+    Demo,
+    /// Nothing built in: only what REST, the publish endpoint or an embedding broker send.
     None,
 }
 
 /// Streams a broker's live metrics and events to WebSocket dashboards.
-#[derive(Debug, Parser)]
+///
+/// Every option can also come from a TAKHIN_* environment variable or the --config file;
+/// a flag wins over the environment, which wins over the file.
+#[derive(Debug, Default, Parser)]
 #[command(version, about)]
 struct Opt {
-    /// Address to listen on (all shards share it through SO_REUSEPORT).
-    #[arg(long, env = "TAKHIN_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Number of cores to run a shard on (default: all).
-    #[arg(long, env = "TAKHIN_CORES", conflicts_with = "cpu_list")]
+    /// TOML file with any of the options below (names with underscores).
+    #[arg(long, env = "TAKHIN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "TAKHIN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Number of cores to run a shard on [default: all].
+    #[arg(long, env = "TAKHIN_CORES")]
     cores: Option<usize>,
     /// Exact core ids to run a shard on, comma separated.
     #[arg(long, env = "TAKHIN_CPU_LIST", value_delimiter = ',')]
     cpu_list: Option<Vec<usize>>,
-    /// What feeds the hub.
-    #[arg(long, env = "TAKHIN_SOURCE", value_enum, default_value = "none")]
-    source: Source,
-    /// Per-client outbound queue, in frames.
+    /// What feeds the hub [default: none].
+    #[arg(long, env = "TAKHIN_SOURCE", value_enum)]
+    source: Option<Source>,
+    /// Viewer token for WebSocket clients and REST reads.
+    #[arg(long, env = "TAKHIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Admin token for REST mutations and publish.
+    #[arg(long, env = "TAKHIN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// An origin allowed to connect (repeatable); none: every origin is accepted.
+    #[arg(
+        long = "allowed-origin",
+        env = "TAKHIN_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Option<Vec<String>>,
+    /// Interval between metrics snapshots, in seconds [default: 2].
+    #[arg(long, env = "TAKHIN_METRICS_INTERVAL")]
+    metrics_interval: Option<f64>,
+    /// WebSocket clients across all cores before 503 [default: 100000].
+    #[arg(long, env = "TAKHIN_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Per-client outbound queue, in frames [default: 256].
     #[arg(long, env = "TAKHIN_CLIENT_QUEUE")]
     client_queue: Option<usize>,
-    /// Server ping interval, in seconds.
+    /// Server ping interval, in seconds [default: 54].
     #[arg(long, env = "TAKHIN_PING_INTERVAL")]
     ping_interval: Option<f64>,
-    /// Silence allowed before a client is closed, in seconds.
+    /// Silence allowed before a client is closed, in seconds [default: 60].
     #[arg(long, env = "TAKHIN_PONG_WAIT")]
     pong_wait: Option<f64>,
-    /// Drain deadline on SIGTERM, in seconds.
+    /// Drain deadline on SIGTERM, in seconds [default: 5].
     #[arg(long, env = "TAKHIN_SHUTDOWN_TIMEOUT")]
     shutdown_timeout: Option<f64>,
-    /// Interval between `metrics` snapshots, in seconds.
-    #[arg(long, env = "TAKHIN_METRICS_INTERVAL", default_value_t = 2.0)]
-    metrics_interval: f64,
     /// Directory whose disk usage is reported as `diskUsageBytes`.
     #[arg(long, env = "TAKHIN_DATA_DIR")]
-    data_dir: Option<std::path::PathBuf>,
+    data_dir: Option<PathBuf>,
+}
+
+/// The same options, read from the --config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOpt {
+    listen: Option<SocketAddr>,
+    cores: Option<usize>,
+    cpu_list: Option<Vec<usize>>,
+    source: Option<Source>,
+    token: Option<String>,
+    admin_token: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+    metrics_interval: Option<f64>,
+    max_connections: Option<usize>,
+    client_queue: Option<usize>,
+    ping_interval: Option<f64>,
+    pong_wait: Option<f64>,
+    shutdown_timeout: Option<f64>,
+    data_dir: Option<PathBuf>,
 }
 
 impl Opt {
-    fn build_config(&self) -> anyhow::Result<HubConfig> {
-        let mut config = HubConfig::default().listen(self.listen);
-        config = match (&self.cores, &self.cpu_list) {
-            (Some(n), _) => config.cores(Cores::Count(*n)),
-            (None, Some(list)) => config.cores(Cores::List(list.clone())),
-            (None, None) => config,
+    /// Fills what neither a flag nor the environment gave from the file.
+    fn merge_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = &self.config else {
+            return Ok(self);
         };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let f: FileOpt =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        macro_rules! fill {
+            ($($field:ident),*) => { $( self.$field = self.$field.take().or(f.$field); )* };
+        }
+        fill!(
+            listen,
+            cores,
+            cpu_list,
+            source,
+            token,
+            admin_token,
+            allowed_origins,
+            metrics_interval,
+            max_connections,
+            client_queue,
+            ping_interval,
+            pong_wait,
+            shutdown_timeout,
+            data_dir
+        );
+        Ok(self)
+    }
+
+    fn build_config(&self) -> anyhow::Result<HubConfig> {
+        let mut c = HubConfig::default();
+        if let Some(listen) = self.listen {
+            c = c.listen(listen);
+        }
+        c = match (&self.cores, &self.cpu_list) {
+            (Some(_), Some(_)) => bail!("give --cores or --cpu-list, not both"),
+            (Some(n), None) => c.cores(Cores::Count(*n)),
+            (None, Some(list)) => c.cores(Cores::List(list.clone())),
+            (None, None) => c,
+        };
+        c = c
+            .viewer_token(self.token.clone())
+            .admin_token(self.admin_token.clone())
+            .allowed_origins(self.allowed_origins.clone().unwrap_or_default());
+        if let Some(n) = self.max_connections {
+            c = c.max_connections(n);
+        }
         if let Some(q) = self.client_queue {
-            config = config.client_queue(q);
+            c = c.client_queue(q);
         }
         if let Some(s) = self.ping_interval {
-            config = config.ping_interval(secs(s, "--ping-interval")?);
+            c = c.ping_interval(secs(s, "ping interval")?);
         }
         if let Some(s) = self.pong_wait {
-            config = config.pong_wait(secs(s, "--pong-wait")?);
+            c = c.pong_wait(secs(s, "pong wait")?);
         }
         if let Some(s) = self.shutdown_timeout {
-            config = config.shutdown_timeout(secs(s, "--shutdown-timeout")?);
+            c = c.shutdown_timeout(secs(s, "shutdown timeout")?);
         }
-        config.assert_valid()?;
-        Ok(config)
+        c.assert_valid()?;
+        Ok(c)
     }
 }
 
-fn secs(s: f64, flag: &str) -> anyhow::Result<Duration> {
-    if !(s.is_finite() && s > 0.0) {
-        bail!("{flag} must be a positive number of seconds");
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    if !(s.is_finite() && s > 0.0 && s < 1e9) {
+        bail!("the {what} must be a positive number of seconds");
     }
     Ok(Duration::from_secs_f64(s))
 }
@@ -95,7 +185,7 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Opt::parse()) {
+    if let Err(e) = Opt::parse().merge_file().and_then(run) {
         eprintln!("takhin-monitor: {e:#}");
         std::process::exit(1);
     }
@@ -120,26 +210,34 @@ fn raise_fd_limit() -> u64 {
 
 fn run(opt: Opt) -> anyhow::Result<()> {
     let config = opt.build_config()?;
+    let interval = secs(opt.metrics_interval.unwrap_or(2.0), "metrics interval")?;
+    let source = opt.source.unwrap_or(Source::None);
     let max_files = raise_fd_limit();
-    let interval = secs(opt.metrics_interval, "--metrics-interval")?;
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let hub = Hub::start(config).context("starting the hub")?;
     info!(
         "listening on ws://{}/api/monitoring/ws (cores {:?}, source {:?}, open files {})",
         hub.local_addr(),
         hub.cores(),
-        opt.source,
+        source,
         max_files
     );
-    // The services every source feeds, and the ticker that streams their snapshot.
+
+    // The services every source feeds, served over REST, and the ticker that streams them.
     let broadcaster = hub.broadcaster();
     let topics = TopicManager::new(Recorder::new(), Some(broadcaster.clone()));
     let groups = GroupCoordinator::new(Some(broadcaster));
-    let mut source = StandardSource::new(topics, groups, Some(hub.probe()));
+    hub.serve_api(topics.clone(), groups.clone());
+    let demo = match source {
+        Source::Demo => Some(DemoBroker::start(topics.clone(), groups.clone())?),
+        Source::None => None,
+    };
+    let mut metrics = StandardSource::new(topics, groups, Some(hub.probe()));
     if let Some(dir) = &opt.data_dir {
-        source = source.data_dir(dir);
+        metrics = metrics.data_dir(dir);
     }
-    let ticker = Ticker::start(&hub, source, interval).context("starting the ticker")?;
+    let ticker = Ticker::start(&hub, metrics, interval).context("starting the ticker")?;
+
     let trigger = hub.shutdown_trigger();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
@@ -148,6 +246,7 @@ fn run(opt: Opt) -> anyhow::Result<()> {
         }
     });
     hub.wait().context("shard failure")?;
+    drop(demo);
     ticker.stop();
     info!("stopped");
     Ok(())

@@ -22,9 +22,14 @@ impl Drop for Server {
 }
 
 fn spawn(args: &[&str]) -> Server {
+    spawn_env(args, &[])
+}
+
+fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Server {
     common::watchdog();
     let mut child = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
         .args(args)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -91,4 +96,61 @@ fn bad_configuration_exits_non_zero_with_a_reason() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cores must be at least 1"), "{stderr}");
+}
+
+fn config_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("takhin-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn topics_status(server: &Server, token: &str) -> u16 {
+    common::http(
+        server.addr,
+        "GET",
+        &format!("/api/topics?token={token}"),
+        &[],
+        None,
+    )
+    .status
+}
+
+#[test]
+fn flags_win_over_the_environment_which_wins_over_the_file() {
+    let file = config_file(
+        "precedence",
+        "listen = \"127.0.0.1:0\"\ncores = 1\ntoken = \"file-t\"\nadmin_token = \"file-a\"\n",
+    );
+    let file_arg = file.to_str().unwrap();
+    let from_file = spawn(&["--config", file_arg]);
+    assert_eq!(topics_status(&from_file, "file-t"), 200);
+    assert_eq!(topics_status(&from_file, "nope"), 401);
+
+    let env = [("TAKHIN_TOKEN", "env-t")];
+    let from_env = spawn_env(&["--config", file_arg], &env);
+    assert_eq!(topics_status(&from_env, "env-t"), 200);
+    assert_eq!(topics_status(&from_env, "file-t"), 401);
+    assert_eq!(
+        topics_status(&from_env, "file-a"),
+        200,
+        "the file's admin token still applies"
+    );
+
+    let from_flag = spawn_env(&["--config", file_arg, "--token", "flag-t"], &env);
+    assert_eq!(topics_status(&from_flag, "flag-t"), 200);
+    assert_eq!(topics_status(&from_flag, "env-t"), 401);
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
+fn a_bad_config_file_exits_non_zero_with_a_one_line_reason() {
+    let file = config_file("typo", "listen = \"127.0.0.1:0\"\nlisten_port = 9\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown field `listen_port`"), "{stderr}");
+    std::fs::remove_file(file).unwrap();
 }
