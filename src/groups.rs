@@ -98,10 +98,17 @@ impl GroupCoordinator {
         let created = {
             let mut groups = self.write();
             let created = !groups.contains_key(group_id);
-            let group = groups.entry(group_id.to_owned()).or_insert_with(|| Group {
-                state: INITIAL_STATE.to_owned(),
-                ..Group::default()
-            });
+            if created {
+                let group = Group {
+                    state: INITIAL_STATE.to_owned(),
+                    ..Group::default()
+                };
+                groups.insert(group_id.to_owned(), group);
+            }
+            // No allocation for a group and topic already known.
+            let Some(group) = groups.get_mut(group_id) else {
+                return;
+            };
             let per_topic = match group.committed.get_mut(topic) {
                 Some(p) => p,
                 None => group.committed.entry(topic.into()).or_default(),

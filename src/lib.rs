@@ -61,7 +61,7 @@ mod topics;
 
 pub use crate::broadcast::{Broadcaster, Frame};
 pub use crate::config::{Cores, HubConfig};
-pub use crate::demo::DemoBroker;
+pub use crate::demo::{DemoBroker, DemoConfig};
 pub use crate::error::{BroadcastError, ConfigError, Error};
 pub use crate::groups::{GroupCoordinator, GroupInfo, DEAD_STATE, INITIAL_STATE};
 pub use crate::hub::{Hub, HubHandle, HubProbe, ShutdownTrigger};
