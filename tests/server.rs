@@ -154,3 +154,30 @@ fn a_bad_config_file_exits_non_zero_with_a_one_line_reason() {
     assert!(stderr.contains("unknown field `listen_port`"), "{stderr}");
     std::fs::remove_file(file).unwrap();
 }
+
+#[test]
+fn the_demo_source_makes_the_stream_move_at_once() {
+    let server = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--source",
+        "demo",
+        "--metrics-interval",
+        "0.2",
+    ]);
+    let mut c = common::connect(server.addr);
+    // Two snapshots with traffic between them: topics, rates and consumer lag are live.
+    let mut produced = Vec::new();
+    while produced.len() < 2 {
+        let m = c.recv_type("metrics");
+        let data = &m["data"];
+        assert!(data["clusterHealth"]["totalTopics"].as_u64().unwrap() >= 5);
+        assert!(!data["consumerLags"].as_array().unwrap().is_empty());
+        produced.push(data["topicStats"][0]["totalMessages"].as_u64().unwrap());
+    }
+    assert!(produced[1] > produced[0], "traffic flows: {produced:?}");
+    let topics = common::http(server.addr, "GET", "/api/topics", &[], None).json();
+    assert!(topics.as_array().unwrap().len() >= 5);
+}
