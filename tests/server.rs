@@ -66,13 +66,9 @@ fn the_binary_serves_clients_and_sigterm_closes_them_with_1001_then_exits_0() {
     ]);
     let mut clients: Vec<_> = (0..3).map(|_| common::connect(server.addr)).collect();
     for c in &mut clients {
-        let m = c.recv_type("metrics");
-        assert!(
-            m["data"]["clusterHealth"]["activeConnections"]
-                .as_u64()
-                .unwrap()
-                >= 1
-        );
+        // A snapshot taken just before this client registered may still arrive after its
+        // pong; the next ones count it.
+        while c.recv_type("metrics")["data"]["clusterHealth"]["activeConnections"] == 0 {}
     }
     // SAFETY: signalling our own child process by its PID.
     assert_eq!(
