@@ -7,13 +7,12 @@
 //! group), whatever the simulated message rates: messages are counted, never materialised.
 
 use std::f64::consts::TAU;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{debug, info};
 
 use crate::groups::GroupCoordinator;
+use crate::periodic::Periodic;
 use crate::recorder::TopicMeter;
 use crate::topics::TopicManager;
 
@@ -97,8 +96,7 @@ impl DemoConfig {
 /// The topics and groups it created stay in the services when it stops.
 #[derive(Debug)]
 pub struct DemoBroker {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    periodic: Periodic,
 }
 
 impl DemoBroker {
@@ -123,49 +121,13 @@ impl DemoBroker {
             "demo broker started"
         );
         let step = sim.config.step;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("takhin-demo".into())
-            .spawn(move || {
-                let mut last = Instant::now();
-                let mut next = last + step;
-                loop {
-                    // The wait is the stop signal: a drop of the sender ends it at once.
-                    match stopped.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let now = Instant::now();
-                    sim.step(now - last);
-                    last = now;
-                    next += step;
-                    if next < now {
-                        next = now + step; // fell behind: skip, never burst
-                    }
-                }
-            })?;
-        Ok(Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        let periodic = Periodic::spawn("takhin-demo", step, step, move |dt| sim.step(dt))?;
+        Ok(Self { periodic })
     }
 
     /// Stops the thread and waits for it.
     pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for DemoBroker {
-    fn drop(&mut self) {
-        self.halt();
+        self.periodic.stop();
     }
 }
 
@@ -785,6 +747,7 @@ mod tests {
     use crate::source::{MetricsSource, StandardSource};
     use std::collections::BTreeMap;
     use std::sync::Arc;
+    use std::time::Instant;
 
     const STEP: Duration = Duration::from_millis(100);
 

@@ -50,6 +50,7 @@ mod handshake;
 mod http;
 mod hub;
 mod metrics;
+mod periodic;
 mod protocol;
 mod recorder;
 mod security;

@@ -3,15 +3,13 @@
 //! subscribers somewhere. Its work depends on the cluster's size, never on the number of
 //! clients.
 
-use std::fmt;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
 
 use crate::broadcast::Broadcaster;
 use crate::hub::{HubHandle, HubProbe};
+use crate::periodic::Periodic;
 use crate::protocol::Channel;
 use crate::source::MetricsSource;
 
@@ -19,17 +17,9 @@ use crate::source::MetricsSource;
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The running ticker thread. Dropping it stops the thread.
+#[derive(Debug)]
 pub struct Ticker {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl fmt::Debug for Ticker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ticker")
-            .field("running", &self.thread.is_some())
-            .finish()
-    }
+    periodic: Periodic,
 }
 
 impl Ticker {
@@ -51,55 +41,24 @@ impl Ticker {
         interval: Duration,
     ) -> std::io::Result<Self> {
         let interval = interval.max(Duration::from_millis(10));
-        let (stop, stopped) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("takhin-ticker".into())
-            .spawn(move || {
-                let mut last = Instant::now();
-                let mut next = last;
-                loop {
-                    let now = Instant::now();
-                    match stopped.recv_timeout(next.saturating_duration_since(now)) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let now = Instant::now();
-                    let elapsed = if now == last { interval } else { now - last };
-                    tick(
-                        &mut *source,
-                        &broadcaster,
-                        &probe,
-                        elapsed.max(interval / 2),
-                    );
-                    last = now;
-                    next += interval;
-                    if next < now {
-                        next = now + interval; // fell behind: skip, never burst
-                    }
-                }
-            })?;
-        Ok(Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        let mut first = true;
+        let job = move |elapsed: Duration| {
+            // The first snapshot's rates are over one interval; later ones over the time since
+            // the previous tick (at least half an interval).
+            let elapsed = if std::mem::take(&mut first) {
+                interval
+            } else {
+                elapsed.max(interval / 2)
+            };
+            tick(&mut *source, &broadcaster, &probe, elapsed);
+        };
+        let periodic = Periodic::spawn("takhin-ticker", interval, Duration::ZERO, job)?;
+        Ok(Self { periodic })
     }
 
     /// Stops the thread and waits for it.
     pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.halt();
+        self.periodic.stop();
     }
 }
 
