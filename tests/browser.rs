@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,54 +60,16 @@ fn prerequisites() -> Result<PathBuf, String> {
     Ok(chromium)
 }
 
-/// The `takhin-monitor` binary, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--source",
-            "demo",
-        ])
-        .args(["--metrics-interval", "0.5"])
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    // Guarded from here on: a failure below still kills it.
-    let mut server = Server {
-        child,
-        addr: ([0, 0, 0, 0], 0).into(),
-    };
-    let mut lines = BufReader::new(server.child.stderr.take().unwrap()).lines();
-    server.addr = loop {
-        let line = lines
-            .next()
-            .expect("the server logs where it listens")
-            .unwrap();
-        if let Some(rest) = line.split("listening on ws://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    server
+fn start_server() -> common::ServerProcess {
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--source",
+        "demo",
+    ];
+    common::spawn_server(&[&args[..], &["--metrics-interval", "0.5"]].concat(), &[])
 }
 
 /// A Chromium process in its own process group, with its temporary directory (profile and

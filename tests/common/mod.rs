@@ -290,3 +290,50 @@ pub fn http_on(
         body: String::from_utf8(body).unwrap(),
     }
 }
+
+/// The `takhin-monitor` binary as a real process, killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary with `args` and `env`, and waits for the line that says where it listens.
+pub fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    watchdog();
+    let child = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    // Guarded from here on: a failure below still kills it.
+    let mut server = ServerProcess {
+        child,
+        addr: ([0, 0, 0, 0], 0).into(),
+    };
+    let mut lines = BufReader::new(server.child.stderr.take().unwrap()).lines();
+    server.addr = loop {
+        let line = lines
+            .next()
+            .expect("the server logs where it listens")
+            .unwrap();
+        if let Some(rest) = line.split("listening on ws://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    server
+}
