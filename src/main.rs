@@ -216,11 +216,12 @@ fn run(opt: Opt) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let hub = Hub::start(config).context("starting the hub")?;
     info!(
-        "listening on ws://{}/api/monitoring/ws (cores {:?}, source {:?}, open files {})",
-        hub.local_addr(),
+        "listening on ws://{addr}/api/monitoring/ws, dashboard at http://{addr}/ \
+         (cores {:?}, source {:?}, open files {})",
         hub.cores(),
         source,
-        max_files
+        max_files,
+        addr = hub.local_addr(),
     );
 
     // The services every source feeds, served over REST, and the ticker that streams them.
