@@ -198,3 +198,41 @@ fn a_panic_in_one_connection_closes_only_that_connection() {
     late.send_json(&json!({"type": "ping", "timestamp": 3}));
     assert_eq!(late.recv_type("pong")["timestamp"], 3);
 }
+
+#[test]
+fn a_request_head_that_never_ends_is_cut_off_and_costs_the_others_nothing() {
+    let hub = start(common::config().handshake_timeout(Duration::from_millis(300)));
+    let addr = hub.local_addr();
+    let mut good = connect(addr);
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    slow.write_all(b"GET /api/monitoring/ws HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let seq = hub.broadcaster().topic_created("meanwhile", 1).unwrap();
+    assert_eq!(
+        good.recv_type("topic_created")["seq"],
+        seq,
+        "the good client is served"
+    );
+    let mut buf = [0u8; 64];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(hub.stats().handshake_failures_total, 1);
+}
+
+#[test]
+fn garbage_before_the_upgrade_gets_400_and_is_closed() {
+    let hub = start(common::config());
+    let mut s = TcpStream::connect(hub.local_addr()).unwrap();
+    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    s.write_all(b"\x16\x03\x01\x02\x00garbage\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
