@@ -236,3 +236,75 @@ fn garbage_before_the_upgrade_gets_400_and_is_closed() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+/// Raw frames that break RFC 6455 in ways tungstenite's client would never send.
+#[test]
+fn frames_that_break_rfc_6455_close_with_1002() {
+    let hub = start(common::config());
+    let addr = hub.local_addr();
+    let mut reserved = masked(0x1, b"{}");
+    reserved[0] |= 0x40; // RSV1 without an extension
+    let mut fragmented_ping = masked(0x9, b"x");
+    fragmented_ping[0] &= 0x7f; // a control frame must not be fragmented
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("reserved bit", reserved),
+        ("unknown opcode", masked(0x3, b"x")),
+        ("ping over 125 bytes", masked(0x9, &[b'p'; 126])),
+        ("fragmented ping", fragmented_ping),
+        ("close with code 1005", masked(0x8, &1005u16.to_be_bytes())),
+    ];
+    for (what, frame) in cases {
+        let mut s = raw_upgrade(addr);
+        s.write_all(&frame).unwrap();
+        assert_eq!(
+            raw_close_code(&mut s),
+            Some(close_code::PROTOCOL_ERROR),
+            "{what}"
+        );
+    }
+    let mut good = connect(addr);
+    good.send_json(&json!({"type": "ping", "timestamp": 5}));
+    assert_eq!(
+        good.recv_type("pong")["timestamp"],
+        5,
+        "the others are unaffected"
+    );
+}
+
+#[test]
+fn subscribe_floods_are_bounded_per_connection() {
+    let hub = start(common::config().max_subscriptions(16));
+    let mut c = connect(hub.local_addr());
+    let many: Vec<String> = (0..5000).map(|i| format!("topic:t{i}")).collect();
+    c.send_json(&json!({"type": "subscribe", "data": many}));
+    assert_eq!(
+        c.recv_type("error")["data"]["code"],
+        "too_many_subscriptions"
+    );
+    let fourteen: Vec<String> = (0..14).map(|i| format!("group:g{i}")).collect();
+    c.send_json(&json!({"type": "subscribe", "data": fourteen}));
+    assert_eq!(
+        c.recv_type("subscribed")["data"].as_array().unwrap().len(),
+        14
+    );
+    c.send_json(&json!({"type": "subscribe", "data": ["topic:over", "topic:the-limit"]}));
+    let reply = c.recv_type("subscribed");
+    assert_eq!(
+        reply["data"],
+        json!([]),
+        "16 held: metrics, events and 14 groups"
+    );
+    for _ in 0..2 {
+        // One error per refused name.
+        assert_eq!(c.recv()["data"]["code"], "too_many_subscriptions");
+    }
+    let huge = format!("topic:{}", "x".repeat(100_000));
+    c.send_json(&json!({"type": "subscribe", "data": huge}));
+    assert_eq!(c.recv_type("error")["data"]["code"], "invalid_channel");
+    c.send_json(&json!({"type": "ping", "timestamp": 6}));
+    assert_eq!(
+        c.recv_type("pong")["timestamp"],
+        6,
+        "the connection is kept"
+    );
+}
