@@ -69,8 +69,6 @@ counters! {
     broadcasts_total,
     /// Metrics ticks run (counted on shard 0's counters).
     ticks_total,
-    /// Time spent in ticks (snapshot, encode, details), in microseconds.
-    tick_micros_total,
 }
 
 /// Upper bounds of the duration histograms' buckets, in seconds (Prometheus `le`).
