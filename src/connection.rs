@@ -310,10 +310,12 @@ enum Opening {
 async fn handshake(shard: &Shard, conn: &Conn) -> Opening {
     let cfg = &shard.config;
     let mut buf = Vec::with_capacity(1024);
+    let mut scanned = 0;
     let head_len = loop {
-        if let Some(end) = handshake::head_end(&buf) {
+        if let Some(end) = handshake::head_end(&buf, scanned) {
             break end;
         }
+        scanned = buf.len();
         if buf.len() >= cfg.max_request_head {
             shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
             respond(shard, conn, &handshake::too_large()).await;

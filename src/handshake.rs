@@ -27,9 +27,15 @@ pub(crate) enum Head {
     Http,
 }
 
-/// The length of the head (through the blank line), once it is complete.
-pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+/// The length of the head (through the blank line), once it is complete. Only bytes from
+/// `from` on are new: the search starts 3 bytes before them, so a head that arrives a byte at a
+/// time costs linear work, not quadratic.
+pub(crate) fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    buf.get(start..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| start + i + 4)
 }
 
 /// The answer to a head over the size cap.
@@ -230,7 +236,11 @@ mod tests {
 
     #[test]
     fn the_head_ends_at_the_blank_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest", 0), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n", 0), None);
+        // The blank line split across reads is still found from the new bytes' offset.
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 17), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 15), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r", 0), None);
     }
 }
