@@ -262,16 +262,6 @@ impl ClientLink {
     pub fn subscribed(&self, channel: &Channel) -> bool {
         self.subs.borrow().contains(channel)
     }
-
-    /// The client's channels.
-    pub fn channels(&self) -> Vec<Channel> {
-        self.subs.borrow().clone()
-    }
-
-    /// The outbound queue (for inspection).
-    pub fn queue(&self) -> std::cell::Ref<'_, OutQueue> {
-        self.out.borrow()
-    }
 }
 
 /// How a subscribe went.
