@@ -204,6 +204,7 @@ pub(crate) enum Expired {
     Pong,
     Write,
     Close,
+    HttpIdle,
 }
 
 /// The times the sweep looks at, read from a connection.
@@ -223,7 +224,7 @@ pub(crate) fn sweep_action(t: &Timing, now: Instant, cfg: &HubConfig) -> Sweep {
     match t.phase {
         Phase::Handshake if over(t.since, cfg.handshake_timeout) => Sweep::Kill(Expired::Handshake),
         Phase::Closing if over(t.since, cfg.close_timeout) => Sweep::Kill(Expired::Close),
-        Phase::Http if over(t.since, cfg.http_idle_timeout) => Sweep::Kill(Expired::Close),
+        Phase::Http if over(t.since, cfg.http_idle_timeout) => Sweep::Kill(Expired::HttpIdle),
         Phase::Open | Phase::Closing => {
             if t.stalled_since.is_some_and(|s| over(s, cfg.write_wait)) {
                 Sweep::Kill(Expired::Write)
@@ -261,7 +262,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
                         Expired::Pong => Some(&stats.pong_timeouts_total),
                         Expired::Write => Some(&stats.write_timeouts_total),
                         Expired::Handshake => Some(&stats.handshake_failures_total),
-                        Expired::Close => None,
+                        Expired::Close | Expired::HttpIdle => None,
                     };
                     if let Some(counter) = counter {
                         counter.fetch_add(1, Relaxed);
