@@ -1,0 +1,285 @@
+//! The WebSocket client side, sans-IO: the upgrade request and the check of its answer, the
+//! parse of server frames in place, and masked client frames. The event loops own the sockets.
+//!
+//! Loadgen parses frames itself instead of going through a general client library: a server
+//! frame is a 2 to 10 byte header in front of an unmasked payload, and reading it in place from
+//! the thread's receive buffer is what keeps loadgen's cost per delivery far below the
+//! server's.
+
+use std::fmt;
+
+/// Frame opcodes (RFC 6455 §5.2).
+pub mod opcode {
+    /// Continuation of a fragmented message.
+    pub const CONTINUATION: u8 = 0x0;
+    /// Text frame.
+    pub const TEXT: u8 = 0x1;
+    /// Binary frame.
+    pub const BINARY: u8 = 0x2;
+    /// Close.
+    pub const CLOSE: u8 = 0x8;
+    /// Ping.
+    pub const PING: u8 = 0x9;
+    /// Pong.
+    pub const PONG: u8 = 0xA;
+}
+
+/// A fresh random `Sec-WebSocket-Key`.
+pub fn new_key() -> String {
+    tungstenite::handshake::client::generate_key()
+}
+
+/// The upgrade request for `path` (with its query) on `host` (the `Host` header's value).
+pub fn handshake_request(
+    host: &str,
+    path: &str,
+    key: &str,
+    headers: &[(String, String)],
+) -> Vec<u8> {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (name, value) in headers {
+        req.push_str(name);
+        req.push_str(": ");
+        req.push_str(value);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// Why an upgrade failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// The server answered with this HTTP status instead of 101.
+    Status(u16),
+    /// A 101 whose `Sec-WebSocket-Accept` does not match the key.
+    BadAccept,
+    /// Not an HTTP answer, or a head over 16 KiB.
+    Malformed,
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Status(code) => write!(f, "http {code}"),
+            Self::BadAccept => f.write_str("bad accept key"),
+            Self::Malformed => f.write_str("malformed answer"),
+        }
+    }
+}
+
+/// Largest answer head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Checks the answer to the upgrade: `Ok(None)` while the head is incomplete, `Ok(Some(n))`
+/// with the head's length once it is a valid 101 (frames may follow in the same bytes).
+pub fn parse_handshake_response(buf: &[u8], key: &str) -> Result<Option<usize>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+        _ => return Err(HandshakeError::Malformed),
+    };
+    match resp.code {
+        Some(101) => {}
+        Some(code) => return Err(HandshakeError::Status(code)),
+        None => return Err(HandshakeError::Malformed),
+    }
+    let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"));
+    match accept {
+        Some(h) if h.value == expected.as_bytes() => Ok(Some(len)),
+        _ => Err(HandshakeError::BadAccept),
+    }
+}
+
+/// The head of one server frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Last frame of its message.
+    pub fin: bool,
+    /// The opcode (see [`opcode`]).
+    pub opcode: u8,
+    /// Bytes before the payload.
+    pub header_len: usize,
+    /// Payload bytes.
+    pub payload_len: usize,
+}
+
+impl FrameHead {
+    /// Header plus payload.
+    pub fn total_len(&self) -> usize {
+        self.header_len + self.payload_len
+    }
+}
+
+/// A server frame that breaks RFC 6455 or our limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Server frames must not be masked.
+    Masked,
+    /// Reserved bits set (no extension was negotiated).
+    Reserved,
+    /// Payload over the limit.
+    TooLarge,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Masked => "masked server frame",
+            Self::Reserved => "reserved bits set",
+            Self::TooLarge => "frame over the size limit",
+        })
+    }
+}
+
+/// Parses the head of the frame at the start of `buf`: `Ok(None)` until the header is complete
+/// (the payload may still be partial; compare [`FrameHead::total_len`] with `buf.len()`).
+pub fn parse_frame(buf: &[u8], max_payload: usize) -> Result<Option<FrameHead>, FrameError> {
+    let (b0, b1) = match buf {
+        [b0, b1, ..] => (*b0, *b1),
+        _ => return Ok(None),
+    };
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::Reserved);
+    }
+    if b1 & 0x80 != 0 {
+        return Err(FrameError::Masked);
+    }
+    let (header_len, payload_len) = match b1 & 0x7f {
+        126 if buf.len() < 4 => return Ok(None),
+        126 => (4, u16::from_be_bytes([buf[2], buf[3]]) as u64),
+        127 if buf.len() < 10 => return Ok(None),
+        127 => (
+            10,
+            u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")),
+        ),
+        n => (2, n as u64),
+    };
+    if payload_len > max_payload as u64 {
+        return Err(FrameError::TooLarge);
+    }
+    Ok(Some(FrameHead {
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0f,
+        header_len,
+        payload_len: payload_len as usize,
+    }))
+}
+
+/// Appends one complete, masked client frame to `out`.
+pub fn encode_frame(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    for (i, b) in out[start..].iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// The status code of a close frame's payload (1005 when it carries none).
+pub fn close_code(payload: &[u8]) -> u16 {
+    match payload {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]),
+        _ => 1005,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_frames_of_every_length_encoding() {
+        for len in [0usize, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let mut frame = vec![0x81];
+            if len < 126 {
+                frame.push(len as u8);
+            } else if len <= 65_535 {
+                frame.push(126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            } else {
+                frame.push(127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+            let header = frame.len();
+            frame.resize(header + len, b'x');
+            let head = parse_frame(&frame, 1 << 20).unwrap().unwrap();
+            assert_eq!((head.fin, head.opcode), (true, opcode::TEXT));
+            assert_eq!((head.header_len, head.payload_len), (header, len));
+            // Every prefix shorter than the header is "incomplete", never an error.
+            for cut in 0..header {
+                assert_eq!(parse_frame(&frame[..cut], 1 << 20), Ok(None));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_what_a_server_must_not_send() {
+        assert_eq!(parse_frame(&[0x81, 0x85], 100), Err(FrameError::Masked));
+        assert_eq!(parse_frame(&[0xC1, 0x05], 100), Err(FrameError::Reserved));
+        assert_eq!(
+            parse_frame(&[0x81, 126, 1, 0], 100),
+            Err(FrameError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn masked_frames_decode_with_tungstenite() {
+        use tungstenite::protocol::frame::FrameHeader;
+        let mut out = Vec::new();
+        encode_frame(opcode::TEXT, &[b'a'; 300], [1, 2, 3, 4], &mut out);
+        let mut cursor = std::io::Cursor::new(&out[..]);
+        let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        assert_eq!((header.is_final, len), (true, 300));
+        assert_eq!(header.mask, Some([1, 2, 3, 4]));
+        let mut payload = out[cursor.position() as usize..].to_vec();
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= [1, 2, 3, 4][i & 3];
+        }
+        assert_eq!(payload, vec![b'a'; 300]);
+    }
+
+    #[test]
+    fn checks_the_accept_key() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let ok =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x00";
+        assert_eq!(parse_handshake_response(ok, key), Ok(Some(ok.len() - 2)));
+        assert_eq!(parse_handshake_response(&ok[..20], key), Ok(None));
+        let wrong = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: nope\r\n\r\n";
+        assert_eq!(
+            parse_handshake_response(wrong, key),
+            Err(HandshakeError::BadAccept)
+        );
+        let refused = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            parse_handshake_response(refused, key),
+            Err(HandshakeError::Status(503))
+        );
+        assert_eq!(
+            parse_handshake_response(b"SSH-2.0\r\n\r\n", key),
+            Err(HandshakeError::Malformed)
+        );
+    }
+}

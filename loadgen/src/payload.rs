@@ -1,0 +1,201 @@
+//! The message loadgen publishes and how a subscriber reads it back without parsing JSON.
+//!
+//! A message is one JSON object of exactly the requested size:
+//! `{"lg":SEQ,"t":NANOS,"p":"xxxx…"}`. `SEQ` counts from 0 per run, `NANOS` is the
+//! publisher's `CLOCK_MONOTONIC` at the scheduled send time. Both numbers sit in fixed-width
+//! fields padded with spaces (legal JSON whitespace), so stamping a message rewrites 40 bytes in
+//! place. A subscriber finds `"lg":` with a SIMD substring search and reads two integers; the
+//! frame may be the bare message (peers) or our server's envelope around it.
+
+use memchr::memmem::Finder;
+
+/// Width of each number field: a u64 has at most 20 digits.
+const FIELD: usize = 20;
+const PREFIX: &[u8] = b"{\"lg\":";
+const MIDDLE: &[u8] = b",\"t\":";
+const PAD_OPEN: &[u8] = b",\"p\":\"";
+const CLOSE: &[u8] = b"\"}";
+
+/// The smallest message: the two stamped fields and an empty pad.
+pub const MIN_SIZE: usize =
+    PREFIX.len() + FIELD + MIDDLE.len() + FIELD + PAD_OPEN.len() + CLOSE.len();
+
+/// How the publish request carries the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrap {
+    /// The body is the message (the peers' `POST /publish`, a publishing WebSocket).
+    Raw,
+    /// Our server's publish API: `{"type":"loadgen","data":MESSAGE}`, broadcast on `events`.
+    Hub,
+}
+
+const HUB_OPEN: &[u8] = b"{\"type\":\"loadgen\",\"data\":";
+const HUB_CLOSE: &[u8] = b"}";
+
+/// A reusable message of a fixed size, stamped in place for each send.
+#[derive(Debug, Clone)]
+pub struct Message {
+    buf: Vec<u8>,
+    seq_at: usize,
+    t_at: usize,
+}
+
+impl Message {
+    /// A message whose JSON object is `size` bytes (at least [`MIN_SIZE`]).
+    pub fn new(size: usize, wrap: Wrap) -> Self {
+        let size = size.max(MIN_SIZE);
+        let mut buf = Vec::with_capacity(size + HUB_OPEN.len() + 1);
+        if wrap == Wrap::Hub {
+            buf.extend_from_slice(HUB_OPEN);
+        }
+        buf.extend_from_slice(PREFIX);
+        let seq_at = buf.len();
+        buf.resize(buf.len() + FIELD, b' ');
+        buf.extend_from_slice(MIDDLE);
+        let t_at = buf.len();
+        buf.resize(buf.len() + FIELD, b' ');
+        buf.extend_from_slice(PAD_OPEN);
+        buf.resize(buf.len() + size - MIN_SIZE, b'x');
+        buf.extend_from_slice(CLOSE);
+        if wrap == Wrap::Hub {
+            buf.extend_from_slice(HUB_CLOSE);
+        }
+        let mut msg = Self { buf, seq_at, t_at };
+        msg.stamp(0, 0);
+        msg
+    }
+
+    /// Writes `seq` and `t` into the message and returns its bytes.
+    pub fn stamp(&mut self, seq: u64, t: u64) -> &[u8] {
+        write_field(&mut self.buf[self.seq_at..self.seq_at + FIELD], seq);
+        write_field(&mut self.buf[self.t_at..self.t_at + FIELD], t);
+        &self.buf
+    }
+
+    /// The bytes as last stamped.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+fn write_field(field: &mut [u8], v: u64) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v).as_bytes();
+    field[..digits.len()].copy_from_slice(digits);
+    field[digits.len()..].fill(b' ');
+}
+
+/// Reads loadgen stamps and the server's own fields out of frames, without a JSON parse.
+#[derive(Debug)]
+pub struct Scanner {
+    lg: Finder<'static>,
+    t: Finder<'static>,
+    lagged: Finder<'static>,
+    dropped: Finder<'static>,
+    metrics: Finder<'static>,
+    ts_us: Finder<'static>,
+    seq: Finder<'static>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self {
+            lg: Finder::new(b"\"lg\":"),
+            t: Finder::new(b"\"t\":"),
+            lagged: Finder::new(b"\"type\":\"lagged\""),
+            dropped: Finder::new(b"\"dropped\":"),
+            metrics: Finder::new(b"\"type\":\"metrics\""),
+            ts_us: Finder::new(b"\"tsUs\":"),
+            seq: Finder::new(b"\"seq\":"),
+        }
+    }
+}
+
+impl Scanner {
+    /// The `(seq, t)` stamp of a loadgen message, if the frame carries one.
+    pub fn stamp(&self, frame: &[u8]) -> Option<(u64, u64)> {
+        let at = self.lg.find(frame)? + 5;
+        let (seq, used) = number(&frame[at..])?;
+        let rest = &frame[at + used..];
+        let t_at = self.t.find(rest)? + 4;
+        let (t, _) = number(&rest[t_at..])?;
+        Some((seq, t))
+    }
+
+    /// The `dropped` count of our server's `lagged` notice.
+    pub fn lagged(&self, frame: &[u8]) -> Option<u64> {
+        self.lagged.find(frame)?;
+        let at = self.dropped.find(frame)? + 10;
+        number(&frame[at..]).map(|(n, _)| n)
+    }
+
+    /// `(seq, tsUs)` of our server's `metrics` broadcast.
+    pub fn metrics(&self, frame: &[u8]) -> Option<(u64, u64)> {
+        self.metrics.find(frame)?;
+        let ts_at = self.ts_us.find(frame)? + 7;
+        let seq_at = self.seq.find(frame)? + 6;
+        Some((number(&frame[seq_at..])?.0, number(&frame[ts_at..])?.0))
+    }
+}
+
+/// The unsigned integer at the start of `s` (after optional spaces), and the bytes it took.
+fn number(s: &[u8]) -> Option<(u64, usize)> {
+    let skip = s.iter().take_while(|&&b| b == b' ').count();
+    let mut v: u64 = 0;
+    let mut n = 0;
+    for &b in &s[skip..] {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        n += 1;
+    }
+    (n > 0).then_some((v, skip + n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_valid_json_of_the_asked_size() {
+        for size in [MIN_SIZE, 256, 4096] {
+            let mut msg = Message::new(size, Wrap::Raw);
+            let bytes = msg.stamp(u64::MAX, 123_456_789).to_vec();
+            assert_eq!(bytes.len(), size);
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["lg"], u64::MAX);
+            assert_eq!(v["t"], 123_456_789);
+            let hub = Message::new(size, Wrap::Hub);
+            let v: serde_json::Value = serde_json::from_slice(hub.bytes()).unwrap();
+            assert_eq!(v["type"], "loadgen");
+            assert_eq!(
+                serde_json::to_vec(&v["data"]).unwrap().len(),
+                size - 2 * FIELD + 2
+            );
+        }
+        assert_eq!(Message::new(10, Wrap::Raw).bytes().len(), MIN_SIZE);
+    }
+
+    #[test]
+    fn scanner_reads_stamps_in_bare_messages_and_envelopes() {
+        let scanner = Scanner::default();
+        let mut msg = Message::new(200, Wrap::Raw);
+        assert_eq!(scanner.stamp(msg.stamp(42, 7)), Some((42, 7)));
+        let envelope = format!(
+            r#"{{"type":"loadgen","data":{},"timestamp":1,"epoch":2,"tsUs":3,"seq":9}}"#,
+            std::str::from_utf8(msg.stamp(1_000_000, 99_999_999_999)).unwrap()
+        );
+        assert_eq!(
+            scanner.stamp(envelope.as_bytes()),
+            Some((1_000_000, 99_999_999_999))
+        );
+        assert_eq!(scanner.stamp(br#"{"type":"metrics","data":{}}"#), None);
+        let lagged = br#"{"type":"lagged","data":{"dropped":17},"timestamp":1,"epoch":2,"tsUs":3}"#;
+        assert_eq!(scanner.lagged(lagged), Some(17));
+        assert_eq!(scanner.lagged(envelope.as_bytes()), None);
+        let metrics =
+            br#"{"type":"metrics","data":{"x":1},"timestamp":1,"epoch":2,"tsUs":1234,"seq":5}"#;
+        assert_eq!(scanner.metrics(metrics), Some((5, 1234)));
+    }
+}

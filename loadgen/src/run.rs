@@ -1,0 +1,720 @@
+//! The scenarios: each starts a fleet, measures, and builds the [`Report`].
+
+use std::io::{IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::fleet::{self, Fleet};
+use crate::opts::{Command, Opts};
+use crate::publisher::{self, Publisher};
+use crate::stats::{Percentiles, Report, Step, Window};
+use crate::sys;
+use crate::worker::Mode;
+
+/// How often the controller gathers counts and redraws the progress line.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Runs a command; returns the process exit code (0 ok, 2 the run missed what was asked).
+pub fn run(command: Command) -> Result<i32> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .context("cannot install a signal handler")?;
+    }
+    sys::raise_nofile();
+    let (opts, scenario) = match command {
+        Command::Merge { files, json } => return merge(&files, json),
+        Command::Fanout(o) => (o, "fanout"),
+        Command::Metrics(o) => (o, "metrics"),
+        Command::Idle(o) => (o, "idle"),
+        Command::Churn(o) => (o, "churn"),
+    };
+    if opts.child.is_some() {
+        let fleet = start_fleet(&opts, scenario)?;
+        fleet::run_child(fleet)?;
+        return Ok(0);
+    }
+    let mut ctl = Controller::new(&opts, scenario, stop)?;
+    let mut report = match scenario {
+        "fanout" => ctl.fanout()?,
+        "metrics" => ctl.metrics()?,
+        "idle" => ctl.idle()?,
+        _ => ctl.churn()?,
+    };
+    report.failures.extend(check(&opts, &report));
+    print_report(&report, opts.json)?;
+    Ok(if report.failures.is_empty() { 0 } else { 2 })
+}
+
+fn start_fleet(opts: &Opts, scenario: &str) -> Result<Fleet> {
+    match scenario {
+        "metrics" => Fleet::start(
+            opts,
+            Mode::Hold,
+            opts.subscribers,
+            opts.connect_rate,
+            Some(opts.metrics_interval.as_micros() as u64),
+        ),
+        "churn" => Fleet::start(opts, Mode::Churn, churn_total(opts), opts.rate, None),
+        _ => Fleet::start(opts, Mode::Hold, opts.subscribers, opts.connect_rate, None),
+    }
+}
+
+/// Connections a churn run opens in all: rate × duration, or unbounded at rate 0.
+fn churn_total(opts: &Opts) -> usize {
+    if opts.rate > 0.0 {
+        (opts.rate * opts.duration.as_secs_f64()).ceil() as usize
+    } else {
+        usize::MAX
+    }
+}
+
+/// What the run failed to do.
+fn check(opts: &Opts, r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    if r.scenario != "churn" && r.connected < r.subscribers {
+        out.push(format!(
+            "only {} of {} subscribers connected",
+            r.connected, r.subscribers
+        ));
+    }
+    if r.scenario == "churn" && !r.errors.is_empty() {
+        out.push(format!(
+            "{} connections failed",
+            r.errors.values().sum::<u64>()
+        ));
+    }
+    if r.scenario == "fanout" && !opts.ramp && r.lost_fraction > opts.max_loss {
+        out.push(format!(
+            "lost {} of {} expected deliveries ({:.4} > --max-loss {})",
+            r.lost,
+            r.deliveries + r.lost,
+            r.lost_fraction,
+            opts.max_loss
+        ));
+    }
+    if r.publish_errors > 0 {
+        out.push(format!("{} publish requests failed", r.publish_errors));
+    }
+    out
+}
+
+struct Controller<'a> {
+    opts: &'a Opts,
+    scenario: &'static str,
+    stop: Arc<AtomicBool>,
+    total: Window,
+    /// Last second of windows, for the progress line.
+    recent: Vec<(u64, Window)>,
+    progress: bool,
+    cpu_start: f64,
+}
+
+impl<'a> Controller<'a> {
+    fn new(opts: &'a Opts, scenario: &'static str, stop: Arc<AtomicBool>) -> Result<Self> {
+        Ok(Self {
+            opts,
+            scenario,
+            stop,
+            total: Window::default(),
+            recent: Vec::new(),
+            progress: !opts.quiet && std::io::stderr().is_terminal(),
+            cpu_start: sys::own_cpu_seconds(),
+        })
+    }
+
+    fn report(&self) -> Report {
+        let o = self.opts;
+        Report {
+            scenario: self.scenario.into(),
+            target: o.ws_target().map(|t| t.url).unwrap_or_default(),
+            subscribers: o.subscribers,
+            processes: o.processes.max(1),
+            size: o.size,
+            rate: o.rate,
+            ..Report::default()
+        }
+    }
+
+    /// Gathers the fleet's counts into the total and redraws the progress line.
+    fn tick(&mut self, fleet: &Fleet, label: &str) -> Window {
+        let w = fleet.harvest();
+        self.total.add(&w);
+        if self.progress {
+            let now = sys::mono_ns();
+            self.recent.push((now, w.clone()));
+            self.recent.retain(|(t, _)| now - t < 1_000_000_000);
+            let mut last = Window::default();
+            for (_, w) in &self.recent {
+                last.add(w);
+            }
+            let p99 = Percentiles::of(&last.latency).p99;
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r\x1b[2K{label} conns {}/{}  deliveries/s {}  p99 {}  lost {}  lagged {}  errors {}",
+                fleet.open(),
+                fleet.asked.min(1 << 40),
+                last.deliveries,
+                fmt_us(p99),
+                self.total.gaps,
+                self.total.lagged,
+                self.total.errors.values().sum::<u64>()
+            );
+            let _ = err.flush();
+        }
+        w
+    }
+
+    fn end_progress(&self) {
+        if self.progress {
+            eprintln!();
+        }
+    }
+
+    fn connect(&mut self, fleet: &Fleet) -> usize {
+        let o = self.opts;
+        let timeout = Duration::from_secs_f64(o.subscribers as f64 / o.connect_rate.max(1.0))
+            + o.handshake_timeout
+            + Duration::from_secs(5);
+        let mut last = sys::mono_ns();
+        let stop = self.stop.clone();
+        let open = fleet.wait_connected(o.subscribers, timeout, &stop, |f| {
+            if sys::mono_ns() - last >= TICK.as_nanos() as u64 {
+                last = sys::mono_ns();
+                self.tick(f, "connecting");
+            }
+        });
+        self.tick(fleet, "connecting");
+        open
+    }
+
+    /// Keeps ticking for `d` (or until stopped / `done` says so).
+    fn hold(
+        &mut self,
+        fleet: &Fleet,
+        d: Duration,
+        label: &str,
+        mut done: impl FnMut(&Self) -> bool,
+    ) {
+        let end = sys::mono_ns() + d.as_nanos() as u64;
+        while sys::mono_ns() < end && !self.stop.load(Ordering::Relaxed) && !done(self) {
+            thread::sleep(TICK.min(Duration::from_nanos(end.saturating_sub(sys::mono_ns()))));
+            self.tick(fleet, label);
+        }
+    }
+
+    fn fanout(&mut self) -> Result<Report> {
+        let o = self.opts;
+        let target = o.publish_target()?;
+        publisher::check(&target, o.size)?;
+        let mut report = self.report();
+        report.publish_url = Some(target.url.clone());
+        let mut publisher = Publisher::new(target, o.size, o.publishers);
+        publisher.probe()?;
+        let fleet = start_fleet(o, "fanout")?;
+        let connected = self.connect(&fleet);
+        report.connected = connected;
+        if connected == 0 {
+            self.end_progress();
+            let (w, _) = fleet.stop()?;
+            bail!("no subscriber connected ({:?})", w.errors);
+        }
+        let server = ServerCpu::start(o.server_pid);
+        let t0 = sys::mono_ns();
+        let before = self.total.deliveries;
+        if o.ramp {
+            self.ramp(&fleet, &mut publisher, connected, &mut report);
+        } else {
+            let published = self.publish(&fleet, &mut publisher, o.rate, o.duration);
+            report.published = published.sent;
+            report.publish_errors = published.error_count();
+            self.drain(&fleet, before + published.sent * connected as u64);
+        }
+        let elapsed = (sys::mono_ns() - t0) as f64 / 1e9;
+        let after = self.total.deliveries;
+        server.finish(&mut report, elapsed, after - before);
+        self.end_progress();
+        let (w, child_cpu) = fleet.stop()?;
+        self.total.add(&w);
+        self.fill(&mut report, elapsed, child_cpu);
+        if !o.ramp {
+            let expected = report.published * connected as u64;
+            report.lost = expected.saturating_sub(self.total.deliveries - self.total.reordered);
+            report.lost_fraction = if expected > 0 {
+                report.lost as f64 / expected as f64
+            } else {
+                0.0
+            };
+        }
+        Ok(report)
+    }
+
+    /// Publishes in a thread while this one ticks.
+    fn publish(
+        &mut self,
+        fleet: &Fleet,
+        publisher: &mut Publisher,
+        rate: f64,
+        d: Duration,
+    ) -> publisher::Published {
+        let stop = self.stop.clone();
+        let done = AtomicBool::new(false);
+        thread::scope(|s| {
+            let handle = s.spawn(|| {
+                let p = publisher.run(rate, d, &stop);
+                done.store(true, Ordering::Release);
+                p
+            });
+            while !done.load(Ordering::Acquire) {
+                thread::sleep(TICK);
+                self.tick(fleet, "publishing");
+            }
+            handle.join().expect("publisher thread")
+        })
+    }
+
+    /// Waits for messages still in flight: until `expected` deliveries, or --drain passes.
+    fn drain(&mut self, fleet: &Fleet, expected: u64) {
+        let d = self.opts.drain;
+        self.hold(fleet, d, "draining", |c| c.total.deliveries >= expected);
+    }
+
+    fn ramp(
+        &mut self,
+        fleet: &Fleet,
+        publisher: &mut Publisher,
+        connected: usize,
+        report: &mut Report,
+    ) {
+        let o = self.opts;
+        let mut rate = if o.rate > 0.0 { o.rate } else { 100.0 };
+        loop {
+            let start = self.total.clone();
+            let p = self.publish(fleet, publisher, rate, o.step);
+            report.published += p.sent;
+            report.publish_errors += p.error_count();
+            let expected_total = start.deliveries + p.sent * connected as u64;
+            self.drain(fleet, expected_total);
+            let deliveries = self.total.deliveries - start.deliveries;
+            let mut latency = self.total.latency.clone();
+            latency.subtract(&start.latency).expect("same bounds");
+            let expected = p.sent * connected as u64;
+            let loss = if expected > 0 {
+                expected.saturating_sub(deliveries) as f64 / expected as f64
+            } else {
+                1.0
+            };
+            let achieved = p.sent as f64 / p.elapsed_s.max(1e-9);
+            let latency_us = Percentiles::of(&latency);
+            let held = latency_us.p99 <= o.max_p99.as_micros() as u64
+                && loss <= o.max_loss
+                && achieved >= 0.9 * rate
+                && p.error_count() == 0;
+            report.lost += expected.saturating_sub(deliveries);
+            if self.progress {
+                eprintln!("\r\x1b[2Kstep {rate:.0}/s: achieved {achieved:.0}/s, p99 {}, loss {loss:.4} -> {}",
+                    fmt_us(latency_us.p99), if held { "held" } else { "broke" });
+            }
+            report.steps.push(Step {
+                rate,
+                achieved,
+                published: p.sent,
+                deliveries,
+                loss,
+                latency_us,
+                held,
+            });
+            if held {
+                report.max_rate_held = Some(achieved);
+            }
+            rate *= o.ramp_factor.max(1.01);
+            if !held || self.stop.load(Ordering::Relaxed) || (o.ramp_max > 0.0 && rate > o.ramp_max)
+            {
+                break;
+            }
+        }
+        let expected = report.published * connected as u64;
+        report.lost_fraction = if expected > 0 {
+            report.lost as f64 / expected as f64
+        } else {
+            0.0
+        };
+    }
+
+    fn metrics(&mut self) -> Result<Report> {
+        let o = self.opts;
+        let mut report = self.report();
+        let fleet = start_fleet(o, "metrics")?;
+        report.connected = self.connect(&fleet);
+        let server = ServerCpu::start(o.server_pid);
+        let t0 = sys::mono_ns();
+        let before = self.total.deliveries;
+        self.hold(&fleet, o.duration, "metrics", |_| false);
+        let elapsed = (sys::mono_ns() - t0) as f64 / 1e9;
+        server.finish(&mut report, elapsed, self.total.deliveries - before);
+        self.end_progress();
+        let (w, child_cpu) = fleet.stop()?;
+        self.total.add(&w);
+        self.fill(&mut report, elapsed, child_cpu);
+        report.frame_bytes = Some(Percentiles::of(&self.total.frame_size));
+        report.jitter_us = Some(Percentiles::of(&self.total.jitter));
+        let mut spread = crate::stats::histogram();
+        for (ts, last) in self.total.ticks.values() {
+            let _ = spread.record(last.saturating_sub(*ts).max(1));
+        }
+        report.tick_to_last_us = Some(Percentiles::of(&spread));
+        Ok(report)
+    }
+
+    fn idle(&mut self) -> Result<Report> {
+        let o = self.opts;
+        let mut report = self.report();
+        let memory = Memory::new(o);
+        report.server_rss_before = memory.rss();
+        let fds_before = o.server_pid.and_then(sys::process_fds);
+        let fleet = start_fleet(o, "idle")?;
+        report.connected = self.connect(&fleet);
+        let t0 = sys::mono_ns();
+        // Let the server settle (lazy allocations after the upgrade) before reading it.
+        self.hold(&fleet, Duration::from_secs(1), "settling", |_| false);
+        report.server_rss_loaded = memory.rss();
+        self.hold(&fleet, o.duration, "holding", |_| false);
+        let held_rss = memory.rss();
+        report.server_rss_loaded = report.server_rss_loaded.max(held_rss);
+        let elapsed = (sys::mono_ns() - t0) as f64 / 1e9;
+        self.end_progress();
+        let (w, child_cpu) = fleet.stop()?;
+        self.total.add(&w);
+        // The server sees the closes a moment later.
+        thread::sleep(Duration::from_secs(1));
+        report.server_rss_after = memory.rss();
+        if let (Some(before), Some(pid)) = (fds_before, o.server_pid) {
+            report.server_fds = sys::process_fds(pid).map(|after| (before, after));
+        }
+        if let (Some(b), Some(l)) = (report.server_rss_before, report.server_rss_loaded) {
+            if report.connected > 0 {
+                report.server_rss_per_conn = Some((l as f64 - b as f64) / report.connected as f64);
+            }
+        }
+        self.fill(&mut report, elapsed, child_cpu);
+        Ok(report)
+    }
+
+    fn churn(&mut self) -> Result<Report> {
+        let o = self.opts;
+        let mut report = self.report();
+        let server = ServerCpu::start(o.server_pid);
+        let fleet = start_fleet(o, "churn")?;
+        let t0 = sys::mono_ns();
+        self.hold(&fleet, o.duration + o.handshake_timeout, "churning", |_| {
+            fleet.finished()
+        });
+        let elapsed =
+            ((sys::mono_ns() - t0) as f64 / 1e9).min(o.duration.as_secs_f64().max(1e-9) + 0.0);
+        let elapsed = if fleet.finished() {
+            elapsed
+        } else {
+            o.duration.as_secs_f64()
+        };
+        self.end_progress();
+        let (w, child_cpu) = fleet.stop()?;
+        self.total.add(&w);
+        server.finish(&mut report, elapsed, 0);
+        self.fill(&mut report, elapsed, child_cpu);
+        report.subscribers = churn_total(o)
+            .min(report.handshakes as usize + report.errors.values().sum::<u64>() as usize);
+        report.connected = report.handshakes as usize;
+        report.handshakes_per_sec = report.handshakes as f64 / elapsed.max(1e-9);
+        report.latency_us = report.handshake_us.clone();
+        Ok(report)
+    }
+
+    /// Copies the totals into the report.
+    fn fill(&self, r: &mut Report, elapsed: f64, child_cpu: f64) {
+        let t = &self.total;
+        r.duration_s = (elapsed * 1000.0).round() / 1000.0;
+        r.deliveries = t.deliveries;
+        r.deliveries_per_sec = (t.deliveries as f64 / elapsed.max(1e-9)).round();
+        r.bytes = t.bytes;
+        r.bytes_per_sec = (t.bytes as f64 / elapsed.max(1e-9)).round();
+        r.gaps = t.gaps;
+        r.reordered = t.reordered;
+        r.lagged = t.lagged;
+        r.lagged_dropped = t.lagged_dropped;
+        r.other_frames = t.other_frames;
+        r.handshakes = t.handshakes;
+        r.errors = t.errors.clone();
+        r.latency_us = Percentiles::of(&t.latency);
+        r.handshake_us = Percentiles::of(&t.handshake);
+        r.loadgen_cpu_s = sys::own_cpu_seconds() - self.cpu_start + child_cpu;
+        r.window = Some(t.clone());
+    }
+}
+
+/// The server's CPU time over the measured span.
+struct ServerCpu {
+    pid: Option<u32>,
+    start: Option<f64>,
+}
+
+impl ServerCpu {
+    fn start(pid: Option<u32>) -> Self {
+        Self {
+            pid,
+            start: pid.and_then(sys::process_cpu_seconds),
+        }
+    }
+
+    fn finish(&self, r: &mut Report, elapsed: f64, deliveries: u64) {
+        let (Some(pid), Some(start)) = (self.pid, self.start) else {
+            return;
+        };
+        let Some(end) = sys::process_cpu_seconds(pid) else {
+            return;
+        };
+        let cpu = end - start;
+        r.server_cpu_s = Some(cpu);
+        r.server_cpu_pct = Some((cpu / elapsed.max(1e-9) * 1000.0).round() / 10.0);
+        if deliveries > 0 {
+            r.server_cpu_s_per_million = Some(cpu / deliveries as f64 * 1e6);
+        }
+    }
+}
+
+/// Where the server's resident memory is read: /proc with --server-pid, else our /metrics.
+struct Memory {
+    pid: Option<u32>,
+    metrics: Option<SocketAddr>,
+}
+
+impl Memory {
+    fn new(o: &Opts) -> Self {
+        Self {
+            pid: o.server_pid,
+            metrics: if o.server_pid.is_none() {
+                o.our_metrics_addr()
+            } else {
+                None
+            },
+        }
+    }
+
+    fn rss(&self) -> Option<u64> {
+        if let Some(pid) = self.pid {
+            return sys::process_rss_bytes(pid);
+        }
+        scrape(self.metrics?, "process_resident_memory_bytes").map(|v| v as u64)
+    }
+}
+
+/// One gauge from a Prometheus endpoint.
+fn scrape(addr: SocketAddr, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn fmt_us(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us}µs"),
+        1_000..=999_999 => format!("{:.1}ms", us as f64 / 1e3),
+        _ => format!("{:.2}s", us as f64 / 1e6),
+    }
+}
+
+fn pct(p: &Percentiles) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
+        fmt_us(p.p50),
+        fmt_us(p.p90),
+        fmt_us(p.p99),
+        fmt_us(p.p999),
+        fmt_us(p.max),
+        p.count
+    )
+}
+
+/// Prints the human summary, then the JSON line when asked.
+pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "loadgen {} -> {}", r.scenario, r.target)?;
+    writeln!(
+        out,
+        "  connections  {} of {} ({} process(es)), {:.1} s measured",
+        r.connected, r.subscribers, r.processes, r.duration_s
+    )?;
+    match r.scenario.as_str() {
+        "fanout" | "metrics" => {
+            if let Some(url) = &r.publish_url {
+                writeln!(
+                    out,
+                    "  published    {} messages of {} B to {url} ({} failed)",
+                    r.published, r.size, r.publish_errors
+                )?;
+            }
+            writeln!(
+                out,
+                "  deliveries   {} ({:.0}/s, {:.1} MB/s)",
+                r.deliveries,
+                r.deliveries_per_sec,
+                r.bytes_per_sec / 1e6
+            )?;
+            writeln!(out, "  latency      {}", pct(&r.latency_us))?;
+            if r.scenario == "fanout" {
+                writeln!(out, "  lost         {} ({:.4}%), gaps {}, reordered {}, lagged notices {} ({} dropped)",
+                    r.lost, r.lost_fraction * 100.0, r.gaps, r.reordered, r.lagged, r.lagged_dropped)?;
+            }
+            if let Some(p) = &r.frame_bytes {
+                writeln!(out, "  frame bytes  p50 {}  max {}", p.p50, p.max)?;
+            }
+            if let Some(p) = &r.jitter_us {
+                writeln!(out, "  tick jitter  {}", pct(p))?;
+            }
+            if let Some(p) = &r.tick_to_last_us {
+                writeln!(out, "  tick->last   {}", pct(p))?;
+            }
+        }
+        "churn" => {
+            writeln!(
+                out,
+                "  handshakes   {} ({:.0}/s)",
+                r.handshakes, r.handshakes_per_sec
+            )?;
+            writeln!(out, "  handshake    {}", pct(&r.handshake_us))?;
+        }
+        _ => {}
+    }
+    for s in &r.steps {
+        writeln!(
+            out,
+            "  step {:>9.0}/s  achieved {:>9.0}/s  p99 {:>8}  loss {:.4}  {}",
+            s.rate,
+            s.achieved,
+            fmt_us(s.latency_us.p99),
+            s.loss,
+            if s.held { "held" } else { "broke" }
+        )?;
+    }
+    if let Some(m) = r.max_rate_held {
+        writeln!(
+            out,
+            "  highest rate held: {m:.0} messages/s (p99 and loss within target)"
+        )?;
+    }
+    if let (Some(b), Some(l)) = (r.server_rss_before, r.server_rss_loaded) {
+        writeln!(
+            out,
+            "  server RSS   {:.1} MiB before, {:.1} MiB loaded, {} after; {} per connection",
+            b as f64 / 1048576.0,
+            l as f64 / 1048576.0,
+            r.server_rss_after
+                .map_or("?".into(), |a| format!("{:.1} MiB", a as f64 / 1048576.0)),
+            r.server_rss_per_conn
+                .map_or("?".into(), |p| format!("{:.0} B", p))
+        )?;
+    }
+    if let Some((b, a)) = r.server_fds {
+        writeln!(out, "  server fds   {b} before, {a} after")?;
+    }
+    if let Some(cpu) = r.server_cpu_s {
+        writeln!(
+            out,
+            "  server CPU   {cpu:.2} s ({:.0}% of a core){}",
+            r.server_cpu_pct.unwrap_or(0.0),
+            r.server_cpu_s_per_million
+                .map_or(String::new(), |m| format!(
+                    ", {m:.2} s per million deliveries"
+                ))
+        )?;
+    }
+    writeln!(out, "  loadgen CPU  {:.2} s", r.loadgen_cpu_s)?;
+    if !r.errors.is_empty() {
+        writeln!(out, "  errors       {:?}", r.errors)?;
+    }
+    for f in &r.failures {
+        writeln!(out, "  FAILED: {f}")?;
+    }
+    if json {
+        writeln!(out, "{}", serde_json::to_string(r)?)?;
+    }
+    Ok(())
+}
+
+/// `loadgen merge`: adds up reports of processes that ran side by side (one of them published).
+fn merge(files: &[std::path::PathBuf], json: bool) -> Result<i32> {
+    let mut merged: Option<Report> = None;
+    let mut total = Window::default();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .with_context(|| format!("no JSON report in {}", f.display()))?;
+        let r: Report =
+            serde_json::from_str(line).with_context(|| format!("bad report in {}", f.display()))?;
+        if let Some(w) = &r.window {
+            total.add(w);
+        }
+        merged = Some(match merged {
+            None => r,
+            Some(mut m) => {
+                m.subscribers += r.subscribers;
+                m.connected += r.connected;
+                m.processes += r.processes;
+                m.published = m.published.max(r.published);
+                m.publish_errors += r.publish_errors;
+                m.duration_s = m.duration_s.max(r.duration_s);
+                m.loadgen_cpu_s += r.loadgen_cpu_s;
+                m.publish_url = m.publish_url.or(r.publish_url);
+                m.failures.extend(r.failures);
+                m
+            }
+        });
+    }
+    let mut m = merged.context("no reports to merge")?;
+    let (deliveries, reordered) = (total.deliveries, total.reordered);
+    m.deliveries = deliveries;
+    m.deliveries_per_sec = (deliveries as f64 / m.duration_s.max(1e-9)).round();
+    m.bytes = total.bytes;
+    m.bytes_per_sec = (total.bytes as f64 / m.duration_s.max(1e-9)).round();
+    m.gaps = total.gaps;
+    m.reordered = reordered;
+    m.lagged = total.lagged;
+    m.lagged_dropped = total.lagged_dropped;
+    m.handshakes = total.handshakes;
+    m.errors = total.errors.clone();
+    m.latency_us = Percentiles::of(&total.latency);
+    m.handshake_us = Percentiles::of(&total.handshake);
+    if m.scenario == "fanout" {
+        let expected = m.published * m.connected as u64;
+        m.lost = expected.saturating_sub(deliveries - reordered);
+        m.lost_fraction = if expected > 0 {
+            m.lost as f64 / expected as f64
+        } else {
+            0.0
+        };
+    }
+    m.window = Some(total);
+    print_report(&m, json)?;
+    Ok(if m.failures.is_empty() { 0 } else { 2 })
+}

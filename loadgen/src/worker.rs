@@ -1,0 +1,727 @@
+//! One event loop per thread, owning its share of the connections: it opens them at a bounded
+//! rate, upgrades them, reads frames in place from one receive buffer per thread, and counts
+//! what arrives into a [`Window`] it hands over every 200 ms.
+//!
+//! Per delivery the loop does a substring search for the stamp, two integer parses, a histogram
+//! record and a sequence check; it reads the clock once per `read`, not once per frame.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::client::{self, opcode, FrameHead};
+use crate::opts::WsTarget;
+use crate::payload::Scanner;
+use crate::stats::Window;
+use crate::sys;
+
+/// Receive buffer per thread; grows only for a frame larger than it.
+const READ_BUF: usize = 256 * 1024;
+/// Reads of one socket per readiness event before other sockets get their turn.
+const READS_PER_TURN: usize = 8;
+/// Connections in the middle of connecting or upgrading, per thread.
+const MAX_IN_FLIGHT: usize = 256;
+/// How often the window is handed over.
+const FLUSH_EVERY_NS: u64 = 200_000_000;
+/// How often slow subscribers read.
+const SLOW_TICK_NS: u64 = 100_000_000;
+
+/// `next_seq` before a connection's first message: the first one sets where it starts.
+const NO_SEQ: u64 = u64::MAX;
+
+/// What the connections do once upgraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Stay connected and count what arrives (fanout, metrics, idle).
+    Hold,
+    /// Close at once and open the next one (churn).
+    Churn,
+}
+
+/// What one thread is asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Where to connect.
+    pub(crate) target: Arc<WsTarget>,
+    /// Connections to hold (Hold), or to open in all (Churn: unbounded when `usize::MAX`).
+    pub(crate) connections: usize,
+    /// The first `slow` of them read slowly.
+    pub(crate) slow: usize,
+    /// Bytes per second a slow connection reads.
+    pub(crate) slow_read_rate: usize,
+    /// Hold or churn.
+    pub(crate) mode: Mode,
+    /// New connections per second from this thread.
+    pub(crate) connect_rate: f64,
+    /// Source addresses to bind, round robin (empty: the kernel's choice).
+    pub(crate) source_addrs: Vec<IpAddr>,
+    /// Where in `source_addrs` this thread starts.
+    pub(crate) source_offset: usize,
+    /// A text message sent once upgraded.
+    pub(crate) subscribe_message: Option<Arc<[u8]>>,
+    /// Give up on an upgrade (or a close handshake) after this long.
+    pub(crate) handshake_timeout: Duration,
+    /// Largest message accepted.
+    pub(crate) max_message: usize,
+    /// Metrics mode: the tick interval in µs, the reference for jitter.
+    pub(crate) metrics_interval_us: Option<u64>,
+}
+
+/// What a thread shares with the controller.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Upgraded connections currently open.
+    pub(crate) open: AtomicUsize,
+    /// Connections that failed before being upgraded.
+    pub(crate) failed: AtomicUsize,
+    /// Counts not yet taken by the controller.
+    pub(crate) window: Mutex<Window>,
+    /// The thread has finished.
+    pub(crate) done: AtomicBool,
+}
+
+/// Runs a thread's loop until `stop` is set (or, churning, until all connections were made).
+pub(crate) fn run(plan: Plan, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> io::Result<()> {
+    let mut worker = Worker::new(plan, shared)?;
+    let result = worker.run(&stop);
+    worker.close_all();
+    worker.flush();
+    worker.shared.done.store(true, Ordering::Release);
+    result
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Upgrading,
+    Open,
+    /// We sent a close and wait for the server's.
+    Closing,
+}
+
+#[derive(Debug)]
+struct Conn {
+    sock: TcpStream,
+    id: u64,
+    state: State,
+    slow: bool,
+    /// Connect time (mono ns), for the handshake latency.
+    started: u64,
+    key: Box<str>,
+    /// Bytes of an incomplete head or frame, kept between reads.
+    leftover: Vec<u8>,
+    /// Bytes not yet written.
+    out: Vec<u8>,
+    /// A fragmented message being put together.
+    fragments: Option<Vec<u8>>,
+    /// The sequence number expected next (gaps are counted against it).
+    next_seq: u64,
+    /// Arrival (Unix µs) of the last metrics frame; 0 before the first.
+    last_metrics: u64,
+}
+
+struct Worker {
+    plan: Plan,
+    shared: Arc<Shared>,
+    poll: Poll,
+    conns: Slab<Conn>,
+    rbuf: Vec<u8>,
+    scanner: Scanner,
+    window: Window,
+    /// Connections started so far.
+    started: usize,
+    in_flight: usize,
+    next_id: u64,
+    /// (deadline, token, id) of connections upgrading or closing, in deadline order.
+    deadlines: VecDeque<(u64, usize, u64)>,
+    /// Sockets that still had data after their turn.
+    again: Vec<usize>,
+    slow_tokens: Vec<usize>,
+    /// Reused for control frames.
+    scratch: Vec<u8>,
+    start: u64,
+    last_flush: u64,
+    last_slow: u64,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("conns", &self.conns.len())
+            .finish()
+    }
+}
+
+impl Worker {
+    fn new(plan: Plan, shared: Arc<Shared>) -> io::Result<Self> {
+        let now = sys::mono_ns();
+        Ok(Self {
+            plan,
+            shared,
+            poll: Poll::new()?,
+            conns: Slab::new(),
+            rbuf: vec![0; READ_BUF],
+            scanner: Scanner::default(),
+            window: Window::default(),
+            started: 0,
+            in_flight: 0,
+            next_id: 0,
+            deadlines: VecDeque::new(),
+            again: Vec::new(),
+            slow_tokens: Vec::new(),
+            scratch: Vec::new(),
+            start: now,
+            last_flush: now,
+            last_slow: now,
+        })
+    }
+
+    fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let now = sys::mono_ns();
+            self.open_more(now);
+            if self.plan.mode == Mode::Churn
+                && self.started >= self.plan.connections
+                && self.conns.is_empty()
+            {
+                return Ok(());
+            }
+            let timeout = if !self.again.is_empty() {
+                Duration::ZERO
+            } else if self.started < self.plan.connections || !self.slow_tokens.is_empty() {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_millis(50)
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = sys::mono_ns();
+            for again in std::mem::take(&mut self.again) {
+                self.on_readable(again, now);
+            }
+            for ev in events.iter() {
+                let token = ev.token().0;
+                if ev.is_writable() || ev.is_error() {
+                    self.on_writable(token, now);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.on_readable(token, now);
+                }
+            }
+            self.expire(now);
+            if now - self.last_slow >= SLOW_TICK_NS {
+                self.read_slow(now);
+            }
+            if now - self.last_flush >= FLUSH_EVERY_NS {
+                self.flush();
+                self.last_flush = now;
+            }
+        }
+    }
+
+    /// Starts connections up to the paced count and the in-flight cap.
+    fn open_more(&mut self, now: u64) {
+        let elapsed = (now - self.start) as f64 / 1e9;
+        let paced = if self.plan.connect_rate > 0.0 {
+            (elapsed * self.plan.connect_rate) as usize + 1
+        } else {
+            usize::MAX
+        };
+        let target = paced.min(self.plan.connections);
+        while self.started < target && self.in_flight < MAX_IN_FLIGHT {
+            let slow = self.plan.mode == Mode::Hold && self.started < self.plan.slow;
+            self.started += 1;
+            if let Err(e) = self.connect(slow, now) {
+                self.window.error(cause(&e));
+                self.shared.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn connect(&mut self, slow: bool, now: u64) -> io::Result<()> {
+        let addr = self.plan.target.addr;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        socket.set_nodelay(true)?;
+        if slow {
+            socket.set_recv_buffer_size(4096)?;
+        }
+        if !self.plan.source_addrs.is_empty() {
+            let n = self.plan.source_addrs.len();
+            let src = self.plan.source_addrs[(self.plan.source_offset + self.started) % n];
+            bind_no_port(&socket, src)?;
+        }
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let mut sock = TcpStream::from_std(socket.into());
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        self.poll.registry().register(
+            &mut sock,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.next_id += 1;
+        entry.insert(Conn {
+            sock,
+            id: self.next_id,
+            state: State::Connecting,
+            slow,
+            started: now,
+            key: client::new_key().into_boxed_str(),
+            leftover: Vec::new(),
+            out: Vec::new(),
+            fragments: None,
+            next_seq: NO_SEQ,
+            last_metrics: 0,
+        });
+        if slow {
+            self.slow_tokens.push(token);
+        }
+        self.in_flight += 1;
+        let deadline = now + self.plan.handshake_timeout.as_nanos() as u64;
+        self.deadlines.push_back((deadline, token, self.next_id));
+        Ok(())
+    }
+
+    fn on_writable(&mut self, token: usize, now: u64) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if conn.state == State::Connecting {
+            match conn.sock.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.fail(token, cause(&e)),
+            }
+            match conn.sock.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.fail(token, cause(&e)),
+            }
+            conn.state = State::Upgrading;
+            let target = &self.plan.target;
+            let req =
+                client::handshake_request(&target.host, &target.path, &conn.key, &target.headers);
+            conn.out.extend_from_slice(&req);
+            let _ = now;
+        }
+        if let Err(e) = flush_out(conn) {
+            self.lose(token, cause(&e));
+        }
+    }
+
+    fn on_readable(&mut self, token: usize, now: u64) {
+        let slow = match self.conns.get(token) {
+            Some(c) => c.slow && c.state == State::Open,
+            None => return,
+        };
+        if slow {
+            return; // read on the slow tick
+        }
+        for _ in 0..READS_PER_TURN {
+            match self.read_once(token, usize::MAX, now) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(cause) => return self.lose(token, cause),
+            }
+        }
+        self.again.push(token);
+    }
+
+    /// One `read` of at most `limit` bytes, and the frames it completes. `Ok(false)` when the
+    /// socket had nothing more.
+    fn read_once(&mut self, token: usize, limit: usize, now: u64) -> Result<bool, String> {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return Ok(false);
+        };
+        let left = conn.leftover.len();
+        if left + 4096 > self.rbuf.len() {
+            self.rbuf.resize(left * 2 + 4096, 0);
+        }
+        self.rbuf[..left].copy_from_slice(&conn.leftover);
+        let end = self.rbuf.len().min(left.saturating_add(limit));
+        let n = match conn.sock.read(&mut self.rbuf[left..end]) {
+            Ok(0) => {
+                return Err(if conn.state == State::Closing {
+                    String::new()
+                } else {
+                    "eof".into()
+                })
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) => return Err(cause(&e)),
+        };
+        let mut data = std::mem::take(&mut self.rbuf);
+        let result = self.process(token, &data[..left + n], now);
+        let outcome = match result {
+            Ok(used) => {
+                if let Some(conn) = self.conns.get_mut(token) {
+                    conn.leftover.clear();
+                    conn.leftover.extend_from_slice(&data[used..left + n]);
+                    if conn.leftover.capacity() > 64 * 1024 && conn.leftover.len() < 1024 {
+                        conn.leftover.shrink_to(1024);
+                    }
+                }
+                Ok(n == end - left)
+            }
+            Err(e) => Err(e),
+        };
+        std::mem::swap(&mut self.rbuf, &mut data);
+        outcome
+    }
+
+    /// Handles the complete heads and frames at the start of `data`; returns the bytes used.
+    fn process(&mut self, token: usize, data: &[u8], now: u64) -> Result<usize, String> {
+        let mut pos = 0;
+        let conn = &mut self.conns[token];
+        if conn.state == State::Upgrading {
+            match client::parse_handshake_response(data, &conn.key) {
+                Ok(None) => return Ok(0),
+                Ok(Some(n)) => pos = n,
+                Err(e) => {
+                    self.fail(token, e.to_string());
+                    return Ok(data.len());
+                }
+            }
+            self.upgraded(token, now);
+        }
+        let unix = if self.plan.metrics_interval_us.is_some() {
+            sys::unix_us()
+        } else {
+            0
+        };
+        while pos < data.len() {
+            let head = match client::parse_frame(&data[pos..], self.plan.max_message) {
+                Ok(Some(h)) if pos + h.total_len() <= data.len() => h,
+                Ok(_) => break,
+                Err(e) => return Err(e.to_string()),
+            };
+            let payload = &data[pos + head.header_len..pos + head.total_len()];
+            pos += head.total_len();
+            self.window.bytes += payload.len() as u64;
+            if !self.frame(token, head, payload, now, unix)? {
+                return Ok(data.len());
+            }
+        }
+        Ok(pos)
+    }
+
+    fn upgraded(&mut self, token: usize, now: u64) {
+        let conn = &mut self.conns[token];
+        conn.state = State::Open;
+        conn.key = Box::from("");
+        self.in_flight -= 1;
+        self.window.handshakes += 1;
+        let _ = self
+            .window
+            .handshake
+            .record(((now - conn.started) / 1000).max(1));
+        self.shared.open.fetch_add(1, Ordering::Relaxed);
+        if let Some(msg) = &self.plan.subscribe_message {
+            client::encode_frame(opcode::TEXT, msg, mask(conn.id), &mut conn.out);
+        }
+        if self.plan.mode == Mode::Churn {
+            client::encode_frame(
+                opcode::CLOSE,
+                &1000u16.to_be_bytes(),
+                mask(conn.id),
+                &mut conn.out,
+            );
+            conn.state = State::Closing;
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            let deadline = now + self.plan.handshake_timeout.as_nanos() as u64;
+            self.deadlines.push_back((deadline, token, conn.id));
+        }
+        if let Err(e) = flush_out(conn) {
+            self.lose(token, cause(&e));
+        }
+    }
+
+    /// One frame; `Ok(false)` when the connection is gone.
+    fn frame(
+        &mut self,
+        token: usize,
+        head: FrameHead,
+        payload: &[u8],
+        now: u64,
+        unix: u64,
+    ) -> Result<bool, String> {
+        match head.opcode {
+            opcode::TEXT | opcode::BINARY if head.fin => self.message(token, payload, now, unix),
+            opcode::TEXT | opcode::BINARY => self.conns[token].fragments = Some(payload.to_vec()),
+            opcode::CONTINUATION => {
+                let conn = &mut self.conns[token];
+                let Some(mut msg) = conn.fragments.take() else {
+                    return Err("continuation without a start".into());
+                };
+                msg.extend_from_slice(payload);
+                if msg.len() > self.plan.max_message {
+                    return Err("message over the size limit".into());
+                }
+                if head.fin {
+                    self.message(token, &msg, now, unix);
+                } else {
+                    self.conns[token].fragments = Some(msg);
+                }
+            }
+            opcode::PING => {
+                let conn = &mut self.conns[token];
+                client::encode_frame(opcode::PONG, payload, mask(conn.id), &mut conn.out);
+                if let Err(e) = flush_out(conn) {
+                    return Err(cause(&e));
+                }
+            }
+            opcode::PONG => {}
+            opcode::CLOSE => {
+                let conn = &mut self.conns[token];
+                if conn.state == State::Closing {
+                    self.remove(token);
+                } else {
+                    let code = client::close_code(payload);
+                    self.scratch.clear();
+                    client::encode_frame(
+                        opcode::CLOSE,
+                        &payload[..payload.len().min(2)],
+                        mask(conn.id),
+                        &mut self.scratch,
+                    );
+                    let _ = conn.sock.write(&self.scratch);
+                    self.lose(token, format!("closed {code}"));
+                }
+                return Ok(false);
+            }
+            other => return Err(format!("unknown opcode {other}")),
+        }
+        Ok(true)
+    }
+
+    fn message(&mut self, token: usize, payload: &[u8], now: u64, unix: u64) {
+        let w = &mut self.window;
+        if let Some((seq, t)) = self.scanner.stamp(payload) {
+            w.deliveries += 1;
+            let _ = w.latency.record((now.saturating_sub(t) / 1000).max(1));
+            let conn = &mut self.conns[token];
+            if conn.next_seq == NO_SEQ {
+                conn.next_seq = seq + 1;
+            } else if seq >= conn.next_seq {
+                w.gaps += seq - conn.next_seq;
+                conn.next_seq = seq + 1;
+            } else {
+                w.reordered += 1;
+            }
+        } else if let Some(dropped) = self.scanner.lagged(payload) {
+            w.lagged += 1;
+            w.lagged_dropped += dropped;
+        } else if let (Some(nominal), Some((seq, ts))) =
+            (self.plan.metrics_interval_us, self.scanner.metrics(payload))
+        {
+            let _ = w.frame_size.record(payload.len().max(1) as u64);
+            let conn = &mut self.conns[token];
+            // The first metrics frame of a connection is the retained snapshot, not a tick.
+            if conn.last_metrics != 0 {
+                let _ = w.latency.record(unix.saturating_sub(ts).max(1));
+                let interval = unix.saturating_sub(conn.last_metrics);
+                let _ = w.jitter.record(interval.abs_diff(nominal).max(1));
+                let e = w.ticks.entry(seq).or_insert((ts, unix));
+                e.1 = e.1.max(unix);
+                w.deliveries += 1;
+            } else {
+                w.other_frames += 1;
+            }
+            conn.last_metrics = unix;
+        } else {
+            w.other_frames += 1;
+        }
+    }
+
+    fn read_slow(&mut self, now: u64) {
+        let budget = (self.plan.slow_read_rate as u64 * (now - self.last_slow) / 1_000_000_000)
+            .max(1) as usize;
+        self.last_slow = now;
+        for i in 0..self.slow_tokens.len() {
+            let token = self.slow_tokens[i];
+            match self.conns.get(token) {
+                Some(c) if c.state == State::Open && c.slow => {}
+                _ => continue,
+            }
+            if let Err(cause) = self.read_once(token, budget, now) {
+                self.lose(token, cause);
+            }
+        }
+        self.slow_tokens
+            .retain(|t| self.conns.get(*t).is_some_and(|c| c.slow));
+    }
+
+    /// Drops connections whose upgrade or close took longer than the timeout.
+    fn expire(&mut self, now: u64) {
+        while let Some(&(deadline, token, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            match self.conns.get(token) {
+                Some(c)
+                    if c.id == id && matches!(c.state, State::Connecting | State::Upgrading) =>
+                {
+                    self.fail(token, "handshake timeout".into())
+                }
+                Some(c) if c.id == id && c.state == State::Closing => {
+                    self.window.error("close timeout");
+                    self.remove(token);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A connection that failed before its upgrade.
+    fn fail(&mut self, token: usize, cause: String) {
+        if self.conns.contains(token) {
+            self.window.error(cause);
+            self.shared.failed.fetch_add(1, Ordering::Relaxed);
+            self.remove(token);
+        }
+    }
+
+    /// A connection lost or refused at any stage; an empty cause is a clean end.
+    fn lose(&mut self, token: usize, cause: String) {
+        let Some(conn) = self.conns.get(token) else {
+            return;
+        };
+        if matches!(conn.state, State::Connecting | State::Upgrading) {
+            let cause = if cause.is_empty() {
+                "eof".into()
+            } else {
+                cause
+            };
+            return self.fail(token, cause);
+        }
+        if !cause.is_empty() && conn.state != State::Closing {
+            self.window.error(cause);
+        }
+        self.remove(token);
+    }
+
+    fn remove(&mut self, token: usize) {
+        if !self.conns.contains(token) {
+            return;
+        }
+        let mut conn = self.conns.remove(token);
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+        match conn.state {
+            State::Open => {
+                self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            State::Connecting | State::Upgrading => self.in_flight -= 1,
+            State::Closing => {}
+        }
+    }
+
+    /// At the end: a close frame to every open connection, then the sockets are dropped.
+    fn close_all(&mut self) {
+        let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+        for token in tokens {
+            let conn = &mut self.conns[token];
+            if conn.state == State::Open {
+                self.scratch.clear();
+                client::encode_frame(
+                    opcode::CLOSE,
+                    &1000u16.to_be_bytes(),
+                    mask(conn.id),
+                    &mut self.scratch,
+                );
+                let _ = conn.sock.write(&self.scratch);
+            }
+            self.remove(token);
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut shared = self.shared.window.lock().expect("window lock");
+        shared.add(&self.window);
+        drop(shared);
+        self.window.reset();
+    }
+}
+
+/// Writes what is pending; the rest waits for the next writable event.
+fn flush_out(conn: &mut Conn) -> io::Result<()> {
+    while !conn.out.is_empty() {
+        match conn.sock.write(&conn.out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                conn.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if conn.out.capacity() > 4096 {
+        conn.out = Vec::new();
+    }
+    Ok(())
+}
+
+/// Binds a source address and lets the kernel pick the port at connect time, so one source
+/// address serves up to ~28,000 connections per destination rather than in all.
+fn bind_no_port(socket: &Socket, src: IpAddr) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and a pointer to a live c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    socket.bind(&SocketAddr::new(src, 0).into())
+}
+
+/// A mask for a connection's frames (any value is valid; it need not be secret here).
+fn mask(id: u64) -> [u8; 4] {
+    ((id as u32).wrapping_mul(0x9E37_79B9) | 1).to_ne_bytes()
+}
+
+/// The name a failure is counted under.
+pub(crate) fn cause(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "refused".into(),
+        ConnectionReset => "reset".into(),
+        ConnectionAborted => "aborted".into(),
+        TimedOut => "timeout".into(),
+        BrokenPipe => "broken pipe".into(),
+        AddrNotAvailable => "no source port".into(),
+        _ => match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) => "too many open files".into(),
+            _ => e.to_string(),
+        },
+    }
+}
