@@ -162,6 +162,19 @@ impl Fleet {
         Ok(())
     }
 
+    /// Slow subscribers read at full speed from now on, so what they were sent (and the
+    /// `lagged` notices for what they were not) is counted before the run ends.
+    pub(crate) fn catch_up(&mut self) {
+        for (shared, _) in &self.workers {
+            shared.catch_up.store(true, Ordering::Relaxed);
+        }
+        for (_, stdin, _, _) in &mut self.children {
+            if let Some(s) = stdin {
+                let _ = s.write_all(b"catchup\n");
+            }
+        }
+    }
+
     /// Upgraded connections open now.
     pub(crate) fn open(&self) -> usize {
         self.workers
@@ -247,9 +260,13 @@ impl Fleet {
             }
         }
         let mut cpu = 0.0;
-        for (mut child, _, remote, reader) in self.children.drain(..) {
+        for (i, (mut child, _, remote, reader)) in self.children.drain(..).enumerate() {
             let _ = reader.join();
-            let _ = child.wait();
+            match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) => errors.push(format!("child loadgen {} failed ({status})", i + 1)),
+                Err(e) => errors.push(format!("child loadgen {}: {e}", i + 1)),
+            }
             cpu += *remote.cpu_s.lock().unwrap();
         }
         let w = self.harvest();
@@ -262,18 +279,18 @@ impl Fleet {
 
 /// This process's arguments with the fleet's split applied, for a child.
 fn child_args(index: usize, connections: usize, slow: usize) -> Vec<String> {
-    let skip = [
-        "--processes",
-        "--subscribers",
-        "--slow-subscribers",
-        "--json",
-    ];
+    // Options the coordinator sets per child (with a value), and switches it drops.
+    const SET: [&str; 3] = ["--processes", "--subscribers", "--slow-subscribers"];
+    const DROP: [&str; 2] = ["--json", "--quiet"];
     let mut out = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let name = a.split('=').next().unwrap_or("");
-        if skip.contains(&name) {
-            if !a.contains('=') && name != "--json" {
+        if DROP.contains(&name) {
+            continue;
+        }
+        if SET.contains(&name) {
+            if !a.contains('=') {
                 args.next();
             }
             continue;
@@ -297,9 +314,16 @@ fn child_args(index: usize, connections: usize, slow: usize) -> Vec<String> {
 pub(crate) fn run_child(fleet: Fleet) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
+    let shared: Vec<Arc<Shared>> = fleet.workers.iter().map(|(w, _)| w.clone()).collect();
     thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
+        for line in std::io::stdin().lines() {
+            match line.as_deref() {
+                Ok("catchup") => shared
+                    .iter()
+                    .for_each(|w| w.catch_up.store(true, Ordering::Relaxed)),
+                _ => break,
+            }
+        }
         s.store(true, Ordering::Relaxed);
     });
     let out = std::io::stdout();

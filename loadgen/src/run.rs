@@ -217,7 +217,7 @@ impl<'a> Controller<'a> {
         report.publish_url = Some(target.url.clone());
         let mut publisher = Publisher::new(target, o.size, o.publishers);
         publisher.probe()?;
-        let fleet = start_fleet(o, "fanout")?;
+        let mut fleet = start_fleet(o, "fanout")?;
         let connected = self.connect(&fleet);
         report.connected = connected;
         if connected == 0 {
@@ -229,12 +229,12 @@ impl<'a> Controller<'a> {
         let t0 = sys::mono_ns();
         let before = self.total.deliveries;
         if o.ramp {
-            self.ramp(&fleet, &mut publisher, connected, &mut report);
+            self.ramp(&mut fleet, &mut publisher, connected, &mut report);
         } else {
             let published = self.publish(&fleet, &mut publisher, o.rate, o.duration);
             report.published = published.sent;
             report.publish_errors = published.error_count();
-            self.drain(&fleet, before + published.sent * connected as u64);
+            self.drain(&mut fleet, before + published.sent * connected as u64);
         }
         let elapsed = (sys::mono_ns() - t0) as f64 / 1e9;
         let after = self.total.deliveries;
@@ -279,15 +279,19 @@ impl<'a> Controller<'a> {
         })
     }
 
-    /// Waits for messages still in flight: until `expected` deliveries, or --drain passes.
-    fn drain(&mut self, fleet: &Fleet, expected: u64) {
+    /// Waits for messages still in flight: until every expected delivery arrived or was
+    /// announced as dropped, or --drain passes. Slow subscribers catch up meanwhile.
+    fn drain(&mut self, fleet: &mut Fleet, expected: u64) {
+        fleet.catch_up();
         let d = self.opts.drain;
-        self.hold(fleet, d, "draining", |c| c.total.deliveries >= expected);
+        self.hold(fleet, d, "draining", |c| {
+            c.total.deliveries - c.total.reordered + c.total.lagged_dropped >= expected
+        });
     }
 
     fn ramp(
         &mut self,
-        fleet: &Fleet,
+        fleet: &mut Fleet,
         publisher: &mut Publisher,
         connected: usize,
         report: &mut Report,

@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) window: Mutex<Window>,
     /// The thread has finished.
     pub(crate) done: AtomicBool,
+    /// Slow subscribers should read at full speed from now on (the run is draining).
+    pub(crate) catch_up: AtomicBool,
 }
 
 /// Runs a thread's loop until `stop` is set (or, churning, until all connections were made).
@@ -225,6 +227,9 @@ impl Worker {
                 }
             }
             self.expire(now);
+            if !self.slow_tokens.is_empty() && self.shared.catch_up.load(Ordering::Relaxed) {
+                self.stop_being_slow();
+            }
             if now - self.last_slow >= SLOW_TICK_NS {
                 self.read_slow(now);
             }
@@ -571,6 +576,16 @@ impl Worker {
         }
         self.slow_tokens
             .retain(|t| self.conns.get(*t).is_some_and(|c| c.slow));
+    }
+
+    /// Lets slow subscribers read everything still queued for them, `lagged` notices included.
+    fn stop_being_slow(&mut self) {
+        for token in std::mem::take(&mut self.slow_tokens) {
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.slow = false;
+                self.again.push(token);
+            }
+        }
     }
 
     /// Drops connections whose upgrade or close took longer than the timeout.

@@ -1,0 +1,248 @@
+//! loadgen, as a real process, against a real hub on 127.0.0.1:0 (started in this test process
+//! so its own counters can be read): the figures both sides count must agree.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use takhin_monitor::{Cores, Hub, HubConfig, HubHandle};
+
+/// Aborts the test binary if it runs longer than this.
+const WATCHDOG: Duration = Duration::from_secs(180);
+
+fn watchdog() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(WATCHDOG);
+            eprintln!("watchdog: test binary ran over {WATCHDOG:?}, aborting");
+            std::process::abort();
+        });
+    });
+}
+
+fn hub(config: HubConfig) -> HubHandle {
+    watchdog();
+    let cores = core_affinity::get_core_ids().map_or(1, |c| c.len()).min(2);
+    Hub::start(
+        config
+            .listen("127.0.0.1:0".parse().unwrap())
+            .cores(Cores::Count(cores)),
+    )
+    .expect("hub starts")
+}
+
+/// Runs loadgen with `args` against `addr`; returns its exit code and the JSON report.
+fn loadgen(addr: SocketAddr, args: &[&str]) -> (i32, Value, Output) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .args(["--server", &addr.to_string(), "--json", "--quiet"])
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    let report: Value = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report, out)
+}
+
+/// Waits (bounded) until `cond` holds; the hub updates some counters just after the client saw
+/// the effect.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn fanout_deliveries_agree_with_the_hubs_counters() {
+    let hub = hub(HubConfig::default());
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "fanout",
+            "--subscribers",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(n(&r, "connected"), 20);
+    let published = n(&r, "published");
+    assert!(published >= 150, "published {published} of 200");
+    assert_eq!(
+        n(&r, "deliveries"),
+        published * 20,
+        "every subscriber got every message"
+    );
+    assert_eq!((n(&r, "lost"), n(&r, "gaps"), n(&r, "lagged")), (0, 0, 0));
+    assert!(
+        n(&r["latency_us"], "p50") > 0 && n(&r["latency_us"], "max") >= n(&r["latency_us"], "p99")
+    );
+    assert!(r["deliveries_per_sec"].as_f64().unwrap() > 0.0);
+    // The hub queued exactly what loadgen received: one frame per subscriber per message (the
+    // probe message loadgen sends first reached no subscriber).
+    assert_eq!(hub.stats().deliveries_total, n(&r, "deliveries"));
+    assert_eq!(hub.stats().queue_dropped_total, 0);
+    eventually("the hub to see every subscriber leave", || {
+        hub.active_connections() == 0
+    });
+}
+
+#[test]
+fn a_slow_subscriber_shows_as_lagged_on_both_sides() {
+    let hub = hub(HubConfig::default().client_queue(8));
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "fanout",
+            "--subscribers",
+            "4",
+            "--slow-subscribers",
+            "1",
+            "--slow-read-rate",
+            "100000",
+            "--size",
+            "4096",
+            "--rate",
+            "1000",
+            "--duration",
+            "2s",
+            "--drain",
+            "1s",
+        ],
+    );
+    let stats = hub.stats();
+    assert!(
+        stats.queue_dropped_total > 0,
+        "the hub dropped for the slow client"
+    );
+    assert!(n(&r, "lagged") > 0, "loadgen saw lagged notices: {r}");
+    // The slow subscriber catches up while the run drains: it reads every notice the hub
+    // sent, and what it lost is exactly what the notices announced.
+    assert_eq!(n(&r, "lagged"), stats.lagged_total);
+    assert_eq!(
+        n(&r, "lagged_dropped"),
+        stats.queue_dropped_total + stats.ring_dropped_total
+    );
+    assert_eq!(n(&r, "lost"), n(&r, "lagged_dropped"));
+    assert_eq!(n(&r, "deliveries") + n(&r, "lost"), n(&r, "published") * 4);
+    // Loss above the default --max-loss 0 fails the run.
+    assert_eq!(code, 2, "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(r["failures"][0].as_str().unwrap().starts_with("lost"));
+}
+
+#[test]
+fn churn_counts_handshakes_like_the_hub() {
+    let hub = hub(HubConfig::default());
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &["churn", "--rate", "200", "--duration", "1s"],
+    );
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(n(&r, "handshakes"), 200);
+    assert_eq!(r["errors"], serde_json::json!({}));
+    assert!(n(&r["handshake_us"], "count") == 200 && n(&r["handshake_us"], "p50") > 0);
+    assert!(hub.stats().handshakes_total >= 200);
+    eventually("every churned connection to be gone", || {
+        hub.active_connections() == 0
+    });
+}
+
+#[test]
+fn idle_reports_memory_per_connection() {
+    let hub = hub(HubConfig::default());
+    let pid = std::process::id().to_string();
+    let (code, r, _) = loadgen(
+        hub.local_addr(),
+        &[
+            "idle",
+            "--subscribers",
+            "300",
+            "--duration",
+            "200ms",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(n(&r, "connected"), 300);
+    assert!(r["server_rss_before"].as_u64().unwrap() > 0);
+    assert!(r["server_rss_per_conn"].as_f64().is_some());
+    let (before, after) = (
+        r["server_fds"][0].as_u64().unwrap(),
+        r["server_fds"][1].as_u64().unwrap(),
+    );
+    assert!(
+        after <= before + 2,
+        "fds back to baseline: {before} -> {after}"
+    );
+}
+
+#[test]
+fn refused_connections_fail_the_run_with_their_cause() {
+    let hub = hub(HubConfig::default().viewer_token(Some("secret".into())));
+    let (code, r, _) = loadgen(
+        hub.local_addr(),
+        &["idle", "--subscribers", "5", "--duration", "100ms"],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(n(&r, "connected"), 0);
+    assert_eq!(r["errors"]["http 401"], 5);
+    // With the token, the same run passes.
+    let (code, r, _) = loadgen(
+        hub.local_addr(),
+        &[
+            "idle",
+            "--subscribers",
+            "5",
+            "--duration",
+            "100ms",
+            "--token",
+            "secret",
+        ],
+    );
+    assert_eq!((code, n(&r, "connected")), (0, 5));
+}
+
+#[test]
+fn child_processes_merge_into_one_report() {
+    let hub = hub(HubConfig::default());
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "fanout",
+            "--processes",
+            "2",
+            "--subscribers",
+            "10",
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--source-addrs",
+            "127.0.0.1-127.0.0.3",
+        ],
+    );
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!((n(&r, "connected"), n(&r, "processes")), (10, 2));
+    assert_eq!(n(&r, "deliveries"), n(&r, "published") * 10);
+    assert_eq!(hub.stats().deliveries_total, n(&r, "deliveries"));
+}
