@@ -312,25 +312,25 @@ fn open_ws(mut stream: TcpStream, target: &PublishTarget) -> io::Result<Conn> {
 fn drain_ws(mut stream: TcpStream, mut buf: Vec<u8>, writer: Arc<Mutex<TcpStream>>) {
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        while let Ok(Some(head)) = client::parse_frame(&buf, usize::MAX) {
-            if buf.len() < head.total_len() {
+        let mut pos = 0;
+        while let Ok(Some(head)) = client::parse_frame(&buf[pos..], usize::MAX) {
+            let frame = &buf[pos..];
+            if frame.len() < head.total_len() {
                 break;
             }
-            if head.opcode == opcode::PING {
-                let mut pong = Vec::new();
-                client::encode_frame(
-                    opcode::PONG,
-                    &buf[head.header_len..head.total_len()],
-                    [1, 2, 3, 4],
-                    &mut pong,
-                );
-                let _ = writer.lock().unwrap().write_all(&pong);
+            match head.opcode {
+                opcode::PING => {
+                    let mut pong = Vec::new();
+                    let payload = &frame[head.header_len..head.total_len()];
+                    client::encode_frame(opcode::PONG, payload, [1, 2, 3, 4], &mut pong);
+                    let _ = writer.lock().unwrap().write_all(&pong);
+                }
+                opcode::CLOSE => return,
+                _ => {}
             }
-            if head.opcode == opcode::CLOSE {
-                return;
-            }
-            buf.drain(..head.total_len());
+            pos += head.total_len();
         }
+        buf.drain(..pos);
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
