@@ -246,3 +246,43 @@ fn child_processes_merge_into_one_report() {
     assert_eq!(n(&r, "deliveries"), n(&r, "published") * 10);
     assert_eq!(hub.stats().deliveries_total, n(&r, "deliveries"));
 }
+
+#[test]
+fn merge_adds_up_reports_of_separate_processes() {
+    let hub = hub(HubConfig::default());
+    let dir = std::env::temp_dir().join(format!("loadgen-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (i, subs) in ["3", "4"].iter().enumerate() {
+        let (code, r, out) = loadgen(
+            hub.local_addr(),
+            &[
+                "churn",
+                "--rate",
+                "50",
+                "--duration",
+                "200ms",
+                "--subscribers",
+                subs,
+            ],
+        );
+        assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(n(&r, "handshakes"), 10);
+        let file = dir.join(format!("{i}.json"));
+        std::fs::write(&file, &out.stdout).unwrap();
+        files.push(file);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("merge")
+        .args(&files)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let merged: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(n(&merged, "handshakes"), 20);
+    assert_eq!(n(&merged, "processes"), 2);
+    assert_eq!(n(&merged["handshake_us"], "count"), 20);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
