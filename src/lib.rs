@@ -93,6 +93,10 @@ pub mod defaults {
     };
 }
 
+/// Internals exposed for the cargo-fuzz targets in `fuzz/` only; not a stable API.
+#[doc(hidden)]
+pub mod fuzz_support;
+
 /// Internals exposed for the criterion benches only; not a stable API.
 #[doc(hidden)]
 pub mod bench_support {
