@@ -83,6 +83,9 @@ impl Publisher {
             u64::MAX
         };
         let next = AtomicU64::new(0);
+        // One past the highest index actually attempted: an index taken by a thread that then
+        // stops (time is up) is not a sequence number subscribers should expect.
+        let used = AtomicU64::new(0);
         let errors = Mutex::new(BTreeMap::<String, u64>::new());
         let sent = AtomicU64::new(0);
         let seq0 = self.next_seq;
@@ -103,6 +106,7 @@ impl Publisher {
                             break;
                         }
                         let stamp = if rate > 0.0 { due } else { now };
+                        used.fetch_max(i + 1, Ordering::Relaxed);
                         let result = match &mut conn {
                             Some(c) => c.send(&self.target, msg.stamp(seq0 + i, stamp)),
                             None => Conn::open(&self.target).and_then(|mut c| {
@@ -124,8 +128,7 @@ impl Publisher {
                 });
             }
         });
-        let taken = next.load(Ordering::Relaxed).min(limit);
-        self.next_seq = seq0 + taken;
+        self.next_seq = seq0 + used.into_inner();
         Published {
             sent: sent.into_inner(),
             errors: errors.into_inner().unwrap(),

@@ -38,6 +38,9 @@ const SLOW_TICK_NS: u64 = 100_000_000;
 /// `next_seq` before a connection's first message: the first one sets where it starts.
 const NO_SEQ: u64 = u64::MAX;
 
+/// `last_metrics` once the retained snapshot has arrived but no tick yet.
+const SNAPSHOT_SEEN: u64 = 1;
+
 /// What the connections do once upgraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -127,7 +130,8 @@ struct Conn {
     fragments: Option<Vec<u8>>,
     /// The sequence number expected next (gaps are counted against it).
     next_seq: u64,
-    /// Arrival (Unix µs) of the last metrics frame; 0 before the first.
+    /// Arrival (Unix µs) of the last metrics tick; 0 before the snapshot, then
+    /// [`SNAPSHOT_SEEN`] until the first tick.
     last_metrics: u64,
 }
 
@@ -543,18 +547,26 @@ impl Worker {
         {
             let _ = w.frame_size.record(payload.len().max(1) as u64);
             let conn = &mut self.conns[token];
-            // The first metrics frame of a connection is the retained snapshot, not a tick.
-            if conn.last_metrics != 0 {
-                let _ = w.latency.record(unix.saturating_sub(ts).max(1));
-                let interval = unix.saturating_sub(conn.last_metrics);
-                let _ = w.jitter.record(interval.abs_diff(nominal).max(1));
-                let e = w.ticks.entry(seq).or_insert((ts, unix));
-                e.1 = e.1.max(unix);
-                w.deliveries += 1;
-            } else {
-                w.other_frames += 1;
+            // The first metrics frame of a connection is the retained snapshot, not a tick; the
+            // first tick after it has no interval to compare yet.
+            match conn.last_metrics {
+                0 => w.other_frames += 1,
+                last => {
+                    let _ = w.latency.record(unix.saturating_sub(ts).max(1));
+                    if last != SNAPSHOT_SEEN {
+                        let interval = unix.saturating_sub(last);
+                        let _ = w.jitter.record(interval.abs_diff(nominal).max(1));
+                    }
+                    let e = w.ticks.entry(seq).or_insert((ts, unix));
+                    e.1 = e.1.max(unix);
+                    w.deliveries += 1;
+                }
             }
-            conn.last_metrics = unix;
+            conn.last_metrics = if conn.last_metrics == 0 {
+                SNAPSHOT_SEEN
+            } else {
+                unix
+            };
         } else {
             w.other_frames += 1;
         }
