@@ -47,6 +47,11 @@ pub fn run(command: Command) -> Result<i32> {
         _ => ctl.churn()?,
     };
     report.failures.extend(check(&opts, &report));
+    if ctl.stop.load(Ordering::Relaxed) {
+        report
+            .failures
+            .push("interrupted: the figures cover the run until the signal".into());
+    }
     print_report(&report, opts.json)?;
     Ok(if report.failures.is_empty() { 0 } else { 2 })
 }
@@ -416,16 +421,15 @@ impl<'a> Controller<'a> {
         let server = ServerCpu::start(o.server_pid);
         let fleet = start_fleet(o, "churn")?;
         let t0 = sys::mono_ns();
-        self.hold(&fleet, o.duration + o.handshake_timeout, "churning", |_| {
-            fleet.finished()
-        });
-        let elapsed =
-            ((sys::mono_ns() - t0) as f64 / 1e9).min(o.duration.as_secs_f64().max(1e-9) + 0.0);
-        let elapsed = if fleet.finished() {
-            elapsed
+        // At a set rate the fleet stops by itself once it has opened rate × duration
+        // connections (the last ones may still be closing); at rate 0 it runs for the duration.
+        let limit = if o.rate > 0.0 {
+            o.duration + o.handshake_timeout
         } else {
-            o.duration.as_secs_f64()
+            o.duration
         };
+        self.hold(&fleet, limit, "churning", |_| fleet.finished());
+        let elapsed = ((sys::mono_ns() - t0) as f64 / 1e9).max(1e-9);
         self.end_progress();
         let (w, child_cpu) = fleet.stop()?;
         self.total.add(&w);
