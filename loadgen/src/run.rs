@@ -249,13 +249,7 @@ impl<'a> Controller<'a> {
         self.total.add(&w);
         self.fill(&mut report, elapsed, child_cpu);
         if !o.ramp {
-            let expected = report.published * connected as u64;
-            report.lost = expected.saturating_sub(self.total.deliveries - self.total.reordered);
-            report.lost_fraction = if expected > 0 {
-                report.lost as f64 / expected as f64
-            } else {
-                0.0
-            };
+            report.set_loss();
         }
         Ok(report)
     }
@@ -445,23 +439,8 @@ impl<'a> Controller<'a> {
 
     /// Copies the totals into the report.
     fn fill(&self, r: &mut Report, elapsed: f64, child_cpu: f64) {
-        let t = &self.total;
-        r.duration_s = (elapsed * 1000.0).round() / 1000.0;
-        r.deliveries = t.deliveries;
-        r.deliveries_per_sec = (t.deliveries as f64 / elapsed.max(1e-9)).round();
-        r.bytes = t.bytes;
-        r.bytes_per_sec = (t.bytes as f64 / elapsed.max(1e-9)).round();
-        r.gaps = t.gaps;
-        r.reordered = t.reordered;
-        r.lagged = t.lagged;
-        r.lagged_dropped = t.lagged_dropped;
-        r.other_frames = t.other_frames;
-        r.handshakes = t.handshakes;
-        r.errors = t.errors.clone();
-        r.latency_us = Percentiles::of(&t.latency);
-        r.handshake_us = Percentiles::of(&t.handshake);
+        r.set_totals(&self.total, elapsed);
         r.loadgen_cpu_s = sys::own_cpu_seconds() - self.cpu_start + child_cpu;
-        r.window = Some(t.clone());
     }
 }
 
@@ -700,29 +679,11 @@ fn merge(files: &[std::path::PathBuf], json: bool) -> Result<i32> {
         });
     }
     let mut m = merged.context("no reports to merge")?;
-    let (deliveries, reordered) = (total.deliveries, total.reordered);
-    m.deliveries = deliveries;
-    m.deliveries_per_sec = (deliveries as f64 / m.duration_s.max(1e-9)).round();
-    m.bytes = total.bytes;
-    m.bytes_per_sec = (total.bytes as f64 / m.duration_s.max(1e-9)).round();
-    m.gaps = total.gaps;
-    m.reordered = reordered;
-    m.lagged = total.lagged;
-    m.lagged_dropped = total.lagged_dropped;
-    m.handshakes = total.handshakes;
-    m.errors = total.errors.clone();
-    m.latency_us = Percentiles::of(&total.latency);
-    m.handshake_us = Percentiles::of(&total.handshake);
+    let elapsed = m.duration_s;
+    m.set_totals(&total, elapsed);
     if m.scenario == "fanout" {
-        let expected = m.published * m.connected as u64;
-        m.lost = expected.saturating_sub(deliveries - reordered);
-        m.lost_fraction = if expected > 0 {
-            m.lost as f64 / expected as f64
-        } else {
-            0.0
-        };
+        m.set_loss();
     }
-    m.window = Some(total);
     print_report(&m, json)?;
     Ok(if m.failures.is_empty() { 0 } else { 2 })
 }

@@ -305,6 +305,40 @@ pub struct Report {
     pub failures: Vec<String>,
 }
 
+impl Report {
+    /// Copies a run's counts into the report; rates are over `elapsed` seconds.
+    pub fn set_totals(&mut self, t: &Window, elapsed: f64) {
+        let per_sec = |n: u64| (n as f64 / elapsed.max(1e-9)).round();
+        self.duration_s = (elapsed * 1000.0).round() / 1000.0;
+        self.deliveries = t.deliveries;
+        self.deliveries_per_sec = per_sec(t.deliveries);
+        self.bytes = t.bytes;
+        self.bytes_per_sec = per_sec(t.bytes);
+        self.gaps = t.gaps;
+        self.reordered = t.reordered;
+        self.lagged = t.lagged;
+        self.lagged_dropped = t.lagged_dropped;
+        self.other_frames = t.other_frames;
+        self.handshakes = t.handshakes;
+        self.errors = t.errors.clone();
+        self.latency_us = Percentiles::of(&t.latency);
+        self.handshake_us = Percentiles::of(&t.handshake);
+        self.window = Some(t.clone());
+    }
+
+    /// Loss of a fan-out: every connected subscriber should have received every message
+    /// published; what did not arrive (in order or not) is lost.
+    pub fn set_loss(&mut self) {
+        let expected = self.published * self.connected as u64;
+        self.lost = expected.saturating_sub(self.deliveries - self.reordered);
+        self.lost_fraction = if expected > 0 {
+            self.lost as f64 / expected as f64
+        } else {
+            0.0
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
