@@ -286,3 +286,81 @@ fn merge_adds_up_reports_of_separate_processes() {
     assert_eq!(n(&merged["handshake_us"], "count"), 20);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ramp_reports_each_step_and_the_highest_rate_held() {
+    let hub = hub(HubConfig::default());
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "fanout",
+            "--subscribers",
+            "5",
+            "--ramp",
+            "--rate",
+            "50",
+            "--ramp-factor",
+            "2",
+            "--step",
+            "400ms",
+            "--ramp-max",
+            "200",
+            "--max-p99",
+            "5s",
+            "--drain",
+            "1s",
+        ],
+    );
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+    let steps = r["steps"].as_array().unwrap();
+    let rates: Vec<f64> = steps.iter().map(|s| s["rate"].as_f64().unwrap()).collect();
+    assert_eq!(
+        rates,
+        [50.0, 100.0, 200.0],
+        "the rate doubles until --ramp-max"
+    );
+    assert!(steps.iter().all(|s| s["held"] == true), "{r}");
+    let held = r["max_rate_held"].as_f64().unwrap();
+    assert!(held >= 180.0, "highest rate held {held}");
+    let step_deliveries: u64 = steps.iter().map(|s| n(s, "deliveries")).sum();
+    assert_eq!(step_deliveries, n(&r, "deliveries"));
+    assert_eq!(n(&r, "deliveries"), n(&r, "published") * 5);
+    assert_eq!(hub.stats().deliveries_total, n(&r, "deliveries"));
+}
+
+#[test]
+fn metrics_reads_the_servers_ticks() {
+    let hub = hub(HubConfig::default());
+    let topics = takhin_monitor::TopicManager::new(takhin_monitor::Recorder::new(), None);
+    let groups = takhin_monitor::GroupCoordinator::new(None);
+    let source = takhin_monitor::StandardSource::new(topics, groups, Some(hub.probe()));
+    let interval = Duration::from_millis(200);
+    let ticker = takhin_monitor::Ticker::start(&hub, source, interval).unwrap();
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "metrics",
+            "--subscribers",
+            "10",
+            "--duration",
+            "1500ms",
+            "--metrics-interval",
+            "200ms",
+        ],
+    );
+    ticker.stop();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+    // About 7 ticks in 1.5 s, each to 10 subscribers (the snapshot on connect not counted).
+    let deliveries = n(&r, "deliveries");
+    assert!(
+        (40..=90).contains(&deliveries),
+        "{deliveries} tick deliveries"
+    );
+    assert!(
+        n(&r["frame_bytes"], "p50") > 500,
+        "a MonitoringMetrics frame"
+    );
+    assert!(n(&r["jitter_us"], "count") > 0 && n(&r["tick_to_last_us"], "count") >= 4);
+    assert!(n(&r["latency_us"], "p50") > 0);
+    assert!(deliveries <= hub.stats().deliveries_total);
+}
