@@ -47,6 +47,7 @@ pub fn run(command: Command) -> Result<i32> {
         _ => ctl.churn()?,
     };
     report.failures.extend(check(&opts, &report));
+    report.warnings.extend(warnings(&opts, &report));
     if ctl.stop.load(Ordering::Relaxed) {
         report
             .failures
@@ -109,6 +110,30 @@ fn check(opts: &Opts, r: &Report) -> Vec<String> {
     out
 }
 
+/// What makes the figures doubtful without failing the run.
+fn warnings(opts: &Opts, r: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    let cpus = if opts.processes > 1 {
+        1.0
+    } else {
+        opts.thread_count() as f64
+    };
+    let busy =
+        r.loadgen_cpu_s / r.duration_s.max(1e-9) / cpus.min(crate::sys::usable_cpus() as f64);
+    if busy > 0.9 {
+        out.push(format!(
+            "loadgen was {:.0}% busy: it, not the server, may have set the pace (give it more CPU)",
+            busy * 100.0
+        ));
+    }
+    if let Some(server) = r.server_cpu_s {
+        if r.loadgen_cpu_s > server && busy > 0.7 {
+            out.push("loadgen used more CPU than the server".into());
+        }
+    }
+    out
+}
+
 struct Controller<'a> {
     opts: &'a Opts,
     scenario: &'static str,
@@ -167,7 +192,7 @@ impl<'a> Controller<'a> {
                 fleet.asked.min(1 << 40),
                 last.deliveries,
                 fmt_us(p99),
-                self.total.gaps,
+                self.total.gaps.max(0),
                 self.total.lagged,
                 self.total.errors.values().sum::<u64>()
             );
@@ -284,7 +309,7 @@ impl<'a> Controller<'a> {
         fleet.catch_up();
         let d = self.opts.drain;
         self.hold(fleet, d, "draining", |c| {
-            c.total.deliveries - c.total.reordered + c.total.lagged_dropped >= expected
+            c.total.deliveries + c.total.lagged_dropped >= expected
         });
     }
 
@@ -635,6 +660,9 @@ pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
     writeln!(out, "  loadgen CPU  {:.2} s", r.loadgen_cpu_s)?;
     if !r.errors.is_empty() {
         writeln!(out, "  errors       {:?}", r.errors)?;
+    }
+    for w in &r.warnings {
+        writeln!(out, "  WARNING: {w}")?;
     }
     for f in &r.failures {
         writeln!(out, "  FAILED: {f}")?;

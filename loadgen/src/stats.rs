@@ -20,9 +20,10 @@ pub struct Window {
     pub deliveries: u64,
     /// Payload bytes of every frame received.
     pub bytes: u64,
-    /// Messages skipped in a subscriber's sequence (lost or dropped by the server).
-    pub gaps: u64,
-    /// Messages that arrived with a sequence number lower than expected.
+    /// Messages skipped in a subscriber's sequence, less those that arrived late (signed: a
+    /// late arrival may fill a gap counted in an earlier window).
+    pub gaps: i64,
+    /// Messages that arrived after a later one (several publishers race; not a loss).
     pub reordered: u64,
     /// Our server's `lagged` notices.
     pub lagged: u64,
@@ -251,7 +252,7 @@ pub struct Report {
     pub lost: u64,
     /// `lost` over expected deliveries.
     pub lost_fraction: f64,
-    /// Sequence gaps seen while running (messages skipped).
+    /// Messages missing from subscribers' sequences at the end (skipped and never arrived).
     pub gaps: u64,
     /// Messages out of order.
     pub reordered: u64,
@@ -301,6 +302,8 @@ pub struct Report {
     pub server_fds: Option<(usize, usize)>,
     /// Histograms for `loadgen merge`.
     pub window: Option<Window>,
+    /// What makes the figures doubtful (loadgen near 100% CPU).
+    pub warnings: Vec<String>,
     /// Why the run failed, if it did.
     pub failures: Vec<String>,
 }
@@ -314,7 +317,7 @@ impl Report {
         self.deliveries_per_sec = per_sec(t.deliveries);
         self.bytes = t.bytes;
         self.bytes_per_sec = per_sec(t.bytes);
-        self.gaps = t.gaps;
+        self.gaps = t.gaps.max(0) as u64;
         self.reordered = t.reordered;
         self.lagged = t.lagged;
         self.lagged_dropped = t.lagged_dropped;
@@ -327,10 +330,10 @@ impl Report {
     }
 
     /// Loss of a fan-out: every connected subscriber should have received every message
-    /// published; what did not arrive (in order or not) is lost.
+    /// published once; what did not arrive (in order or not) is lost.
     pub fn set_loss(&mut self) {
         let expected = self.published * self.connected as u64;
-        self.lost = expected.saturating_sub(self.deliveries - self.reordered);
+        self.lost = expected.saturating_sub(self.deliveries);
         self.lost_fraction = if expected > 0 {
             self.lost as f64 / expected as f64
         } else {

@@ -534,10 +534,12 @@ impl Worker {
             if conn.next_seq == NO_SEQ {
                 conn.next_seq = seq + 1;
             } else if seq >= conn.next_seq {
-                w.gaps += seq - conn.next_seq;
+                w.gaps += (seq - conn.next_seq) as i64;
                 conn.next_seq = seq + 1;
             } else {
+                // Late, behind a later one: it fills a gap counted before.
                 w.reordered += 1;
+                w.gaps -= 1;
             }
         } else if let Some(dropped) = self.scanner.lagged(payload) {
             w.lagged += 1;
