@@ -32,8 +32,42 @@ pub(crate) fn own_cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// CPU time (user + system) of process `pid`, in seconds, from `/proc/PID/stat`.
+/// `pid` and all its descendants (a server may be several processes: nginx's master and
+/// workers).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        i += 1;
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// CPU time (user + system) of process `pid` and its descendants, in seconds.
 pub(crate) fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut total = None;
+    for p in process_tree(pid) {
+        if let Some(s) = one_process_cpu_seconds(p) {
+            *total.get_or_insert(0.0) += s;
+        }
+    }
+    total
+}
+
+/// CPU time of one process, from `/proc/PID/stat`.
+fn one_process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -45,14 +79,23 @@ pub(crate) fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / hz)
 }
 
-/// Resident memory of process `pid` in bytes (`VmRSS` of `/proc/PID/status`).
+/// Resident memory of process `pid` and its descendants in bytes (`VmRSS`).
 pub(crate) fn process_rss_bytes(pid: u32) -> Option<u64> {
-    status_kib(&format!("/proc/{pid}/status"), "VmRSS:").map(|k| k * 1024)
+    let mut total = None;
+    for p in process_tree(pid) {
+        if let Some(k) = status_kib(&format!("/proc/{p}/status"), "VmRSS:") {
+            *total.get_or_insert(0) += k * 1024;
+        }
+    }
+    total
 }
 
-/// Open file descriptors of process `pid`.
+/// Open file descriptors of process `pid` and its descendants.
 pub(crate) fn process_fds(pid: u32) -> Option<usize> {
-    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    let counts = process_tree(pid)
+        .into_iter()
+        .filter_map(|p| Some(fs::read_dir(format!("/proc/{p}/fd")).ok()?.count()));
+    counts.reduce(|a, b| a + b)
 }
 
 fn status_kib(path: &str, key: &str) -> Option<u64> {
@@ -110,6 +153,14 @@ mod tests {
         assert!(process_rss_bytes(pid).unwrap() > 0);
         assert!(process_cpu_seconds(pid).is_some());
         assert!(process_fds(pid).unwrap() > 0);
+        // A child process counts with its parent.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(process_tree(pid).contains(&child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
         assert!(mono_ns() > 0 && unix_us() > 1_600_000_000_000_000);
     }
 }
