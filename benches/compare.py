@@ -274,9 +274,56 @@ def summarize(all_results, out):
             theirs = med.get((name, k))
             cells.append(f"{ours / theirs:.2f}x" if ours is not None and theirs else "–")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += ["", "## By server", ""] + by_server(all_results, med)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     chart(all_results, out / "latency.svg")
+
+
+# The table of BENCHMARKS.md: (column title, figure, higher is better).
+COLUMNS = [
+    ("1k×256 B: max msg/s (p99<50ms)", "fan-1k-256 max rate", True),
+    ("1k×4 KiB: max msg/s (p99<50ms)", "fan-1k-4k max rate", True),
+    ("10k×256 B: max msg/s (p99<1s)", "fan-10k-256-1s max rate", True),
+    ("10k×4 KiB: max msg/s (p99<1s)", "fan-10k-4k-1s max rate", True),
+    ("1k×256 B @10/s: p99 ms", "fan-1k-256 p99 ms @start", False),
+    ("10k×256 B @2/s: p99 ms", "fan-10k-256 p99 ms @start", False),
+    ("idle B/conn @1k", "idle-1k B/conn", False),
+    ("idle B/conn @19k", "idle-19k B/conn", False),
+    ("18 KB snapshot to 10k: last ms", "snapshot last ms", False),
+    ("churn: handshakes/s", "churn hs/s", True),
+    ("CPU s per 1M deliveries (1k×256 B ramp)", "fan-1k-256 cpu s/M", False),
+]
+
+
+def by_server(all_results, med):
+    """Rows: servers; columns: the scenarios' figures (median, min-max); then ours / each peer."""
+    head = "| server | " + " | ".join(c for c, _, _ in COLUMNS) + " |"
+    rows = [head, "|---|" + "---:|" * len(COLUMNS)]
+    for name in all_results:
+        cells = []
+        for _, key, _ in COLUMNS:
+            vals = [figures(run)[key] for run in all_results[name] if key in figures(run)]
+            if not vals:
+                cells.append("–")
+                continue
+            spread = f" ({fmt(min(vals))}–{fmt(max(vals))})" if len(vals) > 1 else ""
+            cells.append(f"{fmt(statistics.median(vals))}{spread}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows += ["", "Ours against each peer: how many times better (higher rates, lower latency, memory, CPU):", "",
+             head.replace("| server |", "| peer |"), "|---|" + "---:|" * len(COLUMNS)]
+    for name in all_results:
+        if name == OURS:
+            continue
+        cells = []
+        for _, key, higher in COLUMNS:
+            ours, theirs = med.get((OURS, key)), med.get((name, key))
+            if not ours or not theirs:
+                cells.append("–")
+            else:
+                cells.append(f"{(ours / theirs if higher else theirs / ours):.1f}×")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def fmt(v):
