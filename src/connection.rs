@@ -733,6 +733,44 @@ async fn flush(shard: &Shard, conn: &Conn) -> bool {
     }
 }
 
+/// Writes `conn`'s queue now, from the distributor, if its writer is idle (parked waiting for
+/// work); otherwise, or when anything but a complete write happens, wakes the writer, which
+/// handles full sockets, errors and the close.
+pub(crate) fn write_now(shard: &Shard, conn: &Conn) {
+    if conn.dead.get() || !conn.link.writer_idle() {
+        return conn.link.wake_writer();
+    }
+    let stats = shard.stats();
+    let mut out = conn.link.out.borrow_mut();
+    if out.closing() {
+        drop(out);
+        return conn.link.wake_writer();
+    }
+    if out
+        .prepare(|dropped| lagged_frame(dropped, &shard.shared.stamp()))
+        .is_some()
+    {
+        stats.lagged_total.fetch_add(1, Relaxed);
+    }
+    if !out.has_work() {
+        return;
+    }
+    let Ok(n) = send_queued(conn.fd, &out, &mut shard.iov.borrow_mut()) else {
+        drop(out);
+        return conn.link.wake_writer();
+    };
+    let progress = out.advance(n);
+    stats.bytes_sent_total.fetch_add(n as u64, Relaxed);
+    stats.writes_total.fetch_add(1, Relaxed);
+    if progress.frames > 0 {
+        stats.frames_sent_total.fetch_add(progress.frames, Relaxed);
+    }
+    if out.has_work() {
+        drop(out);
+        conn.link.wake_writer();
+    }
+}
+
 /// One `sendmsg` of the queued frames, without blocking.
 fn send_queued(
     fd: RawFd,

@@ -2,7 +2,9 @@
 //!
 //! Pure single-threaded code (no sockets, no executor): the distributor calls
 //! [`Fanout::deliver`] for each frame from the ring, which appends a pointer to the shared
-//! frame to each subscribed client's bounded queue and wakes that client's writer.
+//! frame to each subscribed client's bounded queue and wakes that client's writer, or, with
+//! [`Fanout::defer_wakes`] (the shards), lists the client for [`Fanout::flush_dirty`] once the
+//! batch is done.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -115,6 +117,11 @@ impl OutQueue {
         if !control.is_empty() {
             self.close_with(control.into_boxed_slice());
         }
+    }
+
+    /// Whether a close frame is queued or written: only the writer handles the queue then.
+    pub(crate) fn closing(&self) -> bool {
+        self.close.is_some() || self.closed
     }
 
     /// Whether the writer has something to send.
@@ -234,6 +241,8 @@ pub struct ClientLink {
     pub(crate) out: RefCell<OutQueue>,
     writer: Cell<Option<Waker>>,
     subs: RefCell<Vec<Channel>>,
+    /// On the fan-out's list of clients to flush after the current batch.
+    dirty: Cell<bool>,
 }
 
 impl std::fmt::Debug for ClientLink {
@@ -256,6 +265,15 @@ impl ClientLink {
     /// Registers the writer's waker.
     pub(crate) fn set_writer(&self, waker: &Waker) {
         self.writer.set(Some(waker.clone()));
+    }
+
+    /// Whether the writer is parked waiting for work (not writing, not waiting for a full
+    /// socket to drain): then the queue may be written by someone else, in order.
+    pub(crate) fn writer_idle(&self) -> bool {
+        let w = self.writer.take();
+        let idle = w.is_some();
+        self.writer.set(w);
+        idle
     }
 
     /// Whether the client subscribes to `channel`.
@@ -299,6 +317,8 @@ pub struct Fanout<C> {
     max_subscriptions: usize,
     /// Bumped when a `topic:`/`group:` channel gains its first subscriber or loses its last.
     interest_version: u64,
+    /// With deferred wakes, the clients that received frames since [`Self::take_dirty`].
+    dirty: Option<Vec<usize>>,
 }
 
 fn is_detail(channel: &Channel) -> bool {
@@ -314,6 +334,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             queue_cap,
             max_subscriptions,
             interest_version: 0,
+            dirty: None,
         }
     }
 
@@ -424,8 +445,32 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         }
     }
 
+    /// From now on [`Self::deliver`] does not wake writers: it lists the clients it queued to,
+    /// and [`Self::flush_dirty`] hands them over once the batch is done, so that a run of
+    /// frames goes out in one write per client, from the distributor, without a task wake.
+    pub fn defer_wakes(&mut self) {
+        self.dirty.get_or_insert_with(Vec::new);
+    }
+
+    /// Calls `f` once for every client queued to since the last call (deferred wakes only).
+    pub fn flush_dirty(&mut self, mut f: impl FnMut(&C)) {
+        let Some(list) = self.dirty.as_mut() else {
+            return;
+        };
+        let mut keys = std::mem::take(list);
+        for &key in &keys {
+            if let Some(client) = self.clients.get(key) {
+                (**client).as_ref().dirty.set(false);
+                f(client);
+            }
+        }
+        keys.clear();
+        self.dirty = Some(keys);
+    }
+
     /// Appends `frame` to the queue of every client subscribed to its channel (or to its second
-    /// channel, once per client) and wakes their writers.
+    /// channel, once per client) and wakes their writers (or lists them, see
+    /// [`Self::defer_wakes`]).
     pub fn deliver(&mut self, frame: &Frame) -> Delivery {
         let mut delivery = Delivery::default();
         let primary = frame.channel();
@@ -444,6 +489,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
                 &local,
                 self.queue_cap,
                 None,
+                self.dirty.as_mut(),
                 &mut delivery,
             );
         } else if frame.retain() {
@@ -459,6 +505,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
                     &local,
                     self.queue_cap,
                     skip,
+                    self.dirty.as_mut(),
                     &mut delivery,
                 );
             }
@@ -518,6 +565,7 @@ fn push_all<C: AsRef<ClientLink>>(
     frame: &Rc<Frame>,
     cap: usize,
     skip_if_subscribed: Option<&Channel>,
+    mut dirty: Option<&mut Vec<usize>>,
     delivery: &mut Delivery,
 ) {
     for &key in keys {
@@ -529,7 +577,14 @@ fn push_all<C: AsRef<ClientLink>>(
             delivery.dropped += 1;
         }
         delivery.queued += 1;
-        link.wake_writer();
+        match dirty.as_deref_mut() {
+            Some(list) => {
+                if !link.dirty.replace(true) {
+                    list.push(key);
+                }
+            }
+            None => link.wake_writer(),
+        }
     }
 }
 
@@ -598,6 +653,31 @@ mod tests {
         assert_eq!(rig.seqs(both), [s1]);
         assert_eq!(rig.seqs(topic_only), [s1]);
         assert!(rig.seqs(other).is_empty());
+    }
+
+    #[test]
+    fn deferred_wakes_list_each_queued_client_once_per_batch() {
+        let mut rig = Rig::new(16);
+        rig.fanout.defer_wakes();
+        let a = rig.client(&[Channel::Events]);
+        let b = rig.client(&[Channel::Events, Channel::topic("t")]);
+        let idle = rig.client(&[Channel::topic("other")]);
+        rig.b.topic_created("t", 1).unwrap();
+        rig.b.publish(&Channel::Events, "x", &1).unwrap();
+        rig.pump();
+        let mut seen = Vec::new();
+        rig.fanout.flush_dirty(|c| seen.push(c.out.borrow().len()));
+        // Two frames each, but each client listed once; the idle one not at all.
+        assert_eq!(seen, [2, 2]);
+        let mut again = 0;
+        rig.fanout.flush_dirty(|_| again += 1);
+        assert_eq!(again, 0, "the list empties");
+        rig.b.publish(&Channel::Events, "y", &2).unwrap();
+        rig.pump();
+        let mut keys = Vec::new();
+        rig.fanout.flush_dirty(|c| keys.push(c.out.borrow().len()));
+        assert_eq!(keys, [3, 3], "listed again after the next batch");
+        assert!(rig.seqs(idle).is_empty() && rig.seqs(a).len() == 3 && rig.seqs(b).len() == 3);
     }
 
     #[test]

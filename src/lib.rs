@@ -12,8 +12,9 @@
 //! [`Broadcaster`] (callable from any thread, a broker's own included) pushes that pointer into
 //! one bounded ring per core (drop-oldest) and wakes the core. Each shard's distributor appends
 //! the pointer to the bounded queue of every subscribed client (drop-oldest again, then a
-//! `lagged` notice), and each client's writer sends everything queued in one `sendmsg` of the
-//! shared buffers: no per-client encoding, copying or JSON work.
+//! `lagged` notice); after each batch it sends every such client everything queued in one
+//! `sendmsg` of the shared buffers, and leaves to the client's writer task only what cannot go
+//! at once (a full socket, a close): no per-client encoding, copying, JSON work or task wake.
 //!
 //! # Layout
 //!

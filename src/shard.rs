@@ -42,7 +42,9 @@ pub(crate) struct Shard {
 
 impl Shard {
     pub(crate) fn new(id: usize, config: Arc<HubConfig>, shared: Arc<HubShared>) -> Self {
-        let fanout = Fanout::new(config.client_queue, config.max_subscriptions);
+        let mut fanout = Fanout::new(config.client_queue, config.max_subscriptions);
+        // The distributor writes each batch of broadcasts itself (see `flush_broadcasts`).
+        fanout.defer_wakes();
         Self {
             id,
             config,
@@ -177,9 +179,11 @@ async fn distribute(shard: &Shard) {
             queued += d.queued;
             dropped += d.dropped;
             if frames as usize % DISTRIBUTE_BATCH == 0 {
+                flush_broadcasts(shard);
                 futures_lite::future::yield_now().await;
             }
         }
+        flush_broadcasts(shard);
         let stats = shard.stats();
         stats.broadcasts_total.fetch_add(frames, Relaxed);
         stats.deliveries_total.fetch_add(queued, Relaxed);
@@ -187,6 +191,17 @@ async fn distribute(shard: &Shard) {
             stats.queue_dropped_total.fetch_add(dropped, Relaxed);
         }
     }
+}
+
+/// Writes the batch just distributed: every client that got frames gets one `sendmsg` of
+/// all it has queued, straight from here when its writer is idle. No task is woken per
+/// client; a client whose socket is full, or whose queue needs the writer (a close, an
+/// error), is handed to its writer task.
+fn flush_broadcasts(shard: &Shard) {
+    shard
+        .fanout
+        .borrow_mut()
+        .flush_dirty(|conn| connection::write_now(shard, conn));
 }
 
 /// What the sweep does to one connection.
