@@ -275,6 +275,7 @@ def summarize(all_results, out):
             cells.append(f"{ours / theirs:.2f}x" if ours is not None and theirs else "–")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", "## By server", ""] + by_server(all_results, med)
+    lines += ["", "## Latency at the common starting rate", ""] + common_rate(all_results)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     chart(all_results, out / "latency.svg")
@@ -294,6 +295,24 @@ COLUMNS = [
     ("churn: handshakes/s", "churn hs/s", True),
     ("CPU s per 1M deliveries (1k×256 B ramp)", "fan-1k-256 cpu s/M", False),
 ]
+
+
+def common_rate(all_results):
+    """p50 / p99 / p99.9 in ms of each fan-out's first step (the same rate for every server)."""
+    combos = [(f, f"{f[4:].replace('-', ' × ')} @{r:g}/s") for f, _, _, r, p in FANOUTS if p == "50ms"]
+    rows = ["| server (p50 / p99 / p99.9 ms) | " + " | ".join(t for _, t in combos) + " |",
+            "|---|" + "---:|" * len(combos)]
+    for name, runs in all_results.items():
+        cells = []
+        for key, _ in combos:
+            firsts = [r[key]["steps"][0]["latency_us"] for r in runs if r.get(key) and r[key]["steps"]]
+            if not firsts:
+                cells.append("–")
+                continue
+            cells.append(" / ".join(f"{statistics.median(f[q] for f in firsts) / 1000:.0f}"
+                                    for q in ("p50", "p99", "p999")))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def by_server(all_results, med):
