@@ -27,15 +27,18 @@ pub(crate) enum Head {
     Http,
 }
 
-/// The length of the head (through the blank line), once it is complete. Only bytes from
-/// `from` on are new: the search starts 3 bytes before them, so a head that arrives a byte at a
-/// time costs linear work, not quadratic.
+/// The length of the head (through the blank line), once it is complete. The blank line is
+/// `\r\n\r\n`, or a bare `\n` line ending as RFC 9112 §2.2 lets a server accept (httparse,
+/// which parses the head next, does). Only bytes from `from` on are new: the search starts 2
+/// bytes before them, so a head that arrives a byte at a time costs linear work, not quadratic.
 pub(crate) fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let start = from.saturating_sub(3);
-    buf.get(start..)?
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| start + i + 4)
+    let start = from.saturating_sub(2);
+    let tail = buf.get(start..)?;
+    memchr::memchr_iter(b'\n', tail).find_map(|i| match tail.get(i + 1..) {
+        Some([b'\n', ..]) => Some(start + i + 2),
+        Some([b'\r', b'\n', ..]) => Some(start + i + 3),
+        _ => None,
+    })
 }
 
 /// The answer to a head over the size cap.
@@ -242,5 +245,20 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 17), Some(18));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 15), Some(18));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r", 0), None);
+        // Bare LF line endings end the head too (the client gets an answer, not a timeout).
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nrest", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\r\n\r\n", 0), Some(26));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n", 0), None);
+        // Fed a byte at a time, the end is found where the one-shot search finds it.
+        let head = b"GET / HTTP/1.1\r\nHost: a\n\r\nbody";
+        let one_shot = head_end(head, 0);
+        let mut found = None;
+        for len in 1..=head.len() {
+            if let Some(end) = head_end(&head[..len], len - 1) {
+                found = Some(end);
+                break;
+            }
+        }
+        assert_eq!((found, one_shot), (Some(26), Some(26)));
     }
 }

@@ -308,3 +308,84 @@ fn subscribe_floods_are_bounded_per_connection() {
         "the connection is kept"
     );
 }
+
+#[test]
+fn a_head_with_bare_lf_line_endings_is_answered_at_once() {
+    let hub = start(common::config());
+    let mut s = TcpStream::connect(hub.local_addr()).unwrap();
+    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    let sent = Instant::now();
+    s.write_all(
+        b"GET /api/monitoring/ws HTTP/1.1\nHost: localhost\nConnection: Upgrade\n\
+          Upgrade: websocket\nSec-WebSocket-Version: 13\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n",
+    )
+    .unwrap();
+    let head = common::read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Well before the head deadline (5 s) that used to be the only answer.
+    assert!(sent.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_reset_in_the_middle_of_a_write_releases_only_that_connection() {
+    let hub = start(common::config().cores(Cores::Count(1)));
+    let addr = hub.local_addr();
+    // A small receive buffer, so the hub's writes to it stop half-way through a frame.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let victim = common::connect_quiet(addr, socket.into()).ws.into_inner();
+    let mut fine = connect(addr);
+    let b = hub.broadcaster();
+    // 16 MB of frames the victim never reads: far more than any socket buffer holds.
+    let payload = "z".repeat(256 * 1024);
+    for _ in 0..64 {
+        b.publish(&Channel::Events, "big", &payload).unwrap();
+        assert_eq!(fine.recv()["type"], "big");
+    }
+    // Then the victim resets the connection (SO_LINGER 0: RST, not FIN).
+    socket2::SockRef::from(&victim)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(victim);
+    common::eventually("the reset connection to be released", || {
+        hub.active_connections() == 1
+    });
+    b.publish(&Channel::Events, "after", &1).unwrap();
+    assert_eq!(fine.recv_type("after")["data"], 1);
+    assert_eq!(hub.stats().panics_total, 0);
+}
+
+#[test]
+fn many_clients_dropping_at_once_cost_the_others_nothing() {
+    let hub = start(common::config());
+    let addr = hub.local_addr();
+    let mut fine = connect(addr);
+    let crowd: Vec<TcpStream> = (0..300).map(|_| raw_upgrade(addr)).collect();
+    common::eventually("every client to be registered", || {
+        hub.active_connections() == 301
+    });
+    let b = hub.broadcaster();
+    b.publish(&Channel::Events, "before", &0).unwrap();
+    assert_eq!(fine.recv_type("before")["data"], 0);
+    // Half vanish with a reset, half with a plain close, all in the same instant.
+    for (i, s) in crowd.into_iter().enumerate() {
+        if i % 2 == 0 {
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        drop(s);
+    }
+    for i in 1..=20 {
+        b.publish(&Channel::Events, "during", &i).unwrap();
+    }
+    for i in 1..=20 {
+        assert_eq!(fine.recv_type("during")["data"], i, "in order, none lost");
+    }
+    common::eventually("every dropped client to be released", || {
+        hub.active_connections() == 1
+    });
+    assert_eq!(hub.stats().panics_total, 0);
+}
