@@ -18,7 +18,7 @@ use tracing::{debug, error, trace};
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::protocol::{Message, Role, WebSocketContext};
 
-use crate::fanout::{ClientLink, Subscribed};
+use crate::fanout::{ClientLink, OutQueue, Progress, Subscribed};
 use crate::handshake::{self, Head};
 use crate::protocol::{
     close_code, close_frame, error_frame, lagged_frame, parse_client_message, reply_frame, Channel,
@@ -680,20 +680,9 @@ async fn write_loop(shard: &Shard, conn: &Conn) {
 /// Writes until the queue is empty. Returns false when the connection is done (error or our
 /// close frame sent).
 async fn flush(shard: &Shard, conn: &Conn) -> bool {
-    let stats = shard.stats();
     loop {
-        let sent = {
-            let mut out = conn.link.out.borrow_mut();
-            if out
-                .prepare(|dropped| lagged_frame(dropped, &shard.shared.stamp()))
-                .is_some()
-            {
-                stats.lagged_total.fetch_add(1, Relaxed);
-            }
-            if !out.has_work() {
-                return true;
-            }
-            send_queued(conn.fd, &out, &mut shard.iov.borrow_mut())
+        let Some(sent) = send_once(shard, conn, &mut conn.link.out.borrow_mut()) else {
+            return true;
         };
         let n = match sent {
             Ok(n) => n,
@@ -717,11 +706,8 @@ async fn flush(shard: &Shard, conn: &Conn) -> bool {
         if conn.dead.get() {
             return false;
         }
-        let progress = conn.link.out.borrow_mut().advance(n);
-        stats.bytes_sent_total.fetch_add(n as u64, Relaxed);
-        stats.writes_total.fetch_add(1, Relaxed);
+        let progress = advance(shard, &mut conn.link.out.borrow_mut(), n);
         if progress.frames > 0 {
-            stats.frames_sent_total.fetch_add(progress.frames, Relaxed);
             conn.stalled_since.set(None);
         }
         if progress.close_sent {
@@ -740,43 +726,54 @@ pub(crate) fn write_now(shard: &Shard, conn: &Conn) {
     if conn.dead.get() || !conn.link.writer_idle() {
         return conn.link.wake_writer();
     }
-    let stats = shard.stats();
     let mut out = conn.link.out.borrow_mut();
     if out.closing() {
         drop(out);
         return conn.link.wake_writer();
     }
+    match send_once(shard, conn, &mut out) {
+        None => {}
+        Some(Ok(n)) => {
+            advance(shard, &mut out, n);
+            if out.has_work() {
+                drop(out);
+                conn.link.wake_writer();
+            }
+        }
+        Some(Err(_)) => {
+            drop(out);
+            conn.link.wake_writer();
+        }
+    }
+}
+
+/// Puts a pending `lagged` notice in front, then one `sendmsg` of the queue; `None` when there
+/// is nothing to send.
+fn send_once(shard: &Shard, conn: &Conn, out: &mut OutQueue) -> Option<io::Result<usize>> {
     if out
         .prepare(|dropped| lagged_frame(dropped, &shard.shared.stamp()))
         .is_some()
     {
-        stats.lagged_total.fetch_add(1, Relaxed);
+        shard.stats().lagged_total.fetch_add(1, Relaxed);
     }
-    if !out.has_work() {
-        return;
-    }
-    let Ok(n) = send_queued(conn.fd, &out, &mut shard.iov.borrow_mut()) else {
-        drop(out);
-        return conn.link.wake_writer();
-    };
+    out.has_work()
+        .then(|| send_queued(conn.fd, out, &mut shard.iov.borrow_mut()))
+}
+
+/// Marks `n` bytes written and counts them.
+fn advance(shard: &Shard, out: &mut OutQueue, n: usize) -> Progress {
+    let stats = shard.stats();
     let progress = out.advance(n);
     stats.bytes_sent_total.fetch_add(n as u64, Relaxed);
     stats.writes_total.fetch_add(1, Relaxed);
     if progress.frames > 0 {
         stats.frames_sent_total.fetch_add(progress.frames, Relaxed);
     }
-    if out.has_work() {
-        drop(out);
-        conn.link.wake_writer();
-    }
+    progress
 }
 
 /// One `sendmsg` of the queued frames, without blocking.
-fn send_queued(
-    fd: RawFd,
-    out: &crate::fanout::OutQueue,
-    iov: &mut Vec<libc::iovec>,
-) -> io::Result<usize> {
+fn send_queued(fd: RawFd, out: &OutQueue, iov: &mut Vec<libc::iovec>) -> io::Result<usize> {
     iov.clear();
     iov.extend(out.slices(MAX_IOV).map(|s| libc::iovec {
         iov_base: s.as_ptr() as *mut libc::c_void,
