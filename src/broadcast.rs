@@ -71,6 +71,27 @@ impl Frame {
         self.0.route.forget
     }
 
+    /// A text frame carrying `payload` on `events`, for unit tests of the queues.
+    #[cfg(test)]
+    pub(crate) fn for_test(payload: &[u8]) -> Self {
+        let mut fb = FrameBuf::with_capacity(payload.len());
+        fb.payload().extend_from_slice(payload);
+        let (buf, start) = fb.finish(OP_TEXT);
+        let route = Route {
+            channel: Channel::Events,
+            also: None,
+            retain: false,
+            clears: false,
+            forget: false,
+        };
+        Self(Arc::new(FrameInner {
+            buf,
+            start,
+            route,
+            seq: 0,
+        }))
+    }
+
     #[cfg(test)]
     pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

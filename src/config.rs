@@ -131,6 +131,11 @@ pub struct HubConfig {
     /// exists so tests can prove a panic closes only that connection.
     #[doc(hidden)]
     pub fault_injection: bool,
+    /// Conformance mode: every text or binary message is sent back to its sender unchanged
+    /// instead of being read as the protocol, and clients are subscribed to nothing. It exists
+    /// for the Autobahn|Testsuite (`examples/echo.rs`), which needs an echo server: the reader,
+    /// writer, limits and close handling stay those of the hub. Off by default.
+    pub echo: bool,
 }
 
 impl Default for HubConfig {
@@ -163,6 +168,7 @@ impl Default for HubConfig {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             http_idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
             fault_injection: false,
+            echo: false,
         }
     }
 }
@@ -259,6 +265,10 @@ impl HubConfig {
     setter!(
         #[doc(hidden)]
         fault_injection: bool
+    );
+    setter!(
+        /// Sets [`Self::echo`].
+        echo: bool
     );
     setter!(
         /// Sets [`Self::viewer_token`].

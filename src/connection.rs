@@ -22,7 +22,7 @@ use crate::fanout::{ClientLink, OutQueue, Progress, Subscribed};
 use crate::handshake::{self, Head};
 use crate::protocol::{
     close_code, close_frame, error_frame, lagged_frame, parse_client_message, reply_frame, Channel,
-    ChannelError, ClientMessage, Number,
+    ChannelError, ClientMessage, FrameBuf, Number, OP_BINARY, OP_TEXT,
 };
 use crate::shard::{Shard, Timing};
 
@@ -156,13 +156,27 @@ impl Conn {
     /// out at the next frame boundary, and the connection lingers until the peer answers or the
     /// close timeout.
     pub(crate) fn close(&self, code: u16, reason: &str) {
+        self.start_close(code, reason, false);
+    }
+
+    /// Fails the connection for bad input: like [`Self::close`], but the replies already
+    /// queued go out ahead of the close frame (broadcasts are still discarded).
+    pub(crate) fn fail(&self, code: u16, reason: &str) {
+        self.start_close(code, reason, true);
+    }
+
+    fn start_close(&self, code: u16, reason: &str, after_replies: bool) {
         match self.phase.get() {
             Phase::Handshake => self.kill(),
             Phase::Open => {
-                self.link
-                    .out
-                    .borrow_mut()
-                    .close_with(close_frame(code, reason));
+                let frame = close_frame(code, reason);
+                let mut out = self.link.out.borrow_mut();
+                if after_replies {
+                    out.close_after_replies(frame);
+                } else {
+                    out.close_with(frame);
+                }
+                drop(out);
                 self.set_phase(Phase::Closing);
                 self.link.wake_writer();
             }
@@ -273,7 +287,7 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<Conn>, key: usize) {
     conn.last_seen.set(now);
     conn.last_ping.set(now);
     conn.set_phase(Phase::Open);
-    {
+    if !shard.config.echo {
         let mut fanout = shard.fanout.borrow_mut();
         for channel in [Channel::Metrics, Channel::Events] {
             fanout.subscribe(key, channel.clone());
@@ -468,6 +482,10 @@ async fn read_messages(shard: &Shard, conn: &Conn, key: usize, tail: Vec<u8>) ->
             conn.last_seen.set(Instant::now());
         }
         let failure = match msg {
+            Ok(Message::Text(text)) if shard.config.echo => {
+                echo(shard, conn, OP_TEXT, text.as_bytes())
+            }
+            Ok(Message::Binary(data)) if shard.config.echo => echo(shard, conn, OP_BINARY, &data),
             Ok(Message::Text(text)) => on_text(shard, conn, key, text.as_bytes()),
             Ok(Message::Binary(_)) => {
                 let stamp = shard.shared.stamp();
@@ -485,7 +503,14 @@ async fn read_messages(shard: &Shard, conn: &Conn, key: usize, tail: Vec<u8>) ->
                 conn.link.wake_writer();
                 None
             }
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
+            Ok(Message::Ping(_)) => {
+                // tungstenite queued the pong as control bytes; a client that sends pings and
+                // reads nothing must not grow them without bound.
+                let waiting = conn.link.out.borrow().reply_backlog();
+                (waiting > shard.config.max_reply_backlog)
+                    .then_some((close_code::POLICY, "replies not read"))
+            }
+            Ok(Message::Pong(_) | Message::Frame(_)) => None,
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return End::PeerClosed,
             Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
                 Some((close_code::TOO_BIG, "message too big"))
@@ -509,10 +534,23 @@ async fn read_messages(shard: &Shard, conn: &Conn, key: usize, tail: Vec<u8>) ->
         };
         if let Some((code, reason)) = failure {
             shard.stats().protocol_errors_total.fetch_add(1, Relaxed);
-            conn.close(code, reason);
+            if code == close_code::POLICY {
+                // Its replies are what it does not read: they go.
+                conn.close(code, reason);
+            } else {
+                // Answers to the valid messages before the bad one still go out first.
+                conn.fail(code, reason);
+            }
             return End::Failed;
         }
     }
+}
+
+/// Conformance mode ([`crate::HubConfig::echo`]): sends the message back as it came.
+fn echo(shard: &Shard, conn: &Conn, opcode: u8, payload: &[u8]) -> Option<(u16, &'static str)> {
+    let mut frame = FrameBuf::with_capacity(payload.len());
+    frame.payload().extend_from_slice(payload);
+    queue_reply(shard, conn, frame.finish_compact(opcode))
 }
 
 /// Acts on one text message. Returns a close code when the client must be failed.

@@ -48,6 +48,8 @@ pub struct OutQueue {
     control: Vec<u8>,
     dropped: u64,
     close: Option<Box<[u8]>>,
+    /// Whether the replies queued before the close go out ahead of it.
+    close_after_replies: bool,
     closed: bool,
 }
 
@@ -111,12 +113,37 @@ impl OutQueue {
         }
     }
 
-    /// Makes the control bytes (tungstenite's reply to the peer's close) our close frame.
-    pub(crate) fn close_with_control(&mut self) {
-        let control = std::mem::take(&mut self.control);
-        if !control.is_empty() {
-            self.close_with(control.into_boxed_slice());
+    /// Like [`Self::close_with`], but the replies and control frames already queued (answers
+    /// to what the client sent before the frame that ends it) go out first; broadcasts are
+    /// still discarded. Bounded by the reply backlog.
+    pub(crate) fn close_after_replies(&mut self, frame: Box<[u8]>) {
+        if self.close.is_none() && !self.closed {
+            self.close = Some(frame);
+            self.close_after_replies = true;
         }
+    }
+
+    /// Makes the control bytes (tungstenite's reply to the peer's close) our close frame,
+    /// after the replies already queued.
+    pub(crate) fn close_with_control(&mut self) {
+        let mut control = std::mem::take(&mut self.control);
+        if control.is_empty() {
+            return;
+        }
+        // tungstenite appends its close reply to any pong still waiting here: the last frame
+        // is the close (a close frame from a server is at most 2 + 125 bytes), the rest replies.
+        let close_at = control.len() - close_frame_len(&control);
+        let close = control.split_off(close_at);
+        if !control.is_empty() {
+            self.reply_bytes += control.len();
+            self.items.push_back(Out::Owned(control.into_boxed_slice()));
+        }
+        self.close_after_replies(close.into_boxed_slice());
+    }
+
+    /// Control bytes (pongs) waiting for the next frame boundary, plus the replies queued.
+    pub(crate) fn reply_backlog(&self) -> usize {
+        self.control.len() + self.reply_bytes
     }
 
     /// Whether a close frame is queued or written: only the writer handles the queue then.
@@ -161,7 +188,15 @@ impl OutQueue {
             return None;
         }
         if let Some(close) = self.close.take() {
-            self.items.clear();
+            if self.close_after_replies {
+                self.items.retain(|o| matches!(o, Out::Owned(_)));
+                if !self.control.is_empty() {
+                    let control = std::mem::take(&mut self.control).into_boxed_slice();
+                    self.items.push_front(Out::Owned(control));
+                }
+            } else {
+                self.items.clear();
+            }
             self.control = Vec::new();
             self.shared = 0;
             self.reply_bytes = 0;
@@ -232,6 +267,33 @@ impl OutQueue {
             self.items = VecDeque::new();
         }
         progress
+    }
+}
+
+/// Length of the last frame in `bytes`, a run of whole unmasked server frames whose last one is
+/// a control frame (so its length fits the 7-bit field).
+fn close_frame_len(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        let len = frame_len(&bytes[at..]);
+        if at + len >= bytes.len() {
+            return bytes.len() - at;
+        }
+        at += len;
+    }
+}
+
+/// Length of the unmasked frame at the start of `b` (header included).
+fn frame_len(b: &[u8]) -> usize {
+    match b.get(1).map(|l| l & 0x7f) {
+        None => b.len(),
+        Some(126) if b.len() >= 4 => 4 + usize::from(u16::from_be_bytes([b[2], b[3]])),
+        Some(127) if b.len() >= 10 => {
+            let n = u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"));
+            10usize.saturating_add(usize::try_from(n).unwrap_or(usize::MAX))
+        }
+        Some(126 | 127) => b.len(),
+        Some(n) => 2 + usize::from(n),
     }
 }
 
@@ -784,6 +846,33 @@ mod tests {
             rig.fanout.subscribe(a, Channel::topic("x")),
             Subscribed::Limit
         );
+    }
+
+    #[test]
+    fn a_failure_close_goes_after_the_replies_but_drops_broadcasts() {
+        let mut q = OutQueue::default();
+        q.push_reply(b"reply".to_vec().into_boxed_slice());
+        let frame = crate::broadcast::Frame::for_test(b"broadcast");
+        q.push_shared(Rc::new(frame), 8);
+        q.push_control(b"pong");
+        q.close_after_replies(b"close".to_vec().into_boxed_slice());
+        q.prepare(|_| unreachable!());
+        let sent: Vec<&[u8]> = q.slices(8).collect();
+        assert_eq!(sent, [b"pong".as_slice(), b"reply", b"close"]);
+        assert_eq!(q.len(), 0, "no broadcast is counted as queued");
+    }
+
+    #[test]
+    fn the_peers_close_reply_is_split_from_pongs_queued_with_it() {
+        let mut q = OutQueue::default();
+        let pong = [0x8a, 2, b'h', b'i'];
+        let close = [0x88, 2, 0x03, 0xe8];
+        q.push_control(&pong);
+        q.push_control(&close);
+        q.close_with_control();
+        q.prepare(|_| unreachable!());
+        let sent: Vec<&[u8]> = q.slices(8).collect();
+        assert_eq!(sent, [pong.as_slice(), close.as_slice()]);
     }
 
     #[test]

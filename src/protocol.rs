@@ -191,6 +191,8 @@ pub(crate) const HEADER_ROOM: usize = 10;
 
 /// Opcode of a text frame.
 pub(crate) const OP_TEXT: u8 = 0x1;
+/// Opcode of a binary frame.
+pub(crate) const OP_BINARY: u8 = 0x2;
 /// Opcode of a close frame.
 pub(crate) const OP_CLOSE: u8 = 0x8;
 

@@ -389,3 +389,86 @@ fn many_clients_dropping_at_once_cost_the_others_nothing() {
     });
     assert_eq!(hub.stats().panics_total, 0);
 }
+
+#[test]
+fn answers_to_messages_before_a_bad_frame_arrive_before_the_close() {
+    let hub = start(common::config());
+    let mut s = raw_upgrade(hub.local_addr());
+    // A ping and a broken frame in one write: the pong is owed and still goes out, then 1002.
+    let mut bytes = masked(0x1, br#"{"type":"ping","timestamp":9}"#);
+    bytes.extend(masked(0x3, b"x")); // reserved opcode
+    s.write_all(&bytes).unwrap();
+    let (frames, code) = common::raw_frames_until_close(&mut s);
+    assert_eq!(code, Some(close_code::PROTOCOL_ERROR));
+    let texts: Vec<serde_json::Value> = frames
+        .iter()
+        .filter(|(op, _)| *op == 0x1)
+        .map(|(_, p)| serde_json::from_slice(p).unwrap())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|m| m["type"] == "pong" && m["timestamp"] == 9),
+        "the pong precedes the close: {texts:?}"
+    );
+}
+
+#[test]
+fn endless_continuation_frames_end_at_the_message_limit() {
+    let hub = start(common::config().max_message_size(4096));
+    let addr = hub.local_addr();
+    let mut fine = connect(addr);
+    let mut s = raw_upgrade(addr);
+    let mut first = masked(0x1, b"[");
+    first[0] &= 0x7f; // not final
+    s.write_all(&first).unwrap();
+    let mut more = masked(0x0, &[b'1'; 100]);
+    more[0] &= 0x7f; // a continuation that is never final
+    let reader = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || raw_close_code(&mut s))
+    };
+    // Written until the server gives up on the message (or 1000 frames, 100 KB, which it
+    // never gets to read): the close comes at 4 KiB.
+    for _ in 0..1000 {
+        if s.write_all(&more).is_err() {
+            break;
+        }
+    }
+    assert_eq!(reader.join().unwrap(), Some(close_code::TOO_BIG));
+    fine.send_json(&json!({"type": "ping", "timestamp": 4}));
+    assert_eq!(fine.recv_type("pong")["timestamp"], 4, "the others go on");
+    common::eventually("the endless sender to be released", || {
+        hub.active_connections() == 1
+    });
+}
+
+#[test]
+fn a_ping_flood_from_a_client_that_reads_nothing_is_bounded() {
+    let hub = start(common::config().max_reply_backlog(64 * 1024));
+    let addr = hub.local_addr();
+    let mut fine = connect(addr);
+    let mut s = raw_upgrade(addr);
+    // A small receive buffer, never read: pongs pile up on the server's side.
+    socket2::SockRef::from(&s)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let ping = masked(0x9, &[b'p'; 125]);
+    let mut sent = 0usize;
+    // 8 MB of pings would be 8 MB of pongs held for this client; it is closed long before.
+    while sent < 8 << 20 {
+        if s.write_all(&ping).is_err() {
+            break;
+        }
+        sent += ping.len();
+    }
+    common::eventually("the flooding client to be closed", || {
+        hub.active_connections() == 1
+    });
+    assert!(
+        hub.stats().protocol_errors_total >= 1,
+        "counted as a policy close"
+    );
+    fine.send_json(&json!({"type": "ping", "timestamp": 3}));
+    assert_eq!(fine.recv_type("pong")["timestamp"], 3, "the others go on");
+}

@@ -142,3 +142,36 @@ fn the_demo_source_makes_the_stream_move_at_once() {
     let topics = common::http(server.addr, "GET", "/api/topics", &[], None).json();
     assert!(topics.as_array().unwrap().len() >= 5);
 }
+
+#[test]
+fn a_flood_of_invalid_json_is_counted_and_logged_at_most_once_a_second() {
+    let server = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--source",
+        "none",
+    ]);
+    let mut c = common::connect(server.addr);
+    let started = std::time::Instant::now();
+    const FLOOD: usize = 20_000;
+    for _ in 0..FLOOD {
+        c.send_text("{not json");
+    }
+    c.send_json(&serde_json::json!({"type": "ping", "timestamp": 1}));
+    assert_eq!(c.recv_type("pong")["timestamp"], 1, "the connection stays");
+    let seconds = started.elapsed().as_secs() as usize;
+    let metrics = common::http(server.addr, "GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains(&format!("takhin_invalid_messages_total {FLOOD}")),
+        "every one counted"
+    );
+    let lines = server.log_lines("invalid JSON");
+    assert!(!lines.is_empty(), "the flood is logged");
+    assert!(
+        lines.len() <= seconds + 2,
+        "{} log lines in {seconds} s: {lines:?}",
+        lines.len()
+    );
+}

@@ -170,26 +170,40 @@ pub fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// Reads raw server frames until a close frame and returns its code; `None` when the socket
 /// ended without one.
 pub fn raw_close_code(s: &mut TcpStream) -> Option<u16> {
+    raw_frames_until_close(s).1
+}
+
+/// Reads raw server frames until a close frame: the frames before it (opcode, payload) and the
+/// close code, `None` when the socket ended without a close frame.
+pub fn raw_frames_until_close(s: &mut TcpStream) -> (Vec<(u8, Vec<u8>)>, Option<u16>) {
+    let mut frames = Vec::new();
     loop {
         let mut h = [0u8; 2];
         if s.read_exact(&mut h).is_err() {
-            return None;
+            return (frames, None);
         }
         let mut len = u64::from(h[1] & 0x7f);
         if len == 126 {
             let mut b = [0u8; 2];
-            s.read_exact(&mut b).ok()?;
+            if s.read_exact(&mut b).is_err() {
+                return (frames, None);
+            }
             len = u64::from(u16::from_be_bytes(b));
         } else if len == 127 {
             let mut b = [0u8; 8];
-            s.read_exact(&mut b).ok()?;
+            if s.read_exact(&mut b).is_err() {
+                return (frames, None);
+            }
             len = u64::from_be_bytes(b);
         }
         let mut payload = vec![0u8; len as usize];
-        s.read_exact(&mut payload).ok()?;
-        if h[0] & 0x0f == 0x8 {
-            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        if s.read_exact(&mut payload).is_err() {
+            return (frames, None);
         }
+        if h[0] & 0x0f == 0x8 {
+            return (frames, Some(u16::from_be_bytes([payload[0], payload[1]])));
+        }
+        frames.push((h[0] & 0x0f, payload));
     }
 }
 
@@ -295,6 +309,16 @@ pub fn http_on(
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Every line it has logged so far (stderr).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    /// The logged lines that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
 }
 
 impl Drop for ServerProcess {
@@ -322,6 +346,7 @@ pub fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
     let mut server = ServerProcess {
         child,
         addr: ([0, 0, 0, 0], 0).into(),
+        log: Default::default(),
     };
     let mut lines = BufReader::new(server.child.stderr.take().unwrap()).lines();
     server.addr = loop {
@@ -334,6 +359,11 @@ pub fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         }
     };
     // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let log = server.log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            log.lock().unwrap().push(line);
+        }
+    });
     server
 }

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Autobahn|Testsuite (the original `wstest`, installed by ./install.sh) against examples/echo.rs,
+# which serves with the hub's own connection code. Runs cases 1-7 and 10 and the 9.* cases within
+# our 512 KiB message limit, then compares every case's verdict (behavior and behaviorClose) with
+# expected.json, as tungstenite's CI does: any difference, FAILED or not, fails the run.
+#
+#   tests/autobahn/run.sh            install if needed, run, compare
+#   tests/autobahn/run.sh --update   run and write expected.json from this run (review the diff!)
+#
+# The full report: $AUTOBAHN_STATE/reports/index.html (and index.json, one JSON per case).
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$AUTOBAHN_DIR/../.."
+update=0; [ "${1:-}" = --update ] && update=1
+
+"$AUTOBAHN_DIR/install.sh" >/dev/null
+cargo build --release --quiet --example echo
+ulimit -Sl "$(ulimit -Hl)" 2>/dev/null || true   # glommio's io_uring memory
+
+out="$AUTOBAHN_STATE/reports"; rm -rf "$out"; mkdir -p "$out"
+# Port 0: the echo server prints the address it got.
+target/release/examples/echo 127.0.0.1:0 > "$out/echo.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q '^echo on ' "$out/echo.log" && break; sleep 0.1; done
+url=$(sed -n 's/^echo on //p' "$out/echo.log")
+[ -n "$url" ] || { cat "$out/echo.log"; exit 1; }
+
+# 9.*: only what fits our 512 KiB limit (9.1.1/9.1.2 and 9.2.1/9.2.2 are 64 and 256 KiB; 9.7/9.8
+# are 1000 small round trips). The others are 1 to 16 MiB messages, closed with 1009 by design.
+cat > "$out/spec.json" <<JSON
+{ "outdir": "$out", "servers": [ { "agent": "takhin-monitor", "url": "$url" } ],
+  "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.1.1", "9.1.2", "9.2.1", "9.2.2",
+            "9.7.*", "9.8.*", "10.*"],
+  "exclude-cases": [], "exclude-agent-cases": {} }
+JSON
+(cd "$out" && "$AUTOBAHN_DIR/wstest.sh" -m fuzzingclient -s "$out/spec.json" > "$out/wstest.log" 2>&1) \
+    || { tail -20 "$out/wstest.log"; exit 1; }
+kill $pid; wait $pid 2>/dev/null || true; trap - EXIT
+
+python3 - "$out/index.json" "$AUTOBAHN_DIR/expected.json" "$update" <<'PY'
+import collections, json, sys
+index, expected_path, update = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+key = lambda s: [int(x) for x in s.split(".")]
+got = {case: {"behavior": v["behavior"], "behaviorClose": v["behaviorClose"]}
+       for case, v in json.load(open(index))["takhin-monitor"].items()}
+got = dict(sorted(got.items(), key=lambda kv: key(kv[0])))
+counts = collections.Counter(v["behavior"] for v in got.values())
+print(f"autobahn: {len(got)} cases: " + ", ".join(f"{n} {b}" for b, n in sorted(counts.items())))
+if update:
+    with open(expected_path, "w") as f:
+        json.dump(got, f, indent=1)
+        f.write("\n")
+    print(f"wrote {expected_path}")
+    sys.exit(0)
+expected = json.load(open(expected_path))
+bad = [c for c in sorted(set(got) | set(expected), key=key) if got.get(c) != expected.get(c)]
+for c in bad:
+    print(f"  {c}: expected {expected.get(c)}, got {got.get(c)}")
+failed = [c for c, v in got.items() if v["behavior"] == "FAILED" or v["behaviorClose"] == "FAILED"]
+if bad or failed:
+    print(f"autobahn: {len(bad)} cases differ from expected.json, {len(failed)} FAILED")
+    sys.exit(1)
+print("autobahn: every case as expected.json")
+PY
