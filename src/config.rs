@@ -131,6 +131,11 @@ pub struct HubConfig {
     /// exists so tests can prove a panic closes only that connection.
     #[doc(hidden)]
     pub fault_injection: bool,
+    /// Kernel send buffer of each WebSocket socket (`SO_SNDBUF`), in bytes. `None` (the
+    /// default) leaves Linux's autotuning, which lets a client that reads slowly hold up to
+    /// `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) of kernel memory; a value bounds that,
+    /// so a slow reader reaches its queue limit and `lagged` sooner. Linux doubles the value.
+    pub send_buffer: Option<usize>,
     /// Conformance mode: every text or binary message is sent back to its sender unchanged
     /// instead of being read as the protocol, and clients are subscribed to nothing. It exists
     /// for the Autobahn|Testsuite (`examples/echo.rs`), which needs an echo server: the reader,
@@ -168,6 +173,7 @@ impl Default for HubConfig {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             http_idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
             fault_injection: false,
+            send_buffer: None,
             echo: false,
         }
     }
@@ -265,6 +271,10 @@ impl HubConfig {
     setter!(
         #[doc(hidden)]
         fault_injection: bool
+    );
+    setter!(
+        /// Sets [`Self::send_buffer`].
+        send_buffer: Option<usize>
     );
     setter!(
         /// Sets [`Self::echo`].

@@ -52,6 +52,9 @@ pub(crate) struct Conn {
     last_seen: Cell<Instant>,
     pub(crate) last_ping: Cell<Instant>,
     stalled_since: Cell<Option<Instant>>,
+    /// Bytes the kernel still held unacknowledged when the sweep last looked at this stalled
+    /// writer; `u32::MAX` until it has looked during the current stall.
+    stall_unacked: Cell<u32>,
     reader_done: Cell<bool>,
     dead: Cell<bool>,
     /// Counted in the shard's open WebSocket clients.
@@ -87,6 +90,7 @@ impl Conn {
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
             stalled_since: Cell::new(None),
+            stall_unacked: Cell::new(u32::MAX),
             reader_done: Cell::new(false),
             dead: Cell::new(false),
             opened: Cell::new(false),
@@ -101,6 +105,26 @@ impl Conn {
             last_seen: self.last_seen.get(),
             last_ping: self.last_ping.get(),
             stalled_since: self.stalled_since.get(),
+        }
+    }
+
+    /// For the sweep: a stalled writer whose client is still reading, slowly, is not stuck.
+    /// The kernel wakes a writer only once a third of the send buffer is free, so a client
+    /// draining a few KB/s can leave the writer parked longer than the write wait; the
+    /// unacknowledged bytes in the send queue still go down, and that counts as progress.
+    pub(crate) fn note_kernel_progress(&self, now: Instant) {
+        if self.stalled_since.get().is_none() {
+            return;
+        }
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: `fd` is this connection's open socket; TIOCOUTQ (SIOCOUTQ) writes one c_int.
+        if unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut unacked) } != 0 {
+            return;
+        }
+        let unacked = u32::try_from(unacked).unwrap_or(0);
+        let before = self.stall_unacked.replace(unacked);
+        if before != u32::MAX && unacked < before {
+            self.stalled_since.set(Some(now));
         }
     }
 
@@ -191,7 +215,26 @@ impl Conn {
 /// not the stream itself.
 pub(crate) fn serve(shard: Rc<Shard>, stream: TcpStream) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
+    if let Some(bytes) = shard.config.send_buffer {
+        set_send_buffer(stream.as_raw_fd(), bytes);
+    }
     serve_conn(shard, Rc::new(Conn::new(stream)))
+}
+
+/// Sets `SO_SNDBUF`; a failure leaves the kernel's default, which is only a larger buffer.
+fn set_send_buffer(fd: RawFd, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket owned by the caller; the option value is a c_int that
+    // lives across the call, and its size is passed with it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 async fn serve_conn(shard: Rc<Shard>, conn: Rc<Conn>) {
@@ -727,6 +770,7 @@ async fn flush(shard: &Shard, conn: &Conn) -> bool {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if conn.stalled_since.get().is_none() {
                     conn.stalled_since.set(Some(Instant::now()));
+                    conn.stall_unacked.set(u32::MAX);
                 }
                 match wait_writable(conn).await {
                     Ok(n) => n,

@@ -70,6 +70,10 @@ struct Opt {
     /// Per-client outbound queue, in frames [default: 256].
     #[arg(long, env = "TAKHIN_CLIENT_QUEUE")]
     client_queue: Option<usize>,
+    /// Kernel send buffer per WebSocket client, in bytes (SO_SNDBUF) [default: the kernel's
+    /// autotuning, up to 4 MiB for a client that reads slowly].
+    #[arg(long, env = "TAKHIN_SEND_BUFFER")]
+    send_buffer: Option<usize>,
     /// Server ping interval, in seconds [default: 54].
     #[arg(long, env = "TAKHIN_PING_INTERVAL")]
     ping_interval: Option<f64>,
@@ -98,6 +102,7 @@ struct FileOpt {
     metrics_interval: Option<f64>,
     max_connections: Option<usize>,
     client_queue: Option<usize>,
+    send_buffer: Option<usize>,
     ping_interval: Option<f64>,
     pong_wait: Option<f64>,
     shutdown_timeout: Option<f64>,
@@ -128,6 +133,7 @@ impl Opt {
             metrics_interval,
             max_connections,
             client_queue,
+            send_buffer,
             ping_interval,
             pong_wait,
             shutdown_timeout,
@@ -156,6 +162,9 @@ impl Opt {
         }
         if let Some(q) = self.client_queue {
             c = c.client_queue(q);
+        }
+        if self.send_buffer.is_some() {
+            c = c.send_buffer(self.send_buffer);
         }
         if let Some(s) = self.ping_interval {
             c = c.ping_interval(secs(s, "ping interval")?);

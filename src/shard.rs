@@ -264,6 +264,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
         let now = Instant::now();
         let fanout = shard.fanout.borrow();
         for (_, conn) in fanout.iter() {
+            conn.note_kernel_progress(now);
             match sweep_action(&conn.timing(), now, &shard.config) {
                 Sweep::Nothing => {}
                 Sweep::Ping => {

@@ -148,6 +148,39 @@ fn a_client_whose_writes_make_no_progress_is_dropped_after_the_write_wait() {
 }
 
 #[test]
+fn a_client_that_reads_slowly_is_lagged_not_dropped() {
+    // The kernel wakes a writer only when a third of the send buffer is free; with a large
+    // (autotuned) buffer and a client draining 40 KB/s, that is longer than the write wait.
+    // The client is still reading: it must be lagged (queue drops oldest), not dropped.
+    let config = common::config()
+        .cores(Cores::Count(1))
+        .client_queue(16)
+        .write_wait(Duration::from_millis(1000));
+    let hub = start(config);
+    let addr = hub.local_addr();
+    let slow = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow.set_recv_buffer_size(16 * 1024).unwrap();
+    slow.connect(&addr.into()).unwrap();
+    let mut slow = common::upgrade_on(slow.into());
+    let b = hub.broadcaster();
+    let payload = "z".repeat(16 * 1024);
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut read = 0usize;
+    while started.elapsed() < Duration::from_secs(4) {
+        for _ in 0..10 {
+            b.publish(&Channel::Events, "big", &payload).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the pace of the reader, not a sync
+        read += slow.read(&mut buf).unwrap();
+    }
+    let stats = hub.stats();
+    assert_eq!(stats.write_timeouts_total, 0, "read {read} bytes");
+    assert_eq!(hub.active_connections(), 1);
+    assert!(stats.queue_dropped_total > 0, "the slow client lagged");
+}
+
+#[test]
 fn shutdown_sends_1001_to_every_client_and_the_hub_stops() {
     let hub = start(common::config());
     let addr = hub.local_addr();

@@ -119,6 +119,10 @@ struct Conn {
     id: u64,
     state: State,
     slow: bool,
+    /// The peer's FIN (or an error) was reported. Events are edge-triggered: a read that
+    /// returns less than asked stops reading, so without this flag an end that arrived with the
+    /// last data (or while a slow reader was not reading) would never be read.
+    read_closed: bool,
     /// Connect time (mono ns), for the handshake latency.
     started: u64,
     key: Box<str>,
@@ -226,6 +230,11 @@ impl Worker {
                 if ev.is_writable() || ev.is_error() {
                     self.on_writable(token, now);
                 }
+                if ev.is_read_closed() || ev.is_error() {
+                    if let Some(conn) = self.conns.get_mut(token) {
+                        conn.read_closed = true;
+                    }
+                }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                     self.on_readable(token, now);
                 }
@@ -295,6 +304,7 @@ impl Worker {
             id: self.next_id,
             state: State::Connecting,
             slow,
+            read_closed: false,
             started: now,
             key: client::new_key().into_boxed_str(),
             leftover: Vec::new(),
@@ -368,6 +378,8 @@ impl Worker {
         }
         self.rbuf[..left].copy_from_slice(&conn.leftover);
         let end = self.rbuf.len().min(left.saturating_add(limit));
+        // Once the end was reported, every read is "full": reading goes on until it returns 0.
+        let read_closed = conn.read_closed;
         let n = match conn.sock.read(&mut self.rbuf[left..end]) {
             Ok(0) => {
                 return Err(if conn.state == State::Closing {
@@ -392,7 +404,7 @@ impl Worker {
                         conn.leftover.shrink_to(1024);
                     }
                 }
-                Ok(n == end - left)
+                Ok(n == end - left || read_closed)
             }
             Err(e) => Err(e),
         };

@@ -364,3 +364,41 @@ fn metrics_reads_the_servers_ticks() {
     assert!(n(&r["latency_us"], "p50") > 0);
     assert!(deliveries <= hub.stats().deliveries_total);
 }
+
+#[test]
+fn a_subscriber_the_hub_drops_is_reported_as_lost() {
+    // A subscriber that reads next to nothing makes no progress; the hub drops it after the
+    // write wait, and loadgen must say so rather than count it as a clean end.
+    let hub = hub(HubConfig::default()
+        .write_wait(Duration::from_millis(500))
+        .send_buffer(Some(4096)));
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "fanout",
+            "--subscribers",
+            "3",
+            "--slow-subscribers",
+            "1",
+            "--slow-read-rate",
+            "1",
+            "--size",
+            "8192",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--max-loss",
+            "1",
+        ],
+    );
+    assert_eq!(hub.stats().write_timeouts_total, 1, "{:?}", hub.stats());
+    let errors: u64 = r["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(errors, 1, "{r}");
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+}

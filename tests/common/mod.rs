@@ -121,7 +121,11 @@ impl Client {
 
 /// A raw TCP client that has done the WebSocket handshake by hand.
 pub fn raw_upgrade(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
+    upgrade_on(TcpStream::connect(addr).unwrap())
+}
+
+/// The WebSocket handshake by hand on a connected socket.
+pub fn upgrade_on(mut s: TcpStream) -> TcpStream {
     s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     s.write_all(
         b"GET /api/monitoring/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
