@@ -78,10 +78,12 @@ pub struct HubConfig {
     pub ws_path: String,
     /// Interval between server pings. The default value is 54 s.
     pub ping_interval: Duration,
-    /// A client that sends nothing (not even a pong) for this long is closed. The default is 60 s.
+    /// A client that sends nothing (not even a pong) for this long is closed, unless its TCP
+    /// stack is still acknowledging data queued for it (a slow reader's pong waits behind its
+    /// backlog). The default is 60 s.
     pub pong_wait: Duration,
-    /// A client whose socket accepts no complete frame for this long is dropped. The default
-    /// value is 10 s.
+    /// A client whose socket makes no progress for this long is dropped: no frame completed
+    /// and no byte of what the kernel holds for it acknowledged. The default value is 10 s.
     pub write_wait: Duration,
     /// Deadline for the whole request head to arrive. The default value is 5 s.
     pub handshake_timeout: Duration,

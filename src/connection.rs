@@ -112,6 +112,8 @@ impl Conn {
     /// The kernel wakes a writer only once a third of the send buffer is free, so a client
     /// draining a few KB/s can leave the writer parked longer than the write wait; the
     /// unacknowledged bytes in the send queue still go down, and that counts as progress.
+    /// It is also a sign of life: the server's ping waits behind that backlog, so the pong
+    /// comes late, but a peer that acknowledges data is not a vanished one.
     pub(crate) fn note_kernel_progress(&self, now: Instant) {
         if self.stalled_since.get().is_none() {
             return;
@@ -125,6 +127,7 @@ impl Conn {
         let before = self.stall_unacked.replace(unacked);
         if before != u32::MAX && unacked < before {
             self.stalled_since.set(Some(now));
+            self.last_seen.set(now);
         }
     }
 

@@ -89,7 +89,11 @@ fn stress_soak_holds_memory_flat_and_gives_every_resource_back() {
             .cores(Cores::Count(cores))
             // Bounds what a slow reader holds in the kernel (autotuning lets it reach 4 MiB),
             // so it lags within seconds rather than after minutes.
-            .send_buffer(Some(SEND_BUFFER)),
+            .send_buffer(Some(SEND_BUFFER))
+            // Heartbeats many times per run even in CI's 30 s: a slow reader's pong comes
+            // back only after the backlog ahead of the ping, far later than the pong wait.
+            .ping_interval(Duration::from_secs(5))
+            .pong_wait(Duration::from_secs(12)),
     )
     .expect("hub starts");
     let addr = hub.local_addr();
@@ -193,6 +197,8 @@ fn stress_soak_holds_memory_flat_and_gives_every_resource_back() {
             "queue_dropped_total": stats.queue_dropped_total,
             "lagged_total": stats.lagged_total,
             "protocol_errors_total": stats.protocol_errors_total,
+            "pong_timeouts_total": stats.pong_timeouts_total,
+            "write_timeouts_total": stats.write_timeouts_total,
             "panics_total": stats.panics_total,
         },
         "fanout_errors": f["errors"],
