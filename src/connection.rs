@@ -52,9 +52,11 @@ pub(crate) struct Conn {
     last_seen: Cell<Instant>,
     pub(crate) last_ping: Cell<Instant>,
     stalled_since: Cell<Option<Instant>>,
-    /// Bytes the kernel still held unacknowledged when the sweep last looked at this stalled
-    /// writer; `u32::MAX` until it has looked during the current stall.
-    stall_unacked: Cell<u32>,
+    /// Bytes written to the socket so far.
+    written: Cell<u64>,
+    /// What the sweep last saw: bytes the kernel held unacknowledged, and `written` then.
+    /// `u32::MAX`: not looked yet.
+    ack_probe: Cell<(u32, u64)>,
     reader_done: Cell<bool>,
     dead: Cell<bool>,
     /// Counted in the shard's open WebSocket clients.
@@ -90,7 +92,8 @@ impl Conn {
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
             stalled_since: Cell::new(None),
-            stall_unacked: Cell::new(u32::MAX),
+            written: Cell::new(0),
+            ack_probe: Cell::new((u32::MAX, 0)),
             reader_done: Cell::new(false),
             dead: Cell::new(false),
             opened: Cell::new(false),
@@ -108,26 +111,39 @@ impl Conn {
         }
     }
 
-    /// For the sweep: a stalled writer whose client is still reading, slowly, is not stuck.
+    /// For the sweep: whether the client's TCP stack acknowledged data since the last look,
+    /// which proves it alive and reading. Asked only of a stalled writer and of a client about
+    /// to reach the pong wait (`quiet`), so a healthy client costs no system call.
+    ///
     /// The kernel wakes a writer only once a third of the send buffer is free, so a client
-    /// draining a few KB/s can leave the writer parked longer than the write wait; the
-    /// unacknowledged bytes in the send queue still go down, and that counts as progress.
-    /// It is also a sign of life: the server's ping waits behind that backlog, so the pong
-    /// comes late, but a peer that acknowledges data is not a vanished one.
-    pub(crate) fn note_kernel_progress(&self, now: Instant) {
-        if self.stalled_since.get().is_none() {
+    /// draining a few KB/s leaves the writer parked longer than the write wait, and the
+    /// server's ping waits behind that backlog, so its pong comes late; neither makes it dead.
+    /// A vanished client acknowledges nothing.
+    pub(crate) fn note_acknowledged(&self, now: Instant, quiet: bool) {
+        let stalled = self.stalled_since.get().is_some();
+        if !stalled && !quiet {
+            // Acknowledgements from before this look-out prove nothing about now.
+            self.ack_probe.set((u32::MAX, 0));
             return;
         }
         let mut unacked: libc::c_int = 0;
-        // SAFETY: `fd` is this connection's open socket; TIOCOUTQ (SIOCOUTQ) writes one c_int.
+        // SAFETY: `fd` is this connection's open socket; TIOCOUTQ (SIOCOUTQ) writes one c_int:
+        // the bytes written to it that the peer has not acknowledged.
         if unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut unacked) } != 0 {
             return;
         }
         let unacked = u32::try_from(unacked).unwrap_or(0);
-        let before = self.stall_unacked.replace(unacked);
-        if before != u32::MAX && unacked < before {
-            self.stalled_since.set(Some(now));
+        let written = self.written.get();
+        let (before, written_before) = self.ack_probe.replace((unacked, written));
+        if before == u32::MAX {
+            return;
+        }
+        let acked = (u64::from(before) + (written - written_before)).saturating_sub(unacked.into());
+        if acked > 0 {
             self.last_seen.set(now);
+            if stalled {
+                self.stalled_since.set(Some(now));
+            }
         }
     }
 
@@ -773,7 +789,6 @@ async fn flush(shard: &Shard, conn: &Conn) -> bool {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if conn.stalled_since.get().is_none() {
                     conn.stalled_since.set(Some(Instant::now()));
-                    conn.stall_unacked.set(u32::MAX);
                 }
                 match wait_writable(conn).await {
                     Ok(n) => n,
@@ -791,6 +806,7 @@ async fn flush(shard: &Shard, conn: &Conn) -> bool {
         if conn.dead.get() {
             return false;
         }
+        conn.written.set(conn.written.get() + n as u64);
         let progress = advance(shard, &mut conn.link.out.borrow_mut(), n);
         if progress.frames > 0 {
             conn.stalled_since.set(None);
@@ -819,6 +835,7 @@ pub(crate) fn write_now(shard: &Shard, conn: &Conn) {
     match send_once(shard, conn, &mut out) {
         None => {}
         Some(Ok(n)) => {
+            conn.written.set(conn.written.get() + n as u64);
             advance(shard, &mut out, n);
             if out.has_work() {
                 drop(out);

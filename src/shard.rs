@@ -264,7 +264,12 @@ async fn sweep_loop(shard: Rc<Shard>) {
         let now = Instant::now();
         let fanout = shard.fanout.borrow();
         for (_, conn) in fanout.iter() {
-            conn.note_kernel_progress(now);
+            // Three sweeps before the pong wait ends, look for acknowledged data: two looks
+            // before the deadline, the first only a baseline.
+            let quiet = conn.is_websocket()
+                && now.saturating_duration_since(conn.timing().last_seen) + 3 * period
+                    >= shard.config.pong_wait;
+            conn.note_acknowledged(now, quiet);
             match sweep_action(&conn.timing(), now, &shard.config) {
                 Sweep::Nothing => {}
                 Sweep::Ping => {
