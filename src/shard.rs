@@ -303,15 +303,22 @@ async fn drain(shard: &Shard) {
     let deadline = Instant::now() + shard.config.shutdown_timeout;
     let n = {
         let fanout = shard.fanout.borrow();
-        for (_, conn) in fanout.iter() {
+        // WebSocket clients only: a request still in its head is answered as usual (503 for
+        // an upgrade, /readyz draining), not reset.
+        for (_, conn) in fanout.iter().filter(|(_, c)| c.is_websocket()) {
             conn.close(close_code::GOING_AWAY, "server shutting down");
         }
         fanout.len()
     };
     info!(shard = shard.id, clients = n, "draining");
+    // Every shard keeps listening (and answering /readyz with 503) until the clients of all
+    // shards are gone: the kernel spreads new connections over every shard's listener, and a
+    // shard that stopped early would leave the ones queued on it unanswered.
+    let hard_stop = deadline + Duration::from_secs(1);
     loop {
-        let websockets = shard.fanout.borrow().iter().any(|(_, c)| c.is_websocket());
-        if !websockets {
+        let everywhere = shard.shared.clients.load(Relaxed);
+        let here = shard.fanout.borrow().iter().any(|(_, c)| c.is_websocket());
+        if (everywhere == 0 && !here) || Instant::now() >= hard_stop {
             return;
         }
         if Instant::now() >= deadline {
