@@ -71,6 +71,21 @@ impl Frame {
         self.0.route.forget
     }
 
+    /// Only sets the channel's last value, delivering nothing (relayed last values loaded
+    /// when an instance joins the relay).
+    pub(crate) fn seed(&self) -> bool {
+        self.0.route.seed
+    }
+
+    /// The route's flags as the relay writes them: `r`etain, `c`lears, `f`orget.
+    pub(crate) fn route_flags(&self) -> String {
+        let r = &self.0.route;
+        [(r.retain, 'r'), (r.clears, 'c'), (r.forget, 'f')]
+            .into_iter()
+            .filter_map(|(on, c)| on.then_some(c))
+            .collect()
+    }
+
     /// A text frame carrying `payload` on `events`, for unit tests of the queues.
     #[cfg(test)]
     pub(crate) fn for_test(payload: &[u8]) -> Self {
@@ -83,6 +98,7 @@ impl Frame {
             retain: false,
             clears: false,
             forget: false,
+            seed: false,
         };
         Self(Arc::new(FrameInner {
             buf,
@@ -134,6 +150,8 @@ pub struct HubShared {
     pub(crate) tick_seconds: DurationHistogram,
     /// The REST services, once attached with `HubHandle::serve_api`.
     pub(crate) api: OnceLock<crate::http::Services>,
+    /// The Redis relay, once started with `HubHandle::start_relay`.
+    pub(crate) relay: OnceLock<Arc<crate::relay::RelayLink>>,
 }
 
 impl fmt::Debug for HubShared {
@@ -166,6 +184,7 @@ impl HubShared {
             broadcast_seconds: DurationHistogram::default(),
             tick_seconds: DurationHistogram::default(),
             api: OnceLock::new(),
+            relay: OnceLock::new(),
         }
     }
 
@@ -414,15 +433,48 @@ impl Broadcaster {
             route,
             seq,
         }));
-        for (link, stats) in shared.links.iter().zip(shared.stats.iter()) {
-            if link.ring.force_push(frame.clone()).is_some() {
-                stats.ring_dropped_total.fetch_add(1, Relaxed);
-            }
+        push_to_cores(shared, &frame);
+        if let Some(relay) = shared.relay.get() {
+            relay.publish(&frame);
         }
         drop(last);
         shared.wake_all();
         seq
     }
+}
+
+fn push_to_cores(shared: &HubShared, frame: &Frame) {
+    for (link, stats) in shared.links.iter().zip(shared.stats.iter()) {
+        if link.ring.force_push(frame.clone()).is_some() {
+            stats.ring_dropped_total.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Fans out a frame another instance published, with its origin's `seq` and `epoch` (they are
+/// in the payload as it came), through the same rings as a local broadcast. `seed`: only set
+/// the channel's last value.
+pub(crate) fn inject(shared: &HubShared, relayed: &crate::relay::Relayed<'_>, seed: bool) {
+    let mut fb = FrameBuf::with_capacity(relayed.payload.len());
+    fb.payload().extend_from_slice(relayed.payload);
+    let (buf, start) = fb.finish(OP_TEXT);
+    let flag = |c| relayed.flags.contains(c);
+    let route = Route {
+        channel: relayed.channel.clone(),
+        also: relayed.also.clone(),
+        retain: flag('r'),
+        clears: flag('c'),
+        forget: flag('f'),
+        seed,
+    };
+    let frame = Frame(Arc::new(FrameInner {
+        buf,
+        start,
+        route,
+        seq: relayed.seq,
+    }));
+    push_to_cores(shared, &frame);
+    shared.wake_all();
 }
 
 /// Where a frame goes and what it does to the channel's last value.
@@ -437,6 +489,8 @@ struct Route {
     clears: bool,
     /// Not for clients: only forgets the last value of `channel`.
     forget: bool,
+    /// Not for clients: only sets the last value of `channel`.
+    seed: bool,
 }
 
 impl Route {
@@ -447,6 +501,7 @@ impl Route {
             retain: false,
             clears: false,
             forget: false,
+            seed: false,
         }
     }
 

@@ -52,11 +52,12 @@ pub(crate) struct Conn {
     last_seen: Cell<Instant>,
     pub(crate) last_ping: Cell<Instant>,
     stalled_since: Cell<Option<Instant>>,
-    /// Bytes written to the socket so far.
-    written: Cell<u64>,
+    /// Bytes written to the socket so far, wrapping (only differences between two looks of
+    /// the sweep, a second apart, are used).
+    written: Cell<u32>,
     /// What the sweep last saw: bytes the kernel held unacknowledged, and `written` then.
     /// `u32::MAX`: not looked yet.
-    ack_probe: Cell<(u32, u64)>,
+    ack_probe: Cell<(u32, u32)>,
     reader_done: Cell<bool>,
     dead: Cell<bool>,
     /// Counted in the shard's open WebSocket clients.
@@ -138,7 +139,8 @@ impl Conn {
         if before == u32::MAX {
             return;
         }
-        let acked = (u64::from(before) + (written - written_before)).saturating_sub(unacked.into());
+        let sent = u64::from(written.wrapping_sub(written_before));
+        let acked = (u64::from(before) + sent).saturating_sub(unacked.into());
         if acked > 0 {
             self.last_seen.set(now);
             if stalled {
@@ -806,7 +808,7 @@ async fn flush(shard: &Shard, conn: &Conn) -> bool {
         if conn.dead.get() {
             return false;
         }
-        conn.written.set(conn.written.get() + n as u64);
+        conn.written.set(conn.written.get().wrapping_add(n as u32));
         let progress = advance(shard, &mut conn.link.out.borrow_mut(), n);
         if progress.frames > 0 {
             conn.stalled_since.set(None);
@@ -835,7 +837,7 @@ pub(crate) fn write_now(shard: &Shard, conn: &Conn) {
     match send_once(shard, conn, &mut out) {
         None => {}
         Some(Ok(n)) => {
-            conn.written.set(conn.written.get() + n as u64);
+            conn.written.set(conn.written.get().wrapping_add(n as u32));
             advance(shard, &mut out, n);
             if out.has_work() {
                 drop(out);

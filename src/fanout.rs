@@ -540,6 +540,11 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             self.clear_last_value(primary);
             return delivery;
         }
+        if frame.seed() {
+            let slot = self.channels.entry(primary.clone()).or_default();
+            slot.last = Some(Rc::new(frame.clone()));
+            return delivery;
+        }
         let local = Rc::new(frame.clone());
         if let Some(slot) = self.channels.get_mut(primary) {
             if frame.retain() {

@@ -20,13 +20,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::broadcast::Broadcaster;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::broadcast::{Broadcaster, HubShared};
 use crate::connection::Conn;
 use crate::groups::GroupCoordinator;
 use crate::hub::HubProbe;
 use crate::protocol::Channel;
+use crate::relay::{RelayLink, RelayRole, RelayedState};
 use crate::security::{self, Access, Denied};
 use crate::shard::Shard;
 use crate::stats::DURATION_BUCKETS;
@@ -156,6 +160,11 @@ async fn api(
             "the server is draining",
         ));
     }
+    if let Some(link) = shared.relay.get() {
+        if link.role == RelayRole::RelayOnly {
+            return relay_only(shard, link, req, segments, method).await;
+        }
+    }
     let services = shared.api.get();
     let no_services = || {
         error(
@@ -226,6 +235,148 @@ async fn api(
         },
         (["api", "monitoring", "publish"], &Method::POST) => publish(shard, req).await,
         _ => not_found_or_not_allowed(segments),
+    }
+}
+
+/// The API of a relay-only instance: reads answered from the state the origin relays,
+/// mutations and publishes forwarded to the origin (202: the outcome arrives as events).
+async fn relay_only(
+    shard: &Shard,
+    link: &RelayLink,
+    req: Request<Incoming>,
+    segments: &[&str],
+    method: &Method,
+) -> Response<Body> {
+    let probe = HubProbe::new(shard.shared.clone());
+    let relayed = |pick: fn(&RelayedState) -> Option<String>| {
+        let state = link.state.lock().unwrap_or_else(|e| e.into_inner());
+        pick(&state)
+    };
+    let no_state = || {
+        retry_later(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no state relayed from the source instance yet",
+        ))
+    };
+    let one = |list: Option<String>, key: &str, id: &str, what: &str| match list {
+        None => no_state(),
+        Some(list) => {
+            let items: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap_or_default();
+            match items.into_iter().find(|t| t[key] == id) {
+                Some(item) => json(StatusCode::OK, &item),
+                None => error(StatusCode::NOT_FOUND, what),
+            }
+        }
+    };
+    let forwardable = matches!(
+        (segments, method),
+        (["api", "topics"], &Method::POST)
+            | (["api", "topics", _], &Method::DELETE)
+            | (["api", "groups", _], &Method::PUT | &Method::DELETE)
+            | (["api", "monitoring", "publish"], &Method::POST)
+    );
+    match (segments, method) {
+        (["metrics"], &Method::GET) => prometheus(&probe),
+        (["api", "topics"], &Method::GET) => match relayed(|s| s.topics.clone()) {
+            Some(list) => raw_json(StatusCode::OK, list),
+            None => no_state(),
+        },
+        (["api", "groups"], &Method::GET) => match relayed(|s| s.groups.clone()) {
+            Some(list) => raw_json(StatusCode::OK, list),
+            None => no_state(),
+        },
+        (["api", "topics", name], &Method::GET) => {
+            one(relayed(|s| s.topics.clone()), "name", name, "no such topic")
+        }
+        (["api", "groups", id], &Method::GET) => one(
+            relayed(|s| s.groups.clone()),
+            "groupId",
+            id,
+            "no such group",
+        ),
+        _ if forwardable => {
+            let path = req.uri().path().to_owned();
+            let method = method.to_string();
+            let body = match read_body(shard, req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let command = serde_json::json!({
+                "method": method,
+                "path": path,
+                "body": String::from_utf8_lossy(&body),
+            });
+            link.forward(command.to_string());
+            json(
+                StatusCode::ACCEPTED,
+                &Status {
+                    status: "forwarded",
+                },
+            )
+        }
+        _ => not_found_or_not_allowed(segments),
+    }
+}
+
+/// Runs a mutation a relay-only instance forwarded (on the origin's relay thread). Failures
+/// are logged: the instance that took the request has answered 202 already.
+pub(crate) fn run_forwarded(shared: &Arc<HubShared>, msg: &[u8]) {
+    #[derive(Deserialize)]
+    struct Command {
+        method: String,
+        path: String,
+        body: String,
+    }
+    let outcome = (|| -> Result<(), String> {
+        let cmd: Command = serde_json::from_slice(msg).map_err(|e| e.to_string())?;
+        let segments: Vec<&str> = cmd.path.trim_matches('/').split('/').collect();
+        let services = shared.api.get().ok_or("no topic and group services")?;
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        match (segments.as_slice(), cmd.method.as_str()) {
+            (["api", "topics"], "POST") => {
+                let b: CreateTopic = serde_json::from_str(&cmd.body).map_err(|e| err(&e))?;
+                services
+                    .topics
+                    .create(&b.name, b.partitions)
+                    .map(drop)
+                    .map_err(|e| err(&e))
+            }
+            (["api", "topics", name], "DELETE") => {
+                services.topics.delete(name).map_err(|e| err(&e))
+            }
+            (["api", "groups", id], "PUT") => {
+                let b: UpdateGroup = serde_json::from_str(&cmd.body).map_err(|e| err(&e))?;
+                if id.is_empty() || id.len() > 255 || b.state.is_empty() || b.state.len() > 64 {
+                    return Err("group id or state out of range".into());
+                }
+                services.groups.update(id, &b.state, b.members);
+                Ok(())
+            }
+            (["api", "groups", id], "DELETE") => services
+                .groups
+                .remove(id)
+                .then_some(())
+                .ok_or_else(|| "no such group".into()),
+            (["api", "monitoring", "publish"], "POST") => {
+                let m: Publish<'_> = serde_json::from_str(&cmd.body).map_err(|e| err(&e))?;
+                let channel = match m.channel.as_deref().map(Channel::parse) {
+                    None => Channel::Events,
+                    Some(Ok(c)) => c,
+                    Some(Err(_)) => return Err("no such channel".into()),
+                };
+                if m.kind.is_empty() || m.kind.len() > 256 {
+                    return Err("type must be 1 to 256 bytes".into());
+                }
+                Broadcaster::new(shared.clone())
+                    .publish_raw(&channel, &m.kind, m.data.map(|d| d.get()))
+                    .map(drop)
+                    .map_err(|e| err(&e))
+            }
+            _ => Err(format!("cannot run {} {}", cmd.method, cmd.path)),
+        }
+    })();
+    if let Err(e) = outcome {
+        warn!(error = %e, "a forwarded request failed");
     }
 }
 
@@ -375,6 +526,17 @@ fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response
 #[derive(serde::Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
+}
+
+/// A JSON body that is already text (relayed state).
+fn raw_json(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
@@ -529,6 +691,45 @@ pub(crate) fn prometheus_text(probe: &HubProbe) -> String {
         "Number of open file descriptors.",
         std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as f64,
     );
+    if let Some(relay) = probe.shared().relay.get() {
+        let r = &relay.stats;
+        metric(
+            "takhin_relay_connected",
+            "gauge",
+            "1 while the Redis relay is connected.",
+            r.connected.load(Relaxed) as f64,
+        );
+        let relay_counters = [
+            (
+                "takhin_relay_published_total",
+                "Frames published to Redis.",
+                &r.published_total,
+            ),
+            (
+                "takhin_relay_received_total",
+                "Frames received from Redis and fanned out here.",
+                &r.received_total,
+            ),
+            (
+                "takhin_relay_dropped_total",
+                "Frames not published: queue overflow or Redis away.",
+                &r.dropped_total,
+            ),
+            (
+                "takhin_relay_errors_total",
+                "Redis connection failures and lost connections.",
+                &r.errors_total,
+            ),
+            (
+                "takhin_relay_commands_total",
+                "REST mutations forwarded (relay-only) or run for others (origin).",
+                &r.commands_total,
+            ),
+        ];
+        for (name, help, value) in relay_counters {
+            metric(name, "counter", help, value.load(Relaxed) as f64);
+        }
+    }
     let histograms = [
         (
             "takhin_broadcast_duration_seconds",

@@ -171,6 +171,18 @@ impl HubHandle {
         }
     }
 
+    /// Joins a Redis relay (see the `relay` module docs in the README's deployment section):
+    /// an [`RelayRole::Origin`] publishes every broadcast and fans out what other origins
+    /// publish; a [`RelayRole::RelayOnly`] instance only fans out. The relay runs on its own two
+    /// threads until the returned handle is dropped.
+    pub fn start_relay(
+        &self,
+        config: crate::relay::RelayConfig,
+        role: crate::relay::RelayRole,
+    ) -> std::io::Result<crate::relay::Relay> {
+        crate::relay::Relay::start(self.shared.clone(), config, role)
+    }
+
     /// Serves the REST API (`/api/topics`, `/api/groups`) from these services. Until this is
     /// called those routes answer 503. Returns false if services were already attached.
     pub fn serve_api(&self, topics: TopicManager, groups: GroupCoordinator) -> bool {
@@ -261,9 +273,26 @@ impl HubProbe {
         self.shared.links.len()
     }
 
-    /// The `topic:` and `group:` channels that have at least one subscriber on some core.
+    /// The `topic:` and `group:` channels that have at least one subscriber on some core. An
+    /// origin in a relay does not know the subscribers of the other instances: every topic and
+    /// group then counts.
     pub fn detail_channels(&self) -> Vec<Channel> {
         let mut all: Vec<Channel> = Vec::new();
+        let relaying = self
+            .shared
+            .relay
+            .get()
+            .is_some_and(|r| r.role == crate::relay::RelayRole::Origin);
+        if let (true, Some(api)) = (relaying, self.shared.api.get()) {
+            all.extend(api.topics.list().iter().map(|t| Channel::topic(&t.name)));
+            all.extend(
+                api.groups
+                    .list()
+                    .iter()
+                    .map(|g| Channel::group(&g.group_id)),
+            );
+            return all;
+        }
         for interest in self.shared.interest.iter() {
             let interest = interest.lock().unwrap_or_else(|e| e.into_inner());
             for c in interest.iter() {
@@ -277,6 +306,10 @@ impl HubProbe {
 
     pub(crate) fn new(shared: Arc<HubShared>) -> Self {
         Self { shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<HubShared> {
+        &self.shared
     }
 
     /// Messages broadcast so far (the last `seq`).

@@ -54,6 +54,7 @@ mod metrics;
 mod periodic;
 mod protocol;
 mod recorder;
+mod relay;
 mod security;
 mod shard;
 mod source;
@@ -73,6 +74,7 @@ pub use crate::metrics::{
 };
 pub use crate::protocol::{close_code, Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use crate::recorder::{Recorder, TopicMeter};
+pub use crate::relay::{Relay, RelayConfig, RelayRole, RelayStats};
 pub use crate::source::{MetricsSource, StandardSource};
 pub use crate::stats::HubStats;
 pub use crate::ticker::{Ticker, DEFAULT_METRICS_INTERVAL};

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use takhin_monitor::{
-    Cores, DemoBroker, GroupCoordinator, Hub, HubConfig, Recorder, StandardSource, Ticker,
-    TopicManager,
+    Cores, DemoBroker, GroupCoordinator, Hub, HubConfig, Recorder, RelayConfig, RelayRole,
+    StandardSource, Ticker, TopicManager,
 };
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -24,6 +24,8 @@ enum Source {
     Demo,
     /// Nothing built in: only what REST, the publish endpoint or an embedding broker send.
     None,
+    /// No source of its own: fans out what the origin instance publishes through --relay.
+    Relay,
 }
 
 /// Streams a broker's live metrics and events to WebSocket dashboards.
@@ -86,6 +88,10 @@ struct Opt {
     /// Directory whose disk usage is reported as `diskUsageBytes`.
     #[arg(long, env = "TAKHIN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Redis relay shared by several instances: redis://HOST:PORT[/prefix]. An instance with a
+    /// source publishes every broadcast there; with --source relay it only fans out.
+    #[arg(long, env = "TAKHIN_RELAY")]
+    relay: Option<RelayConfig>,
 }
 
 /// The same options, read from the --config file.
@@ -107,6 +113,7 @@ struct FileOpt {
     pong_wait: Option<f64>,
     shutdown_timeout: Option<f64>,
     data_dir: Option<PathBuf>,
+    relay: Option<String>,
 }
 
 impl Opt {
@@ -139,6 +146,11 @@ impl Opt {
             shutdown_timeout,
             data_dir
         );
+        if self.relay.is_none() {
+            if let Some(url) = f.relay {
+                self.relay = Some(url.parse().map_err(anyhow::Error::msg)?);
+            }
+        }
         Ok(self)
     }
 
@@ -233,21 +245,6 @@ fn run(opt: Opt) -> anyhow::Result<()> {
         addr = hub.local_addr(),
     );
 
-    // The services every source feeds, served over REST, and the ticker that streams them.
-    let broadcaster = hub.broadcaster();
-    let topics = TopicManager::new(Recorder::new(), Some(broadcaster.clone()));
-    let groups = GroupCoordinator::new(Some(broadcaster));
-    hub.serve_api(topics.clone(), groups.clone());
-    let demo = match source {
-        Source::Demo => Some(DemoBroker::start(topics.clone(), groups.clone())?),
-        Source::None => None,
-    };
-    let mut metrics = StandardSource::new(topics, groups, Some(hub.probe()));
-    if let Some(dir) = &opt.data_dir {
-        metrics = metrics.data_dir(dir);
-    }
-    let ticker = Ticker::start(&hub, metrics, interval).context("starting the ticker")?;
-
     let trigger = hub.shutdown_trigger();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
@@ -255,9 +252,45 @@ fn run(opt: Opt) -> anyhow::Result<()> {
             trigger.shutdown();
         }
     });
+
+    if source == Source::Relay {
+        // Only fans out: no ticker, no topics of its own; REST reads come from the origin.
+        let relay = opt.relay.clone().context("--source relay needs --relay")?;
+        let relay = hub
+            .start_relay(relay, RelayRole::RelayOnly)
+            .context("starting the relay")?;
+        hub.wait().context("shard failure")?;
+        relay.stop();
+        info!("stopped");
+        return Ok(());
+    }
+
+    // The services every source feeds, served over REST, and the ticker that streams them.
+    // The services every source feeds, served over REST, and the ticker that streams them.
+    let broadcaster = hub.broadcaster();
+    let topics = TopicManager::new(Recorder::new(), Some(broadcaster.clone()));
+    let groups = GroupCoordinator::new(Some(broadcaster));
+    hub.serve_api(topics.clone(), groups.clone());
+    let demo = match source {
+        Source::Demo => Some(DemoBroker::start(topics.clone(), groups.clone())?),
+        Source::None | Source::Relay => None,
+    };
+    let mut metrics = StandardSource::new(topics, groups, Some(hub.probe()));
+    if let Some(dir) = &opt.data_dir {
+        metrics = metrics.data_dir(dir);
+    }
+    let relay = match opt.relay.clone() {
+        Some(relay) => Some(
+            hub.start_relay(relay, RelayRole::Origin)
+                .context("starting the relay")?,
+        ),
+        None => None,
+    };
+    let ticker = Ticker::start(&hub, metrics, interval).context("starting the ticker")?;
     hub.wait().context("shard failure")?;
     drop(demo);
     ticker.stop();
+    drop(relay);
     info!("stopped");
     Ok(())
 }

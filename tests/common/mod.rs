@@ -91,6 +91,33 @@ impl Client {
         }
     }
 
+    /// The next text message if one comes within `wait` (for polling a stream that is
+    /// expected to resume; tungstenite keeps a partly read frame across the timeout).
+    pub fn recv_within(&mut self, wait: Duration) -> Option<Value> {
+        self.ws.get_ref().set_read_timeout(Some(wait)).unwrap();
+        let got = loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => break serde_json::from_str(t.as_str()).ok(),
+                Ok(Message::Close(c)) => panic!("closed by server: {c:?}"),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break None
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        };
+        self.ws
+            .get_ref()
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .unwrap();
+        got
+    }
+
     /// Skips messages until one of type `kind`.
     pub fn recv_type(&mut self, kind: &str) -> Value {
         let deadline = Instant::now() + READ_TIMEOUT;

@@ -1,0 +1,295 @@
+//! Scale-out through Redis: real `redis-server` processes on a free loopback port, real
+//! `takhin-monitor` processes (an origin and a relay-only instance), real WebSocket clients on
+//! each. Without `redis-server` these tests say `skipped` (with CI set they fail instead);
+//! `.ci/run` installs Debian's package.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A `redis-server` on 127.0.0.1, killed when dropped.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts one on a free port, or `None` (skipped) when the binary is missing.
+    fn start() -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is missing (apt-get install redis-server)"
+            );
+            eprintln!("skipped: no redis-server on PATH");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self { port, child: None };
+        redis.restart();
+        Some(redis)
+    }
+
+    fn url(&self, prefix: &str) -> String {
+        format!("redis://127.0.0.1:{}/{prefix}", self.port)
+    }
+
+    /// Starts it (again) on its port and waits until it answers.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        common::eventually("redis to accept connections", || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn origin(redis: &Redis, prefix: &str, interval: &str) -> common::ServerProcess {
+    common::spawn_server(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--source",
+            "none",
+            "--metrics-interval",
+            interval,
+            "--relay",
+            &redis.url(prefix),
+        ],
+        &[],
+    )
+}
+
+fn relay_only(redis: &Redis, prefix: &str) -> common::ServerProcess {
+    common::spawn_server(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--source",
+            "relay",
+            "--relay",
+            &redis.url(prefix),
+        ],
+        &[],
+    )
+}
+
+/// A client whose first message read is the server's first (the registration ping of
+/// `common::connect` would skip it).
+fn quiet(addr: SocketAddr) -> common::Client {
+    common::connect_quiet(addr, TcpStream::connect(addr).unwrap())
+}
+
+fn post(addr: SocketAddr, path: &str, body: &Value) -> common::HttpAnswer {
+    common::http(addr, "POST", path, &[], Some(&body.to_string()))
+}
+
+/// The relay's counter in `/metrics`.
+fn relay_metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = common::http(addr, "GET", "/metrics", &[], None).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the relay-only instance is subscribed (its gauge says so).
+fn wait_subscribed(addr: SocketAddr) {
+    common::eventually("the relay to connect", || {
+        relay_metric(addr, "takhin_relay_connected") == 1
+    });
+}
+
+#[test]
+fn two_instances_serve_one_stream_with_the_origins_identity() {
+    let Some(redis) = Redis::start() else { return };
+    // One snapshot at start, the next a minute later: what a late client gets is the last value.
+    let a = origin(&redis, "one", "60");
+    let mut on_a = quiet(a.addr);
+    let snapshot_a = on_a.recv_type("metrics");
+    let b = relay_only(&redis, "one");
+    wait_subscribed(b.addr);
+    wait_subscribed(a.addr);
+
+    // Last value first: a client of B gets A's snapshot at once, the same frame (seq, epoch).
+    let mut on_b = quiet(b.addr);
+    let first = on_b.recv();
+    assert_eq!(first["type"], "metrics", "the first frame on B: {first}");
+    assert_eq!(first["seq"], snapshot_a["seq"]);
+    assert_eq!(first["epoch"], snapshot_a["epoch"]);
+
+    // A topic created through A reaches the clients of both, with one identity.
+    let created = post(
+        a.addr,
+        "/api/topics",
+        &json!({"name": "orders", "partitions": 3}),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let ev_a = on_a.recv_type("topic_created");
+    let ev_b = on_b.recv_type("topic_created");
+    assert_eq!(ev_b["data"]["name"], "orders");
+    assert_eq!(
+        (&ev_a["seq"], &ev_a["epoch"]),
+        (&ev_b["seq"], &ev_b["epoch"])
+    );
+
+    // B answers reads from A's state.
+    common::eventually("B to list the topic", || {
+        let r = common::http(b.addr, "GET", "/api/topics", &[], None);
+        r.status == 200
+            && r.json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["name"] == "orders")
+    });
+    let one = common::http(b.addr, "GET", "/api/topics/orders", &[], None);
+    assert_eq!(
+        (one.status, one.json()["partitions"].clone()),
+        (200, json!(3))
+    );
+
+    // A mutation and a publish through B are forwarded to A and reach everyone.
+    let fwd = post(
+        b.addr,
+        "/api/topics",
+        &json!({"name": "payments", "partitions": 1}),
+    );
+    assert_eq!(fwd.status, 202, "{}", fwd.body);
+    assert_eq!(on_a.recv_type("topic_created")["data"]["name"], "payments");
+    assert_eq!(on_b.recv_type("topic_created")["data"]["name"], "payments");
+    let published = post(
+        b.addr,
+        "/api/monitoring/publish",
+        &json!({"type": "deploy", "data": {"v": 7}}),
+    );
+    assert_eq!(published.status, 202);
+    let on_both = [on_a.recv_type("deploy"), on_b.recv_type("deploy")];
+    assert_eq!(on_both[0]["data"]["v"], 7);
+    assert_eq!(on_both[0]["seq"], on_both[1]["seq"]);
+    assert_eq!(on_both[1]["epoch"], snapshot_a["epoch"], "A's epoch on B");
+
+    assert!(relay_metric(a.addr, "takhin_relay_published_total") >= 4);
+    assert!(relay_metric(b.addr, "takhin_relay_received_total") >= 3);
+}
+
+#[test]
+fn a_redis_restart_loses_no_instance_and_the_stream_resumes() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let a = origin(&redis, "two", "60");
+    let b = relay_only(&redis, "two");
+    wait_subscribed(a.addr);
+    wait_subscribed(b.addr);
+    let mut on_a = common::connect(a.addr);
+    let mut on_b = common::connect(b.addr);
+
+    redis.kill();
+    common::eventually("both instances to notice", || {
+        relay_metric(a.addr, "takhin_relay_connected") == 0
+            && relay_metric(b.addr, "takhin_relay_connected") == 0
+    });
+    // Meanwhile each instance serves its own clients as before.
+    on_b.send_json(&json!({"type": "ping", "timestamp": 1}));
+    assert_eq!(on_b.recv_type("pong")["timestamp"], 1);
+    let during = post(
+        a.addr,
+        "/api/monitoring/publish",
+        &json!({"type": "during"}),
+    );
+    assert_eq!(during.status, 202);
+    assert_eq!(on_a.recv_type("during")["type"], "during");
+
+    redis.restart();
+    wait_subscribed(a.addr);
+    wait_subscribed(b.addr);
+    assert!(relay_metric(a.addr, "takhin_relay_errors_total") >= 1);
+    assert!(relay_metric(b.addr, "takhin_relay_errors_total") >= 1);
+    // The publisher may still be backing off: publish until one arrives at B.
+    let mut n = 0;
+    let deadline = std::time::Instant::now() + common::READ_TIMEOUT;
+    loop {
+        n += 1;
+        let r = post(
+            a.addr,
+            "/api/monitoring/publish",
+            &json!({"type": "after", "data": n}),
+        );
+        assert_eq!(r.status, 202);
+        let got = on_b.recv_within(Duration::from_millis(500));
+        if got.is_some_and(|m| m["type"] == "after") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream never resumed"
+        );
+    }
+}
+
+#[test]
+fn killing_the_source_instance_leaves_the_others_serving() {
+    let Some(redis) = Redis::start() else { return };
+    let mut a = origin(&redis, "three", "60");
+    let b = relay_only(&redis, "three");
+    wait_subscribed(b.addr);
+    let mut on_b = quiet(b.addr);
+    assert_eq!(on_b.recv()["type"], "metrics", "the last value, relayed");
+
+    // SAFETY: signalling our own child process by its PID.
+    unsafe { libc::kill(a.child.id() as i32, libc::SIGKILL) };
+    a.child.wait().unwrap();
+
+    on_b.send_json(&json!({"type": "ping", "timestamp": 2}));
+    assert_eq!(on_b.recv_type("pong")["timestamp"], 2);
+    let health = common::http(b.addr, "GET", "/healthz", &[], None);
+    assert_eq!(health.status, 200);
+    // A new client still gets the last value.
+    let mut late = quiet(b.addr);
+    assert_eq!(late.recv()["type"], "metrics");
+    assert_eq!(relay_metric(b.addr, "takhin_relay_connected"), 1);
+}
