@@ -75,7 +75,7 @@ fn stress_soak_holds_memory_flat_and_gives_every_resource_back() {
     let rate = knob("SOAK_RATE", 20);
     let churn = knob("SOAK_CHURN", 100);
     // Aborts the test binary if the run hangs (loadgen stops by itself after its duration).
-    let limit = Duration::from_secs(secs + 120);
+    let limit = Duration::from_secs(secs + 180);
     std::thread::spawn(move || {
         std::thread::sleep(limit);
         eprintln!("watchdog: the soak ran over {limit:?}, aborting");
@@ -129,6 +129,10 @@ fn stress_soak_holds_memory_flat_and_gives_every_resource_back() {
             // Slow readers lose what their queue drops; the run checks it was all told.
             "--max-loss",
             "1",
+            // After the run, slow readers read their backlog (up to 1 MB each) at full speed;
+            // the drain ends as soon as every message is accounted for.
+            "--drain",
+            "60s",
         ],
     );
     let churner = spawn_loadgen(
