@@ -41,7 +41,11 @@ lg() {  # name args...
     local name=$1; shift
     echo "== $name: loadgen $*"
     taskset -c 1 "$LOADGEN" "$@" --json --quiet > "$OUT/$name.json" || true
-    tail -1 "$OUT/$name.json" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_us"]; print(f"   deliveries {r[\"deliveries\"]}, lost {r[\"lost\"]}, p50 {l[\"p50\"]} us, p99 {l[\"p99\"]} us, max {l[\"max\"]} us, server cpu {r.get(\"server_cpu_s\")}")'
+    tail -1 "$OUT/$name.json" | python3 -c '
+import json, sys
+r = json.load(sys.stdin); l = r["latency_us"]
+print("   deliveries %d, lost %d, p50 %d us, p99 %d us, max %d us, server cpu %s s" % (
+    r["deliveries"], r["lost"], l["p50"], l["p99"], l["max"], r.get("server_cpu_s")))'
 }
 common=(fanout --size 256 --rate "$RATE" --duration "${SECS}s")
 
