@@ -172,8 +172,8 @@ impl HubHandle {
     }
 
     /// Joins a Redis relay (see the `relay` module docs in the README's deployment section):
-    /// an [`RelayRole::Origin`] publishes every broadcast and fans out what other origins
-    /// publish; a [`RelayRole::RelayOnly`] instance only fans out. The relay runs on its own two
+    /// an [`crate::RelayRole::Origin`] publishes every broadcast and fans out what other origins
+    /// publish; a [`crate::RelayRole::RelayOnly`] instance only fans out. The relay runs on its own two
     /// threads until the returned handle is dropped.
     pub fn start_relay(
         &self,
