@@ -82,38 +82,29 @@ impl Drop for Redis {
     }
 }
 
+/// A `takhin-monitor` process on one core joined to the relay under `prefix`.
+fn instance(redis: &Redis, prefix: &str, source: &[&str]) -> common::ServerProcess {
+    let relay = redis.url(prefix);
+    let args = [
+        &["--listen", "127.0.0.1:0", "--cores", "1", "--relay", &relay][..],
+        source,
+    ]
+    .concat();
+    common::spawn_server(&args, &[])
+}
+
+/// The origin: no source of its own but REST and publish; one snapshot at start, the next
+/// `interval` seconds later.
 fn origin(redis: &Redis, prefix: &str, interval: &str) -> common::ServerProcess {
-    common::spawn_server(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--source",
-            "none",
-            "--metrics-interval",
-            interval,
-            "--relay",
-            &redis.url(prefix),
-        ],
-        &[],
+    instance(
+        redis,
+        prefix,
+        &["--source", "none", "--metrics-interval", interval],
     )
 }
 
 fn relay_only(redis: &Redis, prefix: &str) -> common::ServerProcess {
-    common::spawn_server(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--source",
-            "relay",
-            "--relay",
-            &redis.url(prefix),
-        ],
-        &[],
-    )
+    instance(redis, prefix, &["--source", "relay"])
 }
 
 /// A client whose first message read is the server's first (the registration ping of
