@@ -3,6 +3,7 @@
 #   direct   subscribers on the origin A, no relay at all             (the baseline)
 #   origin   subscribers on the origin A, relaying to Redis           (the cost of publishing)
 #   relayed  subscribers on the relay-only B, publishing to A         (the Redis hop)
+#   split    half the subscribers on A, half on B, at the same time   (two instances against one)
 # redis-server, A and B share CPU 0 (one shard each); loadgen runs on CPU 1. Every run is
 # bounded; every process is stopped by its PID.
 #
@@ -64,5 +65,21 @@ lg origin "${common[@]}" --subscribers "$SUBS" --server "127.0.0.1:$APORT" --ser
 lg relayed "${common[@]}" --subscribers "$SUBS" \
     --subscribe-url "ws://127.0.0.1:$BPORT/api/monitoring/ws" \
     --publish-url "http://127.0.0.1:$APORT/api/monitoring/publish" --server-pid "${pids[2]}"
+# split: two instances against one: the same stream, half the subscribers on the origin A and
+# half on the relay-only B, read at the same time (B's loadgen only listens).
+half=$((SUBS / 2))
+echo "== split: $half subscribers on A (publishing) + $half on B (listening), at once"
+taskset -c 1 "$LOADGEN" fanout --size 256 --rate "$RATE" --duration "$((SECS + 2))s" \
+    --listen-only --subscribers "$half" --server "127.0.0.1:$BPORT" --server-pid "${pids[2]}" \
+    --json --quiet > "$OUT/split-b.json" &
+listener=$!
+sleep 1   # B's subscribers connect first, so they see the whole stream
+lg split-a "${common[@]}" --subscribers "$half" --server "127.0.0.1:$APORT" --server-pid "${pids[1]}"
+wait "$listener" || true
+tail -1 "$OUT/split-b.json" | python3 -c '
+import json, sys
+r = json.load(sys.stdin); l = r["latency_us"]
+print("   B: deliveries %d, p50 %d us, p99 %d us, max %d us, server cpu %s s" % (
+    r["deliveries"], l["p50"], l["p99"], l["max"], r.get("server_cpu_s")))'
 stop_all
 echo "results in $OUT"

@@ -109,6 +109,10 @@ pub struct Opts {
     /// Ramp: the p99 delivery latency a step must stay under, e.g. 50ms.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub max_p99: Duration,
+    /// fanout: publish nothing; the subscribers count what another loadgen publishes (its
+    /// stamped messages) for --duration. For one stream read on several servers at once.
+    #[arg(long)]
+    pub listen_only: bool,
     /// Subscribers (of --subscribers) that read slowly, with a small receive buffer.
     #[arg(long, default_value_t = 0)]
     pub slow_subscribers: usize,

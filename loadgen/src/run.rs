@@ -241,6 +241,9 @@ impl<'a> Controller<'a> {
 
     fn fanout(&mut self) -> Result<Report> {
         let o = self.opts;
+        if o.listen_only {
+            return self.listen();
+        }
         let target = o.publish_target()?;
         publisher::check(&target, o.size)?;
         let mut report = self.report();
@@ -276,6 +279,27 @@ impl<'a> Controller<'a> {
         if !o.ramp {
             report.set_loss();
         }
+        Ok(report)
+    }
+
+    /// `fanout --listen-only`: subscribers only, counting another publisher's messages.
+    fn listen(&mut self) -> Result<Report> {
+        let o = self.opts;
+        let mut report = self.report();
+        let fleet = start_fleet(o, "fanout")?;
+        let connected = self.connect(&fleet);
+        report.connected = connected;
+        let server = ServerCpu::start(o.server_pid);
+        let t0 = sys::mono_ns();
+        let before = self.total.deliveries;
+        self.hold(&fleet, o.duration, "listening", |_| false);
+        let elapsed = (sys::mono_ns() - t0) as f64 / 1e9;
+        let after = self.total.deliveries;
+        server.finish(&mut report, elapsed, after - before);
+        self.end_progress();
+        let (w, child_cpu) = fleet.stop()?;
+        self.total.add(&w);
+        self.fill(&mut report, elapsed, child_cpu);
         Ok(report)
     }
 

@@ -23,6 +23,17 @@ fn watchdog() {
     });
 }
 
+/// Tests that read this process's descriptors and memory (the hub runs in it) run alone; the
+/// others share the process freely.
+fn serial(alone: bool) -> Box<dyn std::any::Any> {
+    static LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+    if alone {
+        Box::new(LOCK.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        Box::new(LOCK.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 fn hub(config: HubConfig) -> HubHandle {
     watchdog();
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len()).min(2);
@@ -70,6 +81,7 @@ fn n(v: &Value, key: &str) -> u64 {
 
 #[test]
 fn fanout_deliveries_agree_with_the_hubs_counters() {
+    let _serial = serial(false);
     let hub = hub(HubConfig::default());
     let (code, r, out) = loadgen(
         hub.local_addr(),
@@ -108,6 +120,7 @@ fn fanout_deliveries_agree_with_the_hubs_counters() {
 
 #[test]
 fn a_slow_subscriber_shows_as_lagged_on_both_sides() {
+    let _serial = serial(false);
     let hub = hub(HubConfig::default().client_queue(8));
     let (code, r, out) = loadgen(
         hub.local_addr(),
@@ -151,6 +164,7 @@ fn a_slow_subscriber_shows_as_lagged_on_both_sides() {
 
 #[test]
 fn churn_counts_handshakes_like_the_hub() {
+    let _serial = serial(false);
     let hub = hub(HubConfig::default());
     let (code, r, out) = loadgen(
         hub.local_addr(),
@@ -168,6 +182,7 @@ fn churn_counts_handshakes_like_the_hub() {
 
 #[test]
 fn idle_reports_memory_per_connection() {
+    let _serial = serial(true);
     let hub = hub(HubConfig::default());
     let pid = std::process::id().to_string();
     let (code, r, _) = loadgen(
@@ -198,6 +213,7 @@ fn idle_reports_memory_per_connection() {
 
 #[test]
 fn refused_connections_fail_the_run_with_their_cause() {
+    let _serial = serial(false);
     let hub = hub(HubConfig::default().viewer_token(Some("secret".into())));
     let (code, r, _) = loadgen(
         hub.local_addr(),
@@ -224,6 +240,7 @@ fn refused_connections_fail_the_run_with_their_cause() {
 
 #[test]
 fn child_processes_merge_into_one_report() {
+    let _serial = serial(false);
     let hub = hub(HubConfig::default());
     let (code, r, out) = loadgen(
         hub.local_addr(),
@@ -249,6 +266,7 @@ fn child_processes_merge_into_one_report() {
 
 #[test]
 fn merge_adds_up_reports_of_separate_processes() {
+    let _serial = serial(false);
     let hub = hub(HubConfig::default());
     let dir = std::env::temp_dir().join(format!("loadgen-merge-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -289,6 +307,7 @@ fn merge_adds_up_reports_of_separate_processes() {
 
 #[test]
 fn ramp_reports_each_step_and_the_highest_rate_held() {
+    let _serial = serial(false);
     let hub = hub(HubConfig::default());
     let (code, r, out) = loadgen(
         hub.local_addr(),
@@ -330,6 +349,7 @@ fn ramp_reports_each_step_and_the_highest_rate_held() {
 
 #[test]
 fn metrics_reads_the_servers_ticks() {
+    let _serial = serial(false);
     let hub = hub(HubConfig::default());
     let topics = takhin_monitor::TopicManager::new(takhin_monitor::Recorder::new(), None);
     let groups = takhin_monitor::GroupCoordinator::new(None);
@@ -367,6 +387,7 @@ fn metrics_reads_the_servers_ticks() {
 
 #[test]
 fn a_subscriber_the_hub_drops_is_reported_as_lost() {
+    let _serial = serial(false);
     // A subscriber that reads next to nothing makes no progress; the hub drops it after the
     // write wait, and loadgen must say so rather than count it as a clean end.
     let hub = hub(HubConfig::default()
@@ -401,4 +422,70 @@ fn a_subscriber_the_hub_drops_is_reported_as_lost() {
         .sum();
     assert_eq!(errors, 1, "{r}");
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn listen_only_counts_another_loadgens_stream() {
+    let _serial = serial(false);
+    let hub = hub(HubConfig::default());
+    let addr = hub.local_addr().to_string();
+    let listener = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "fanout",
+            "--listen-only",
+            "--subscribers",
+            "4",
+            "--duration",
+            "4s",
+        ])
+        .args(["--server", &addr, "--json", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("loadgen starts");
+    let publisher = std::thread::spawn({
+        let addr = hub.local_addr();
+        move || {
+            // Once the listener's 4 subscribers are in (plus none of its own yet).
+            eventually_connections(&addr, 4);
+            loadgen(
+                addr,
+                &[
+                    "fanout",
+                    "--subscribers",
+                    "2",
+                    "--rate",
+                    "100",
+                    "--duration",
+                    "1s",
+                ],
+            )
+        }
+    });
+    let out = listener.wait_with_output().expect("loadgen runs");
+    let (code, published, _) = publisher.join().unwrap();
+    assert_eq!(code, 0);
+    let r: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    assert_eq!(n(&r, "connected"), 4);
+    // Every message the other loadgen published (its probe included) reached the 4 listeners.
+    assert_eq!(
+        n(&r, "deliveries"),
+        (n(&published, "published") + 1) * 4,
+        "{r}"
+    );
+}
+
+/// Waits until the hub at `addr` reports `n` WebSocket clients in /metrics.
+fn eventually_connections(addr: &SocketAddr, n: u64) {
+    eventually("the listeners to connect", || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.lines()
+            .any(|l| l.strip_prefix("takhin_connections ") == Some(&n.to_string()))
+    });
 }
