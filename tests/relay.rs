@@ -183,6 +183,21 @@ fn two_instances_serve_one_stream_with_the_origins_identity() {
         (200, json!(3))
     );
 
+    let group = json!({"state": "Stable", "members": 2}).to_string();
+    let put = common::http(a.addr, "PUT", "/api/groups/billing", &[], Some(&group));
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(
+        on_b.recv_type("group_updated")["data"]["groupId"],
+        "billing"
+    );
+    common::eventually("B's groups to agree with A's", || {
+        let on_a = common::http(a.addr, "GET", "/api/groups", &[], None).json();
+        let r = common::http(b.addr, "GET", "/api/groups", &[], None);
+        r.status == 200 && r.json() == on_a
+    });
+    let g = common::http(b.addr, "GET", "/api/groups/billing", &[], None);
+    assert_eq!((g.status, g.json()["members"].clone()), (200, json!(2)));
+
     // A mutation and a publish through B are forwarded to A and reach everyone.
     let fwd = post(
         b.addr,
