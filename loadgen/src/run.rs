@@ -241,15 +241,18 @@ impl<'a> Controller<'a> {
 
     fn fanout(&mut self) -> Result<Report> {
         let o = self.opts;
-        if o.listen_only {
-            return self.listen();
-        }
-        let target = o.publish_target()?;
-        publisher::check(&target, o.size)?;
         let mut report = self.report();
-        report.publish_url = Some(target.url.clone());
-        let mut publisher = Publisher::new(target, o.size, o.publishers);
-        publisher.probe()?;
+        // --listen-only: no publisher; the subscribers count another loadgen's messages.
+        let mut publisher = if o.listen_only {
+            None
+        } else {
+            let target = o.publish_target()?;
+            publisher::check(&target, o.size)?;
+            report.publish_url = Some(target.url.clone());
+            let mut publisher = Publisher::new(target, o.size, o.publishers);
+            publisher.probe()?;
+            Some(publisher)
+        };
         let mut fleet = start_fleet(o, "fanout")?;
         let connected = self.connect(&fleet);
         report.connected = connected;
@@ -261,13 +264,17 @@ impl<'a> Controller<'a> {
         let server = ServerCpu::start(o.server_pid);
         let t0 = sys::mono_ns();
         let before = self.total.deliveries;
-        if o.ramp {
-            self.ramp(&mut fleet, &mut publisher, connected, &mut report);
-        } else {
-            let published = self.publish(&fleet, &mut publisher, o.rate, o.duration);
-            report.published = published.sent;
-            report.publish_errors = published.error_count();
-            self.drain(&mut fleet, before + published.sent * connected as u64);
+        match publisher.as_mut() {
+            None => self.hold(&fleet, o.duration, "listening", |_| false),
+            Some(publisher) if o.ramp => {
+                self.ramp(&mut fleet, publisher, connected, &mut report);
+            }
+            Some(publisher) => {
+                let published = self.publish(&fleet, publisher, o.rate, o.duration);
+                report.published = published.sent;
+                report.publish_errors = published.error_count();
+                self.drain(&mut fleet, before + published.sent * connected as u64);
+            }
         }
         let elapsed = (sys::mono_ns() - t0) as f64 / 1e9;
         let after = self.total.deliveries;
@@ -276,30 +283,9 @@ impl<'a> Controller<'a> {
         let (w, child_cpu) = fleet.stop()?;
         self.total.add(&w);
         self.fill(&mut report, elapsed, child_cpu);
-        if !o.ramp {
+        if !o.ramp && publisher.is_some() {
             report.set_loss();
         }
-        Ok(report)
-    }
-
-    /// `fanout --listen-only`: subscribers only, counting another publisher's messages.
-    fn listen(&mut self) -> Result<Report> {
-        let o = self.opts;
-        let mut report = self.report();
-        let fleet = start_fleet(o, "fanout")?;
-        let connected = self.connect(&fleet);
-        report.connected = connected;
-        let server = ServerCpu::start(o.server_pid);
-        let t0 = sys::mono_ns();
-        let before = self.total.deliveries;
-        self.hold(&fleet, o.duration, "listening", |_| false);
-        let elapsed = (sys::mono_ns() - t0) as f64 / 1e9;
-        let after = self.total.deliveries;
-        server.finish(&mut report, elapsed, after - before);
-        self.end_progress();
-        let (w, child_cpu) = fleet.stop()?;
-        self.total.add(&w);
-        self.fill(&mut report, elapsed, child_cpu);
         Ok(report)
     }
 
