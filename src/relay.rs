@@ -26,7 +26,7 @@ use std::net::TcpStream;
 use std::str::FromStr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -134,7 +134,8 @@ pub(crate) struct RelayLink {
     pub(crate) config: RelayConfig,
     pub(crate) role: RelayRole,
     out: ArrayQueue<Outgoing>,
-    publisher: Mutex<Option<std::thread::Thread>>,
+    /// The publisher thread, to unpark: set once at start, read without a lock.
+    publisher: OnceLock<std::thread::Thread>,
     pub(crate) stats: RelayStats,
     pub(crate) state: Mutex<RelayedState>,
     stop: AtomicBool,
@@ -167,12 +168,7 @@ impl RelayLink {
         if self.out.force_push(item).is_some() {
             self.stats.dropped_total.fetch_add(1, Relaxed);
         }
-        if let Some(t) = self
-            .publisher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(t) = self.publisher.get() {
             t.unpark();
         }
     }
@@ -195,7 +191,7 @@ impl Relay {
             config,
             role,
             out: ArrayQueue::new(OUT_QUEUE),
-            publisher: Mutex::new(None),
+            publisher: OnceLock::new(),
             stats: RelayStats::default(),
             state: Mutex::new(RelayedState::default()),
             stop: AtomicBool::new(false),
@@ -209,8 +205,7 @@ impl Relay {
                 .name("relay-pub".into())
                 .spawn(move || publisher_loop(&shared, &link))?
         };
-        *link.publisher.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(publisher.thread().clone());
+        let _ = link.publisher.set(publisher.thread().clone());
         let subscriber = {
             let link = link.clone();
             std::thread::Builder::new()
@@ -236,13 +231,7 @@ impl Relay {
 
     fn halt(&mut self) {
         self.link.stop.store(true, Relaxed);
-        if let Some(t) = self
-            .link
-            .publisher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(t) = self.link.publisher.get() {
             t.unpark();
         }
         for t in self.threads.drain(..) {
