@@ -42,6 +42,8 @@ const OUT_QUEUE: usize = 16 * 1024;
 const STATE_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Silence on the subscription after which Redis is pinged (and twice that: reconnect).
+const KEEPALIVE: Duration = Duration::from_secs(3);
 /// How long a blocked read waits before the thread looks at its stop flag.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -673,13 +675,31 @@ fn subscriber_loop(shared: &Arc<HubShared>, link: &RelayLink) {
             link.stats.connected.store(1, Relaxed);
             info!(relay = %link.config, "relay: subscribed");
             backoff = BACKOFF_FIRST;
+            // A quiet channel and a Redis that stopped answering look alike: after KEEPALIVE
+            // of silence, PING; no answer within another KEEPALIVE means reconnect.
+            let mut heard = Instant::now();
+            let mut pinged = false;
             loop {
                 if link.stop.load(Relaxed) {
                     return Ok(());
                 }
                 let Some(reply) = sub.reply()? else {
+                    if heard.elapsed() >= 2 * KEEPALIVE && pinged {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "Redis stopped answering",
+                        ));
+                    }
+                    if heard.elapsed() >= KEEPALIVE && !pinged {
+                        let mut ping = Vec::new();
+                        Conn::command(&mut ping, &[b"PING"]);
+                        sub.send(&ping)?;
+                        pinged = true;
+                    }
                     continue;
                 };
+                heard = Instant::now();
+                pinged = false;
                 let Reply::Array(Some(parts)) = reply else {
                     continue;
                 };

@@ -68,6 +68,20 @@ impl Redis {
         });
     }
 
+    /// Sends one command and returns the first line of its reply.
+    fn command(&self, args: &[&str]) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut cmd = format!("*{}\r\n", args.len());
+        for a in args {
+            cmd += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        s.write_all(cmd.as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -117,20 +131,22 @@ fn post(addr: SocketAddr, path: &str, body: &Value) -> common::HttpAnswer {
     common::http(addr, "POST", path, &[], Some(&body.to_string()))
 }
 
-/// The relay's counter in `/metrics`.
-fn relay_metric(addr: SocketAddr, name: &str) -> u64 {
+/// The relay's counter in `/metrics` (`None` until the relay has started).
+fn relay_metric_now(addr: SocketAddr, name: &str) -> Option<u64> {
     let text = common::http(addr, "GET", "/metrics", &[], None).body;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .parse()
-        .unwrap()
+        .map(|v| v.parse().unwrap())
 }
 
-/// Waits until the relay-only instance is subscribed (its gauge says so).
+fn relay_metric(addr: SocketAddr, name: &str) -> u64 {
+    relay_metric_now(addr, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// Waits until the instance's relay is connected (its gauge says so).
 fn wait_subscribed(addr: SocketAddr) {
     common::eventually("the relay to connect", || {
-        relay_metric(addr, "takhin_relay_connected") == 1
+        relay_metric_now(addr, "takhin_relay_connected") == Some(1)
     });
 }
 
@@ -298,4 +314,34 @@ fn killing_the_source_instance_leaves_the_others_serving() {
     let mut late = quiet(b.addr);
     assert_eq!(late.recv()["type"], "metrics");
     assert_eq!(relay_metric(b.addr, "takhin_relay_connected"), 1);
+}
+
+#[test]
+fn a_redis_that_stops_answering_is_noticed_and_left() {
+    let Some(redis) = Redis::start() else { return };
+    let a = origin(&redis, "four", "60");
+    let b = relay_only(&redis, "four");
+    wait_subscribed(b.addr);
+    // The connections stay open, but Redis answers nothing for 20 s: only a ping shows it.
+    assert_eq!(
+        redis.command(&["CLIENT", "PAUSE", "20000", "ALL"]).trim(),
+        "+OK"
+    );
+    // Silent for 3 s, pinged, silent 3 s more: about 6 s, within the wait.
+    common::eventually(
+        "the relay-only instance to give up on the silent Redis",
+        || relay_metric(b.addr, "takhin_relay_errors_total") >= 1,
+    );
+    assert_eq!(relay_metric(b.addr, "takhin_relay_connected"), 0);
+    // Once the pause is over, it reconnects (CLIENT UNPAUSE would itself wait for the pause).
+    // Attempts made while Redis is paused wait out their own 5 s reply deadline first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while relay_metric(b.addr, "takhin_relay_connected") != 1 {
+        assert!(std::time::Instant::now() < deadline, "never reconnected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut on_b = quiet(b.addr);
+    let r = post(a.addr, "/api/monitoring/publish", &json!({"type": "back"}));
+    assert_eq!(r.status, 202);
+    assert_eq!(on_b.recv_type("back")["type"], "back");
 }
