@@ -141,6 +141,8 @@ pub(crate) struct RelayLink {
     pub(crate) stats: RelayStats,
     pub(crate) state: Mutex<RelayedState>,
     stop: AtomicBool,
+    /// Whether the publisher (0) and the subscriber (1) are connected.
+    up: [AtomicBool; 2],
 }
 
 impl fmt::Debug for RelayLink {
@@ -164,6 +166,14 @@ impl RelayLink {
     /// Queues a mutation for the origin (relay-only instances).
     pub(crate) fn forward(&self, command: String) {
         self.push(Outgoing::Command(command));
+    }
+
+    /// Records whether a thread (0 publisher, 1 subscriber) is connected; the gauge is 1
+    /// while both are.
+    fn set_up(&self, thread: usize, up: bool) {
+        self.up[thread].store(up, Relaxed);
+        let both = self.up.iter().all(|u| u.load(Relaxed));
+        self.stats.connected.store(u64::from(both), Relaxed);
     }
 
     fn push(&self, item: Outgoing) {
@@ -197,6 +207,7 @@ impl Relay {
             stats: RelayStats::default(),
             state: Mutex::new(RelayedState::default()),
             stop: AtomicBool::new(false),
+            up: [AtomicBool::new(false), AtomicBool::new(false)],
         });
         if shared.relay.set(link.clone()).is_err() {
             return Err(std::io::Error::other("a relay is already running"));
@@ -474,13 +485,16 @@ fn pause(link: &RelayLink, d: Duration) -> bool {
 
 /// Logs a failure at most once per 5 s per thread, counting the rest.
 struct Complaints {
+    /// 0: the publisher thread, 1: the subscriber thread.
+    thread: usize,
     last: Option<Instant>,
     held: u64,
 }
 
 impl Complaints {
-    fn new() -> Self {
+    fn new(thread: usize) -> Self {
         Self {
+            thread,
             last: None,
             held: 0,
         }
@@ -488,7 +502,7 @@ impl Complaints {
 
     fn complain(&mut self, link: &RelayLink, what: &str, e: &dyn fmt::Display) {
         link.stats.errors_total.fetch_add(1, Relaxed);
-        link.stats.connected.store(0, Relaxed);
+        link.set_up(self.thread, false);
         let now = Instant::now();
         if self
             .last
@@ -508,7 +522,7 @@ fn publisher_loop(shared: &HubShared, link: &RelayLink) {
     let last = format!("{}:last", link.config.prefix);
     let state = format!("{}:state", link.config.prefix);
     let commands = format!("{}:commands", link.config.prefix);
-    let mut complaints = Complaints::new();
+    let mut complaints = Complaints::new(0);
     let mut backoff = BACKOFF_FIRST;
     while !link.stop.load(Relaxed) {
         let mut conn = match Conn::open(&link.config.addr) {
@@ -522,6 +536,7 @@ fn publisher_loop(shared: &HubShared, link: &RelayLink) {
                 continue;
             }
         };
+        link.set_up(0, true);
         backoff = BACKOFF_FIRST;
         let mut last_state: Option<Instant> = None;
         let mut pipe = Pipeline::default();
@@ -632,7 +647,7 @@ fn subscriber_loop(shared: &Arc<HubShared>, link: &RelayLink) {
     let state = format!("{prefix}:state");
     let commands = format!("{prefix}:commands");
     let last = format!("{prefix}:last");
-    let mut complaints = Complaints::new();
+    let mut complaints = Complaints::new(1);
     let mut backoff = BACKOFF_FIRST;
     while !link.stop.load(Relaxed) {
         let result = (|| -> std::io::Result<()> {
@@ -672,7 +687,7 @@ fn subscriber_loop(shared: &Arc<HubShared>, link: &RelayLink) {
             if let (RelayRole::RelayOnly, Reply::Bulk(Some(doc))) = (link.role, doc) {
                 set_state(link, &doc);
             }
-            link.stats.connected.store(1, Relaxed);
+            link.set_up(1, true);
             info!(relay = %link.config, "relay: subscribed");
             backoff = BACKOFF_FIRST;
             // A quiet channel and a Redis that stopped answering look alike: after KEEPALIVE
