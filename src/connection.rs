@@ -808,8 +808,7 @@ async fn flush(shard: &Shard, conn: &Conn) -> bool {
         if conn.dead.get() {
             return false;
         }
-        conn.written.set(conn.written.get().wrapping_add(n as u32));
-        let progress = advance(shard, &mut conn.link.out.borrow_mut(), n);
+        let progress = advance(shard, conn, &mut conn.link.out.borrow_mut(), n);
         if progress.frames > 0 {
             conn.stalled_since.set(None);
         }
@@ -837,8 +836,7 @@ pub(crate) fn write_now(shard: &Shard, conn: &Conn) {
     match send_once(shard, conn, &mut out) {
         None => {}
         Some(Ok(n)) => {
-            conn.written.set(conn.written.get().wrapping_add(n as u32));
-            advance(shard, &mut out, n);
+            advance(shard, conn, &mut out, n);
             if out.has_work() {
                 drop(out);
                 conn.link.wake_writer();
@@ -864,8 +862,9 @@ fn send_once(shard: &Shard, conn: &Conn, out: &mut OutQueue) -> Option<io::Resul
         .then(|| send_queued(conn.fd, out, &mut shard.iov.borrow_mut()))
 }
 
-/// Marks `n` bytes written and counts them.
-fn advance(shard: &Shard, out: &mut OutQueue, n: usize) -> Progress {
+/// Marks `n` bytes written to `conn` and counts them.
+fn advance(shard: &Shard, conn: &Conn, out: &mut OutQueue, n: usize) -> Progress {
+    conn.written.set(conn.written.get().wrapping_add(n as u32));
     let stats = shard.stats();
     let progress = out.advance(n);
     stats.bytes_sent_total.fetch_add(n as u64, Relaxed);

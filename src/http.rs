@@ -222,7 +222,7 @@ async fn api(
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
-            if id.is_empty() || id.len() > 255 || body.state.is_empty() || body.state.len() > 64 {
+            if !group_update_ok(id, &body) {
                 return error(StatusCode::BAD_REQUEST, "group id or state out of range");
             }
             s.groups.update(id, &body.state, body.members);
@@ -346,7 +346,7 @@ pub(crate) fn run_forwarded(shared: &Arc<HubShared>, msg: &[u8]) {
             }
             (["api", "groups", id], "PUT") => {
                 let b: UpdateGroup = serde_json::from_str(&cmd.body).map_err(|e| err(&e))?;
-                if id.is_empty() || id.len() > 255 || b.state.is_empty() || b.state.len() > 64 {
+                if !group_update_ok(id, &b) {
                     return Err("group id or state out of range".into());
                 }
                 services.groups.update(id, &b.state, b.members);
@@ -358,19 +358,7 @@ pub(crate) fn run_forwarded(shared: &Arc<HubShared>, msg: &[u8]) {
                 .then_some(())
                 .ok_or_else(|| "no such group".into()),
             (["api", "monitoring", "publish"], "POST") => {
-                let m: Publish<'_> = serde_json::from_str(&cmd.body).map_err(|e| err(&e))?;
-                let channel = match m.channel.as_deref().map(Channel::parse) {
-                    None => Channel::Events,
-                    Some(Ok(c)) => c,
-                    Some(Err(_)) => return Err("no such channel".into()),
-                };
-                if m.kind.is_empty() || m.kind.len() > 256 {
-                    return Err("type must be 1 to 256 bytes".into());
-                }
-                Broadcaster::new(shared.clone())
-                    .publish_raw(&channel, &m.kind, m.data.map(|d| d.get()))
-                    .map(drop)
-                    .map_err(|e| err(&e))
+                publish_message(shared, cmd.body.as_bytes()).map(drop)
             }
             _ => Err(format!("cannot run {} {}", cmd.method, cmd.path)),
         }
@@ -434,23 +422,33 @@ async fn publish(shard: &Shard, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let msg: Publish<'_> = match serde_json::from_slice(&bytes) {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid message: {e}")),
-    };
+    match publish_message(&shard.shared, &bytes) {
+        Ok(seq) => json(StatusCode::ACCEPTED, &Published { seq }),
+        Err(e) => error(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+/// Checks and broadcasts a publish request's body `{"type", "data"?, "channel"?}`; the data
+/// is passed through, not re-encoded. Used by the endpoint and by forwarded publishes.
+fn publish_message(shared: &Arc<HubShared>, body: &[u8]) -> Result<u64, String> {
+    let msg: Publish<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("invalid message: {e}"))?;
     let channel = match msg.channel.as_deref().map(Channel::parse) {
         None => Channel::Events,
         Some(Ok(c)) => c,
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "no such channel"),
+        Some(Err(_)) => return Err("no such channel".into()),
     };
     if msg.kind.is_empty() || msg.kind.len() > 256 {
-        return error(StatusCode::BAD_REQUEST, "type must be 1 to 256 bytes");
+        return Err("type must be 1 to 256 bytes".into());
     }
-    let broadcaster = Broadcaster::new(shard.shared.clone());
-    match broadcaster.publish_raw(&channel, &msg.kind, msg.data.map(|d| d.get())) {
-        Ok(seq) => json(StatusCode::ACCEPTED, &Published { seq }),
-        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
-    }
+    Broadcaster::new(shared.clone())
+        .publish_raw(&channel, &msg.kind, msg.data.map(|d| d.get()))
+        .map_err(|e| e.to_string())
+}
+
+/// Whether a group update is within the limits (id 1-255 bytes, state 1-64).
+fn group_update_ok(id: &str, update: &UpdateGroup) -> bool {
+    (1..=255).contains(&id.len()) && (1..=64).contains(&update.state.len())
 }
 
 /// Reads a JSON body of type `T`, within the size cap.
