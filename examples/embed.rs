@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use takhin_monitor::{
-    Channel, Cores, GroupCoordinator, Hub, HubConfig, Recorder, StandardSource, Ticker,
-    TopicManager, DEFAULT_METRICS_INTERVAL,
+    Channel, Cores, GroupCoordinator, Hub, HubConfig, Recorder, StandardSource, TopicManager,
+    DEFAULT_METRICS_INTERVAL,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // plus topic_detail / group_detail frames for subscribed topic: / group: channels.
     let source = StandardSource::new(topics.clone(), groups.clone(), Some(hub.probe()))
         .data_dir("/var/lib/broker");
-    let ticker = Ticker::start(&hub, source, DEFAULT_METRICS_INTERVAL)?;
+    let ticker = hub.start_ticker(source, DEFAULT_METRICS_INTERVAL)?;
 
     // Anything else, on any channel.
     broadcaster.publish(&Channel::Events, "broker_restarted", &"node-1")?;

@@ -44,6 +44,18 @@ pub enum BroadcastError {
     EmptyType,
 }
 
+/// A relay address that is not `redis://HOST:PORT[/prefix]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayUrlError {
+    /// Not of the form `redis://HOST:PORT[/prefix]`; write it so.
+    #[error("expected redis://HOST:PORT[/prefix]")]
+    Form,
+    /// The prefix holds a space or a control character; choose another.
+    #[error("the prefix must not contain spaces")]
+    Prefix,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use tungstenite::protocol::{Role, WebSocketContext};
 
 use crate::config::HubConfig;
-use crate::handshake::{self, Head};
+use crate::connection::handshake::{self, Head};
 use crate::protocol::{self, Number};
 
 /// A client message as the hub parses it (a public mirror of the crate's own type).

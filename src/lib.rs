@@ -40,47 +40,32 @@
 //! hub.shutdown().expect("clean shutdown");
 //! ```
 
-mod broadcast;
+mod broker;
 mod config;
 mod connection;
-mod demo;
 mod error;
-mod fanout;
-mod groups;
-mod handshake;
 mod http;
 mod hub;
-mod metrics;
-mod periodic;
 mod protocol;
-mod recorder;
-mod relay;
 mod security;
-mod shard;
-mod source;
-mod stats;
-mod ticker;
-mod topics;
+pub mod server;
+mod sources;
 
-pub use crate::broadcast::{Broadcaster, Frame};
+pub use crate::broker::{
+    valid_topic_name, ClusterHealth, ConsumerLag, GroupCoordinator, GroupDetail, GroupInfo,
+    Latency, MetricsSource, MonitoringMetrics, PartitionLag, PartitionOffset, Recorder,
+    StandardSource, Throughput, Ticker, TopicDetail, TopicError, TopicInfo, TopicLag, TopicManager,
+    TopicMeter, TopicStats, DEAD_STATE, DEFAULT_METRICS_INTERVAL, INITIAL_STATE, MAX_PARTITIONS,
+    MAX_TOPIC_NAME,
+};
 pub use crate::config::{Cores, HubConfig};
-pub use crate::demo::{DemoBroker, DemoConfig};
-pub use crate::error::{BroadcastError, ConfigError, Error};
-pub use crate::groups::{GroupCoordinator, GroupInfo, DEAD_STATE, INITIAL_STATE};
-pub use crate::hub::{Hub, HubHandle, HubProbe, ShutdownTrigger};
-pub use crate::metrics::{
-    ClusterHealth, ConsumerLag, GroupDetail, Latency, MonitoringMetrics, PartitionLag,
-    PartitionOffset, Throughput, TopicDetail, TopicLag, TopicStats,
+pub use crate::error::{BroadcastError, ConfigError, Error, RelayUrlError};
+pub use crate::hub::{
+    Broadcaster, DetailChannels, Frame, FrameTap, HubProbe, HubStats, ShutdownTrigger,
 };
 pub use crate::protocol::{close_code, Channel, ChannelError, MAX_CHANNEL_LEN};
-pub use crate::recorder::{Recorder, TopicMeter};
-pub use crate::relay::{Relay, RelayConfig, RelayRole, RelayStats};
-pub use crate::source::{MetricsSource, StandardSource};
-pub use crate::stats::HubStats;
-pub use crate::ticker::{Ticker, DEFAULT_METRICS_INTERVAL};
-pub use crate::topics::{
-    valid_topic_name, TopicError, TopicInfo, TopicManager, MAX_PARTITIONS, MAX_TOPIC_NAME,
-};
+pub use crate::server::{Hub, HubHandle};
+pub use crate::sources::{DemoBroker, DemoConfig, Relay, RelayConfig, RelayRole, RelayStats};
 pub use tungstenite::protocol::WebSocketConfig;
 
 /// Defaults of [`HubConfig`], as named constants.
@@ -103,8 +88,9 @@ pub mod fuzz_support;
 /// Internals exposed for the criterion benches only; not a stable API.
 #[doc(hidden)]
 pub mod bench_support {
-    pub use crate::broadcast::HubShared;
-    pub use crate::fanout::{ClientLink, Delivery, Fanout, OutQueue, Subscribed};
+    pub use crate::hub::fanout::{ClientLink, Delivery, Fanout, Subscribed};
+    pub use crate::hub::queue::OutQueue;
+    pub use crate::hub::HubShared;
 
     /// A broadcaster over bare rings, with no executors behind them.
     pub fn rings(

@@ -25,7 +25,7 @@ fn rig() -> Rig {
     let topics = TopicManager::new(Recorder::new(), Some(b.clone()));
     let groups = GroupCoordinator::new(Some(b));
     let source = StandardSource::new(topics.clone(), groups.clone(), Some(hub.probe()));
-    let ticker = Ticker::start(&hub, source, INTERVAL).unwrap();
+    let ticker = hub.start_ticker(source, INTERVAL).unwrap();
     Rig {
         hub,
         topics,

@@ -355,7 +355,7 @@ fn metrics_reads_the_servers_ticks() {
     let groups = takhin_monitor::GroupCoordinator::new(None);
     let source = takhin_monitor::StandardSource::new(topics, groups, Some(hub.probe()));
     let interval = Duration::from_millis(200);
-    let ticker = takhin_monitor::Ticker::start(&hub, source, interval).unwrap();
+    let ticker = hub.start_ticker(source, interval).unwrap();
     let (code, r, out) = loadgen(
         hub.local_addr(),
         &[

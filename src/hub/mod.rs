@@ -1,5 +1,20 @@
-//! Starting and stopping the hub: one pinned glommio executor per core, each with its own
-//! SO_REUSEPORT listener, its ring and its shard.
+//! The hub core: one pinned glommio executor per core, each with its own SO_REUSEPORT
+//! listener, its ring and its shard; the broadcaster that feeds the rings; each shard's
+//! fan-out index and its clients' queues; the counters.
+//!
+//! It knows nothing of HTTP, REST, Redis or sources: the connection code plugs in as the
+//! shards' [`shard::Client`], and whatever else wants every broadcast as a [`FrameTap`].
+
+pub(crate) mod broadcast;
+pub(crate) mod counters;
+pub(crate) mod fanout;
+pub(crate) mod queue;
+pub(crate) mod shard;
+pub(crate) mod shared;
+
+pub use self::broadcast::{Broadcaster, Frame};
+pub use self::counters::HubStats;
+pub use self::shared::{FrameTap, HubShared};
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
@@ -13,32 +28,38 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
-use crate::broadcast::{Broadcaster, HubShared};
 use crate::config::HubConfig;
 use crate::error::Error;
-use crate::groups::GroupCoordinator;
-use crate::http::Services;
+use crate::hub::shard::{Client, Shard};
 use crate::protocol::Channel;
-use crate::shard::{self, Shard};
-use crate::stats::HubStats;
-use crate::topics::TopicManager;
 
-/// The thread-per-core WebSocket hub.
+/// The running shards: one pinned executor per core. Dropping it shuts them down.
 #[derive(Debug)]
-pub struct Hub;
+pub(crate) struct Engine {
+    shared: Arc<HubShared>,
+    local_addr: SocketAddr,
+    cores: Vec<usize>,
+    threads: Vec<ExecutorJoinHandle<()>>,
+}
 
-impl Hub {
-    /// Binds the listeners, starts one pinned executor per configured core and returns once
-    /// every shard serves. Errors (bad configuration, address in use, an executor that cannot
-    /// start) are returned here, before anything runs.
-    pub fn start(config: HubConfig) -> Result<HubHandle, Error> {
+impl Engine {
+    /// Binds the listeners, starts one pinned executor per configured core, each serving its
+    /// connections as `C`, and returns once every shard serves. Errors (bad configuration,
+    /// address in use, an executor that cannot start) are returned here, before anything runs.
+    ///
+    /// `context` builds what the connections of every core share, from the hub's shared state.
+    pub(crate) fn start<C: Client>(
+        config: HubConfig,
+        context: impl FnOnce(&Arc<HubShared>) -> Arc<C::Context>,
+    ) -> Result<Self, Error> {
         config.assert_valid()?;
         let cores = config.core_ids()?;
         let (listeners, local_addr) = bind_all(&config, cores.len())?;
         let shared = Arc::new(HubShared::new(cores.len(), config.ring_size));
+        let context = context(&shared);
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = mpsc::channel();
-        let mut handle = HubHandle {
+        let mut engine = Self {
             shared: shared.clone(),
             local_addr,
             cores: cores.clone(),
@@ -46,6 +67,7 @@ impl Hub {
         };
         for (id, (&core, fd)) in cores.iter().zip(listeners).enumerate() {
             let (config, shared, ready) = (config.clone(), shared.clone(), ready_tx.clone());
+            let context = context.clone();
             let spawned = LocalExecutorBuilder::new(Placement::Fixed(core))
                 .name(&format!("takhin-shard-{id}"))
                 .io_memory(config.executor_io_memory)
@@ -53,14 +75,15 @@ impl Hub {
                     // SAFETY: `fd` is a bound, listening socket whose ownership moved here.
                     let listener = unsafe { TcpListener::from_raw_fd(fd) };
                     let _ = ready.send(id);
-                    shard::run(Rc::new(Shard::new(id, config, shared)), listener, fd).await;
+                    let shard = Shard::<C>::new(id, config, shared, context);
+                    shard::run(Rc::new(shard), listener, fd).await;
                 });
             match spawned {
-                Ok(t) => handle.threads.push(t),
+                Ok(t) => engine.threads.push(t),
                 Err(e) => {
                     // SAFETY: the executor never started, so the descriptor is still ours.
                     drop(unsafe { Socket::from_raw_fd(fd) });
-                    let _ = handle.stop();
+                    let _ = engine.stop();
                     return Err(Error::Shard {
                         shard: id,
                         reason: e.to_string(),
@@ -71,7 +94,7 @@ impl Hub {
         drop(ready_tx);
         for _ in 0..cores.len() {
             if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-                let reason = handle
+                let reason = engine
                     .stop()
                     .err()
                     .map_or_else(|| "executor did not start".to_owned(), |e| e.to_string());
@@ -80,7 +103,47 @@ impl Hub {
         }
         info!(%local_addr, ?cores, "hub listening");
         warn_if_exposed(&config, local_addr);
-        Ok(handle)
+        Ok(engine)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<HubShared> {
+        &self.shared
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub(crate) fn cores(&self) -> &[usize] {
+        &self.cores
+    }
+
+    /// Begins the graceful shutdown and waits for every shard.
+    pub(crate) fn stop(&mut self) -> Result<(), Error> {
+        self.shared.begin_shutdown();
+        self.join()
+    }
+
+    /// Waits until every shard stops.
+    pub(crate) fn join(&mut self) -> Result<(), Error> {
+        let mut result = Ok(());
+        for (shard, t) in self.threads.drain(..).enumerate() {
+            if let Err(e) = t.join() {
+                result = Err(Error::Shard {
+                    shard,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            let _ = self.stop();
+        }
     }
 }
 
@@ -119,127 +182,30 @@ fn bind_all(config: &HubConfig, n: usize) -> Result<(Vec<RawFd>, SocketAddr), Er
     Ok((fds, addr))
 }
 
-/// The running hub: its address, its broadcaster, its counters, and its shutdown.
-///
-/// Dropping the handle shuts the hub down too.
-#[derive(Debug)]
-pub struct HubHandle {
-    shared: Arc<HubShared>,
-    local_addr: SocketAddr,
-    cores: Vec<usize>,
-    threads: Vec<ExecutorJoinHandle<()>>,
-}
-
 /// A `Clone + Send` way to begin a graceful shutdown from another thread (a signal handler
 /// thread, for example).
 #[derive(Debug, Clone)]
 pub struct ShutdownTrigger(Arc<HubShared>);
 
 impl ShutdownTrigger {
+    pub(crate) fn new(shared: Arc<HubShared>) -> Self {
+        Self(shared)
+    }
+
     /// Begins the graceful shutdown; returns at once.
     pub fn shutdown(&self) {
         self.0.begin_shutdown();
     }
 }
 
-impl HubHandle {
-    /// The address every shard listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The cores running a shard, in shard order.
-    pub fn cores(&self) -> &[usize] {
-        &self.cores
-    }
-
-    /// A broadcaster for this hub, for any thread.
-    pub fn broadcaster(&self) -> Broadcaster {
-        Broadcaster::new(self.shared.clone())
-    }
-
-    /// A handle that begins shutdown from anywhere.
-    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
-        ShutdownTrigger(self.shared.clone())
-    }
-
-    /// A `Clone + Send + Sync` view of the hub's counters and subscriptions, for metrics
-    /// sources and exporters.
-    pub fn probe(&self) -> HubProbe {
-        HubProbe {
-            shared: self.shared.clone(),
-        }
-    }
-
-    /// Joins a Redis relay (see the `relay` module docs in the README's deployment section):
-    /// an [`crate::RelayRole::Origin`] publishes every broadcast and fans out what other origins
-    /// publish; a [`crate::RelayRole::RelayOnly`] instance only fans out. The relay runs on its own two
-    /// threads until the returned handle is dropped.
-    pub fn start_relay(
-        &self,
-        config: crate::relay::RelayConfig,
-        role: crate::relay::RelayRole,
-    ) -> std::io::Result<crate::relay::Relay> {
-        crate::relay::Relay::start(self.shared.clone(), config, role)
-    }
-
-    /// Serves the REST API (`/api/topics`, `/api/groups`) from these services. Until this is
-    /// called those routes answer 503. Returns false if services were already attached.
-    pub fn serve_api(&self, topics: TopicManager, groups: GroupCoordinator) -> bool {
-        self.shared.api.set(Services { topics, groups }).is_ok()
-    }
-
-    /// The counters summed over every shard.
-    pub fn stats(&self) -> HubStats {
-        self.probe().stats()
-    }
-
-    /// Each shard's counters, in shard order.
-    pub fn shard_stats(&self) -> Vec<HubStats> {
-        self.probe().shard_stats()
-    }
-
-    /// Open WebSocket clients across all cores.
-    pub fn active_connections(&self) -> u64 {
-        self.stats().connections
-    }
-
-    /// Graceful shutdown: stop accepting, send close 1001 to every client, wait for them up to
-    /// the shutdown timeout, and stop every executor.
-    pub fn shutdown(mut self) -> Result<(), Error> {
-        self.stop()
-    }
-
-    /// Waits until the hub stops (after a [`ShutdownTrigger::shutdown`]).
-    pub fn wait(mut self) -> Result<(), Error> {
-        self.join()
-    }
-
-    fn stop(&mut self) -> Result<(), Error> {
-        self.shared.begin_shutdown();
-        self.join()
-    }
-
-    fn join(&mut self) -> Result<(), Error> {
-        let mut result = Ok(());
-        for (shard, t) in self.threads.drain(..).enumerate() {
-            if let Err(e) = t.join() {
-                result = Err(Error::Shard {
-                    shard,
-                    reason: e.to_string(),
-                });
-            }
-        }
-        result
-    }
-}
-
-impl Drop for HubHandle {
-    fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            let _ = self.stop();
-        }
-    }
+/// Which detail channels (`topic:<name>`, `group:<id>`) the ticker sends frames for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DetailChannels {
+    /// These have subscribers.
+    Subscribed(Vec<Channel>),
+    /// Every topic and group the source knows: subscribers elsewhere may want any of them.
+    Every,
 }
 
 /// A read-only view of a running hub: counters and the detail channels clients subscribe to.
@@ -273,26 +239,14 @@ impl HubProbe {
         self.shared.links.len()
     }
 
-    /// The `topic:` and `group:` channels that have at least one subscriber on some core. An
-    /// origin in a relay does not know the subscribers of the other instances: every topic and
-    /// group then counts.
-    pub fn detail_channels(&self) -> Vec<Channel> {
-        let mut all: Vec<Channel> = Vec::new();
-        let relaying = self
-            .shared
-            .relay
-            .get()
-            .is_some_and(|r| r.role == crate::relay::RelayRole::Origin);
-        if let (true, Some(api)) = (relaying, self.shared.api.get()) {
-            all.extend(api.topics.list().iter().map(|t| Channel::topic(&t.name)));
-            all.extend(
-                api.groups
-                    .list()
-                    .iter()
-                    .map(|g| Channel::group(&g.group_id)),
-            );
-            return all;
+    /// The `topic:` and `group:` channels that have at least one subscriber on some core. A
+    /// hub whose broadcasts also reach other instances (a relay origin) does not know their
+    /// subscribers: every topic and group then counts.
+    pub fn detail_channels(&self) -> DetailChannels {
+        if self.shared.tap().is_some_and(|t| t.remote_subscribers()) {
+            return DetailChannels::Every;
         }
+        let mut all: Vec<Channel> = Vec::new();
         for interest in self.shared.interest.iter() {
             let interest = interest.lock().unwrap_or_else(|e| e.into_inner());
             for c in interest.iter() {
@@ -301,15 +255,11 @@ impl HubProbe {
                 }
             }
         }
-        all
+        DetailChannels::Subscribed(all)
     }
 
     pub(crate) fn new(shared: Arc<HubShared>) -> Self {
         Self { shared }
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<HubShared> {
-        &self.shared
     }
 
     /// Messages broadcast so far (the last `seq`).

@@ -7,39 +7,32 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::broadcast::Broadcaster;
-use crate::hub::{HubHandle, HubProbe};
-use crate::periodic::Periodic;
+use crate::broker::periodic::Periodic;
+use crate::broker::source::MetricsSource;
+use crate::hub::{Broadcaster, DetailChannels, HubProbe};
 use crate::protocol::Channel;
-use crate::source::MetricsSource;
 
 /// Default interval between snapshots (PROTOCOL.md: 2 s).
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The running ticker thread. Dropping it stops the thread.
 #[derive(Debug)]
+#[must_use = "the ticker stops when dropped"]
 pub struct Ticker {
     periodic: Periodic,
 }
 
 impl Ticker {
-    /// Starts ticking for `hub` from `source`: a first snapshot at once, then one every
-    /// `interval`.
+    /// Starts ticking from `source` through `broadcaster` (the hub's, see
+    /// [`crate::HubHandle::broadcaster`]), sending detail frames for the channels `probe`
+    /// reports: a first snapshot at once, then one every `interval`.
     pub fn start(
-        hub: &HubHandle,
+        broadcaster: Broadcaster,
+        probe: HubProbe,
         source: impl MetricsSource + 'static,
         interval: Duration,
     ) -> std::io::Result<Self> {
-        Self::start_with(hub.broadcaster(), hub.probe(), Box::new(source), interval)
-    }
-
-    /// Like [`Self::start`], from a broadcaster and a probe.
-    pub fn start_with(
-        broadcaster: Broadcaster,
-        probe: HubProbe,
-        mut source: Box<dyn MetricsSource>,
-        interval: Duration,
-    ) -> std::io::Result<Self> {
+        let mut source: Box<dyn MetricsSource> = Box::new(source);
         let interval = interval.max(Duration::from_millis(10));
         let mut first = true;
         let job = move |elapsed: Duration| {
@@ -74,7 +67,11 @@ pub(crate) fn tick(
     if let Err(e) = broadcaster.metrics(&snapshot) {
         warn!(error = %e, "metrics snapshot not sent");
     }
-    for channel in probe.detail_channels() {
+    let channels = match probe.detail_channels() {
+        DetailChannels::Subscribed(channels) => channels,
+        DetailChannels::Every => source.detail_channels(),
+    };
+    for channel in channels {
         let sent = match &channel {
             Channel::Topic(name) => source
                 .topic_detail(name)

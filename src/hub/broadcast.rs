@@ -8,19 +8,13 @@
 //! (A retained snapshot replayed to a new subscriber keeps its original `seq`.)
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
-use atomic_waker::AtomicWaker;
-use crossbeam::queue::ArrayQueue;
-use crossbeam::utils::CachePadded;
 use serde::Serialize;
 
 use crate::error::BroadcastError;
-use crate::metrics::MonitoringMetrics;
-use crate::protocol::{write_envelope_with, Channel, FrameBuf, Number, Stamp, OP_TEXT};
-use crate::stats::{DurationHistogram, ShardStats};
+use crate::hub::shared::HubShared;
+use crate::protocol::{write_envelope_with, Channel, FrameBuf, Number, OP_TEXT};
 
 /// A complete server WebSocket frame (header and JSON payload), shared by every client that
 /// receives it.
@@ -77,15 +71,6 @@ impl Frame {
         self.0.route.seed
     }
 
-    /// The route's flags as the relay writes them: `r`etain, `c`lears, `f`orget.
-    pub(crate) fn route_flags(&self) -> String {
-        let r = &self.0.route;
-        [(r.retain, 'r'), (r.clears, 'c'), (r.forget, 'f')]
-            .into_iter()
-            .filter_map(|(on, c)| on.then_some(c))
-            .collect()
-    }
-
     /// A text frame carrying `payload` on `events`, for unit tests of the queues.
     #[cfg(test)]
     pub(crate) fn for_test(payload: &[u8]) -> Self {
@@ -121,116 +106,6 @@ impl fmt::Debug for Frame {
             .field("channel", &self.0.route.channel)
             .field("len", &self.bytes().len())
             .finish()
-    }
-}
-
-/// One core's inbox: the ring and the waker of its distributor.
-#[derive(Debug)]
-pub(crate) struct ShardLink {
-    pub(crate) ring: ArrayQueue<Frame>,
-    pub(crate) waker: AtomicWaker,
-}
-
-/// What every core and every broadcaster share: rings, counters, the `seq` and shutdown flag.
-pub struct HubShared {
-    pub(crate) links: Box<[CachePadded<ShardLink>]>,
-    pub(crate) stats: Box<[CachePadded<ShardStats>]>,
-    /// The last `seq` handed out; the lock orders concurrent broadcasters.
-    order: Mutex<u64>,
-    pub(crate) epoch: u64,
-    pub(crate) shutdown: AtomicBool,
-    /// Per shard: its `topic:`/`group:` channels that have subscribers, published by the shard
-    /// when they change and read by the ticker, which sends their detail frames.
-    pub(crate) interest: Box<[Mutex<Vec<Channel>>]>,
-    /// WebSocket clients across all shards, for the global connection limit.
-    pub(crate) clients: AtomicUsize,
-    /// Time per broadcast call (encode and enqueue).
-    pub(crate) broadcast_seconds: DurationHistogram,
-    /// Time per metrics tick.
-    pub(crate) tick_seconds: DurationHistogram,
-    /// The REST services, once attached with `HubHandle::serve_api`.
-    pub(crate) api: OnceLock<crate::http::Services>,
-    /// The Redis relay, once started with `HubHandle::start_relay`.
-    pub(crate) relay: OnceLock<Arc<crate::relay::RelayLink>>,
-}
-
-impl fmt::Debug for HubShared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HubShared")
-            .field("shards", &self.links.len())
-            .field("epoch", &self.epoch)
-            .finish()
-    }
-}
-
-impl HubShared {
-    pub(crate) fn new(shards: usize, ring_size: usize) -> Self {
-        let stamp = now_stamp(0);
-        Self {
-            links: (0..shards)
-                .map(|_| {
-                    CachePadded::new(ShardLink {
-                        ring: ArrayQueue::new(ring_size),
-                        waker: AtomicWaker::new(),
-                    })
-                })
-                .collect(),
-            stats: (0..shards).map(|_| CachePadded::default()).collect(),
-            order: Mutex::new(0),
-            epoch: stamp.unix_us,
-            shutdown: AtomicBool::new(false),
-            interest: (0..shards).map(|_| Mutex::default()).collect(),
-            clients: AtomicUsize::new(0),
-            broadcast_seconds: DurationHistogram::default(),
-            tick_seconds: DurationHistogram::default(),
-            api: OnceLock::new(),
-            relay: OnceLock::new(),
-        }
-    }
-
-    pub(crate) fn stamp(&self) -> Stamp {
-        now_stamp(self.epoch)
-    }
-
-    /// Wakes every shard (new frames or shutdown).
-    pub(crate) fn wake_all(&self) {
-        for link in self.links.iter() {
-            link.waker.wake();
-        }
-    }
-
-    /// Takes a place under the global connection limit; false when the hub is full.
-    pub(crate) fn try_admit(&self, max: usize) -> bool {
-        self.clients
-            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
-            .is_ok()
-    }
-
-    /// Gives back a place taken by [`Self::try_admit`].
-    pub(crate) fn release(&self) {
-        self.clients.fetch_sub(1, Relaxed);
-    }
-
-    /// The last `seq` handed out: the number of broadcasts so far.
-    pub(crate) fn last_seq(&self) -> u64 {
-        *self.order.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn begin_shutdown(&self) {
-        self.shutdown.store(true, Relaxed);
-        self.wake_all();
-    }
-}
-
-/// Reads the wall clock into a [`Stamp`].
-pub(crate) fn now_stamp(epoch: u64) -> Stamp {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Stamp {
-        unix_s: now.as_secs(),
-        unix_us: now.as_micros() as u64,
-        epoch,
     }
 }
 
@@ -299,8 +174,9 @@ impl Broadcaster {
         self.send(route, kind, data)
     }
 
-    /// Sends the `metrics` snapshot on the `metrics` channel, retained as its last value.
-    pub fn metrics(&self, snapshot: &MonitoringMetrics) -> Result<u64, BroadcastError> {
+    /// Sends the `metrics` snapshot (a [`crate::MonitoringMetrics`] or any snapshot of that
+    /// shape) on the `metrics` channel, retained as its last value.
+    pub fn metrics<T: Serialize + ?Sized>(&self, snapshot: &T) -> Result<u64, BroadcastError> {
         let route = Route {
             retain: true,
             ..Route::to(Channel::Metrics)
@@ -420,7 +296,7 @@ impl Broadcaster {
     /// Stamps `seq`, finishes the frame and pushes it to every ring, in one ordered section.
     fn enqueue(&self, mut fb: FrameBuf, route: Route) -> u64 {
         let shared = &*self.shared;
-        let mut last = shared.order.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = shared.order();
         *last += 1;
         let seq = *last;
         let payload = fb.payload();
@@ -433,9 +309,9 @@ impl Broadcaster {
             route,
             seq,
         }));
-        push_to_cores(shared, &frame);
-        if let Some(relay) = shared.relay.get() {
-            relay.publish(&frame);
+        shared.push_to_cores(&frame);
+        if let Some(tap) = shared.tap() {
+            tap.tap(&frame);
         }
         drop(last);
         shared.wake_all();
@@ -443,58 +319,48 @@ impl Broadcaster {
     }
 }
 
-fn push_to_cores(shared: &HubShared, frame: &Frame) {
-    for (link, stats) in shared.links.iter().zip(shared.stats.iter()) {
-        if link.ring.force_push(frame.clone()).is_some() {
-            stats.ring_dropped_total.fetch_add(1, Relaxed);
-        }
+impl Broadcaster {
+    /// Fans out a frame another instance published, with its origin's `seq` and `epoch`
+    /// (they are in `payload` as it came), through the same rings as a local broadcast. The
+    /// tap does not see it.
+    pub(crate) fn inject(&self, payload: &[u8], seq: u64, route: Route) {
+        let mut fb = FrameBuf::with_capacity(payload.len());
+        fb.payload().extend_from_slice(payload);
+        let (buf, start) = fb.finish(OP_TEXT);
+        let frame = Frame(Arc::new(FrameInner {
+            buf,
+            start,
+            route,
+            seq,
+        }));
+        self.shared.push_to_cores(&frame);
+        self.shared.wake_all();
     }
-}
 
-/// Fans out a frame another instance published, with its origin's `seq` and `epoch` (they are
-/// in the payload as it came), through the same rings as a local broadcast. `seed`: only set
-/// the channel's last value.
-pub(crate) fn inject(shared: &HubShared, relayed: &crate::relay::Relayed<'_>, seed: bool) {
-    let mut fb = FrameBuf::with_capacity(relayed.payload.len());
-    fb.payload().extend_from_slice(relayed.payload);
-    let (buf, start) = fb.finish(OP_TEXT);
-    let flag = |c| relayed.flags.contains(c);
-    let route = Route {
-        channel: relayed.channel.clone(),
-        also: relayed.also.clone(),
-        retain: flag('r'),
-        clears: flag('c'),
-        forget: flag('f'),
-        seed,
-    };
-    let frame = Frame(Arc::new(FrameInner {
-        buf,
-        start,
-        route,
-        seq: relayed.seq,
-    }));
-    push_to_cores(shared, &frame);
-    shared.wake_all();
+    /// This hub's epoch (its start time in microseconds).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
 }
 
 /// Where a frame goes and what it does to the channel's last value.
 #[derive(Debug)]
-struct Route {
-    channel: Channel,
+pub(crate) struct Route {
+    pub(crate) channel: Channel,
     /// A second channel that also receives the frame (`topic:<name>` for a topic event).
-    also: Option<Channel>,
+    pub(crate) also: Option<Channel>,
     /// Kept as the channel's last value for new subscribers.
-    retain: bool,
+    pub(crate) retain: bool,
     /// Forgets the last value of `also` (a deleted topic's detail frame).
-    clears: bool,
+    pub(crate) clears: bool,
     /// Not for clients: only forgets the last value of `channel`.
-    forget: bool,
+    pub(crate) forget: bool,
     /// Not for clients: only sets the last value of `channel`.
-    seed: bool,
+    pub(crate) seed: bool,
 }
 
 impl Route {
-    fn to(channel: Channel) -> Self {
+    pub(crate) fn to(channel: Channel) -> Self {
         Self {
             channel,
             also: None,
@@ -517,6 +383,7 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn drain(shared: &HubShared, shard: usize) -> Vec<Frame> {
         std::iter::from_fn(|| shared.links[shard].ring.pop()).collect()

@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
-use crate::groups::GroupCoordinator;
-use crate::periodic::Periodic;
-use crate::recorder::TopicMeter;
-use crate::topics::TopicManager;
+use crate::broker::periodic::Periodic;
+use crate::broker::{GroupCoordinator, TopicManager, TopicMeter};
 
 /// Most produce calls recorded per topic per step.
 const PRODUCE_CALLS: usize = 4;
@@ -95,6 +93,7 @@ impl DemoConfig {
 ///
 /// The topics and groups it created stay in the services when it stops.
 #[derive(Debug)]
+#[must_use = "the demo broker stops when dropped"]
 pub struct DemoBroker {
     periodic: Periodic,
 }
@@ -742,9 +741,8 @@ impl Simulation {
 mod tests {
     use super::*;
     use crate::bench_support::{pop, rings};
-    use crate::broadcast::HubShared;
-    use crate::recorder::Recorder;
-    use crate::source::{MetricsSource, StandardSource};
+    use crate::broker::{MetricsSource, Recorder, StandardSource};
+    use crate::hub::HubShared;
     use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::time::Instant;

@@ -20,9 +20,11 @@
 //! reloads the last values from `<prefix>:last` first, so new clients get the latest metrics at
 //! once.
 
+mod api;
+mod resp;
+mod wire;
+
 use std::fmt;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::str::FromStr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -33,7 +35,14 @@ use std::time::{Duration, Instant};
 use crossbeam::queue::ArrayQueue;
 use tracing::{info, warn};
 
-use crate::broadcast::{Frame, HubShared};
+use self::resp::{Conn, Pipeline, Reply};
+use self::wire::{decode, encode};
+use crate::error::RelayUrlError;
+use crate::http::prometheus::{Exporter, Text};
+use crate::http::rest::Api;
+use crate::http::routes::ApiRequest;
+use crate::http::Web;
+use crate::hub::{Broadcaster, Frame, FrameTap, HubShared};
 use crate::protocol::Channel;
 
 /// Frames (and forwarded commands) waiting for the publisher thread.
@@ -58,25 +67,23 @@ pub struct RelayConfig {
 }
 
 impl FromStr for RelayConfig {
-    type Err = String;
+    type Err = RelayUrlError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix("redis://")
-            .ok_or_else(|| format!("{s}: expected redis://HOST:PORT[/prefix]"))?;
+        let rest = s.strip_prefix("redis://").ok_or(RelayUrlError::Form)?;
         let (addr, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let prefix = if prefix.is_empty() { "takhin" } else { prefix };
         let port_ok = addr
             .rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
         if !port_ok {
-            return Err(format!("{s}: expected redis://HOST:PORT[/prefix]"));
+            return Err(RelayUrlError::Form);
         }
         if prefix
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
-            return Err(format!("{s}: the prefix must not contain spaces"));
+            return Err(RelayUrlError::Prefix);
         }
         Ok(Self {
             addr: addr.to_owned(),
@@ -131,10 +138,14 @@ pub(crate) enum Outgoing {
     Command(String),
 }
 
-/// The relay's side of [`HubShared`]: set once when the relay starts.
+/// What the relay's threads, the hub's tap and the HTTP side share.
 pub(crate) struct RelayLink {
     pub(crate) config: RelayConfig,
     pub(crate) role: RelayRole,
+    /// Fans relayed frames out here.
+    broadcaster: Broadcaster,
+    /// Runs forwarded requests (origin) and serves the relayed state (relay-only).
+    web: Arc<Web>,
     out: ArrayQueue<Outgoing>,
     /// The publisher thread, to unpark: set once at start, read without a lock.
     publisher: OnceLock<std::thread::Thread>,
@@ -154,15 +165,22 @@ impl fmt::Debug for RelayLink {
     }
 }
 
-impl RelayLink {
+impl FrameTap for RelayLink {
     /// Called under the broadcast order lock: the frame goes to Redis in `seq` order. Never
     /// blocks: a full queue drops its oldest.
-    pub(crate) fn publish(&self, frame: &Frame) {
+    fn tap(&self, frame: &Frame) {
         if self.role == RelayRole::Origin {
             self.push(Outgoing::Frame(frame.clone()));
         }
     }
 
+    /// An origin's broadcasts reach the subscribers of every instance.
+    fn remote_subscribers(&self) -> bool {
+        self.role == RelayRole::Origin
+    }
+}
+
+impl RelayLink {
     /// Queues a mutation for the origin (relay-only instances).
     pub(crate) fn forward(&self, command: String) {
         self.push(Outgoing::Command(command));
@@ -186,22 +204,71 @@ impl RelayLink {
     }
 }
 
+impl Exporter for RelayLink {
+    /// `takhin_relay_*` in `/metrics`.
+    fn export(&self, out: &mut Text) {
+        let r = &self.stats;
+        out.metric(
+            "takhin_relay_connected",
+            "gauge",
+            "1 while the Redis relay is connected.",
+            r.connected.load(Relaxed) as f64,
+        );
+        let relay_counters = [
+            (
+                "takhin_relay_published_total",
+                "Frames published to Redis.",
+                &r.published_total,
+            ),
+            (
+                "takhin_relay_received_total",
+                "Frames received from Redis and fanned out here.",
+                &r.received_total,
+            ),
+            (
+                "takhin_relay_dropped_total",
+                "Frames not published: queue overflow or Redis away.",
+                &r.dropped_total,
+            ),
+            (
+                "takhin_relay_errors_total",
+                "Redis connection failures and lost connections.",
+                &r.errors_total,
+            ),
+            (
+                "takhin_relay_commands_total",
+                "REST mutations forwarded (relay-only) or run for others (origin).",
+                &r.commands_total,
+            ),
+        ];
+        for (name, help, value) in relay_counters {
+            out.metric(name, "counter", help, value.load(Relaxed) as f64);
+        }
+    }
+}
+
 /// The running relay: two threads, stopped when this is dropped.
 #[derive(Debug)]
+#[must_use = "the relay stops when dropped"]
 pub struct Relay {
     link: Arc<RelayLink>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Relay {
+    /// Starts the relay's threads for the hub behind `shared`: taps its broadcasts (an
+    /// origin) and serves its REST reads from the relayed state (relay-only).
     pub(crate) fn start(
-        shared: Arc<HubShared>,
+        shared: &Arc<HubShared>,
+        web: Arc<Web>,
         config: RelayConfig,
         role: RelayRole,
     ) -> std::io::Result<Self> {
         let link = Arc::new(RelayLink {
             config,
             role,
+            broadcaster: Broadcaster::new(shared.clone()),
+            web,
             out: ArrayQueue::new(OUT_QUEUE),
             publisher: OnceLock::new(),
             stats: RelayStats::default(),
@@ -209,21 +276,30 @@ impl Relay {
             stop: AtomicBool::new(false),
             up: [AtomicBool::new(false), AtomicBool::new(false)],
         });
-        if shared.relay.set(link.clone()).is_err() {
+        if role == RelayRole::RelayOnly {
+            let api = Arc::new(api::RelayApi::new(link.clone()));
+            if !link.web.attach_api(api) {
+                return Err(std::io::Error::other(
+                    "a relay-only instance serves no REST services of its own",
+                ));
+            }
+        }
+        if !shared.attach_tap(link.clone()) {
             return Err(std::io::Error::other("a relay is already running"));
         }
+        link.web.add_exporter(link.clone());
         let publisher = {
-            let (shared, link) = (shared.clone(), link.clone());
+            let link = link.clone();
             std::thread::Builder::new()
                 .name("relay-pub".into())
-                .spawn(move || publisher_loop(&shared, &link))?
+                .spawn(move || publisher_loop(&link))?
         };
         let _ = link.publisher.set(publisher.thread().clone());
         let subscriber = {
             let link = link.clone();
             std::thread::Builder::new()
                 .name("relay-sub".into())
-                .spawn(move || subscriber_loop(&shared, &link))?
+                .spawn(move || subscriber_loop(&link))?
         };
         info!(relay = %link.config, ?role, "relay started");
         Ok(Self {
@@ -256,216 +332,6 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.halt();
-    }
-}
-
-// ---- The wire format -------------------------------------------------------------------------
-
-/// One relayed frame: `TKR1 <epoch> <seq> <flags> <channel> <also|->\n<payload>`, the payload
-/// being the frame's JSON exactly as the origin encoded it.
-pub(crate) fn encode(frame: &Frame, epoch: u64) -> Vec<u8> {
-    let payload = frame.payload();
-    let mut out = Vec::with_capacity(payload.len() + 64);
-    let flags = frame.route_flags();
-    let also = frame.also().map_or("-".to_owned(), Channel::to_string);
-    let head = format!(
-        "TKR1 {epoch} {} {} {} {also}\n",
-        frame.seq(),
-        if flags.is_empty() { "-" } else { &flags },
-        frame.channel()
-    );
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A relayed frame, read back.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Relayed<'a> {
-    pub(crate) epoch: u64,
-    pub(crate) seq: u64,
-    pub(crate) flags: &'a str,
-    pub(crate) channel: Channel,
-    pub(crate) also: Option<Channel>,
-    pub(crate) payload: &'a [u8],
-}
-
-pub(crate) fn decode(msg: &[u8]) -> Option<Relayed<'_>> {
-    let nl = memchr::memchr(b'\n', msg)?;
-    let head = std::str::from_utf8(&msg[..nl]).ok()?;
-    let mut parts = head.split(' ');
-    if parts.next()? != "TKR1" {
-        return None;
-    }
-    let epoch = parts.next()?.parse().ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    let flags = parts.next()?;
-    let channel = Channel::parse(parts.next()?).ok()?;
-    let also = match parts.next()? {
-        "-" => None,
-        c => Some(Channel::parse(c).ok()?),
-    };
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(Relayed {
-        epoch,
-        seq,
-        flags: if flags == "-" { "" } else { flags },
-        channel,
-        also,
-        payload: &msg[nl + 1..],
-    })
-}
-
-// ---- A minimal RESP client (blocking, one per thread) ----------------------------------------
-
-/// A Redis connection: commands out, RESP replies in. Only what the relay needs.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-/// A RESP reply.
-#[derive(Debug, PartialEq, Eq)]
-enum Reply {
-    Status(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Self>>),
-}
-
-impl Conn {
-    fn open(addr: &str) -> std::io::Result<Self> {
-        let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(addr)?.collect();
-        let mut last = std::io::Error::other("no address");
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, Duration::from_secs(2)) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    stream.set_read_timeout(Some(POLL))?;
-                    return Ok(Self {
-                        stream,
-                        buf: Vec::with_capacity(16 * 1024),
-                        pos: 0,
-                    });
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    /// Appends one command to `out` in RESP.
-    fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
-    }
-
-    /// The next reply; `Ok(None)` when the read timed out with nothing complete.
-    fn reply(&mut self) -> std::io::Result<Option<Reply>> {
-        loop {
-            if let Some((reply, used)) = parse_reply(&self.buf[self.pos..])? {
-                self.pos += used;
-                if self.pos == self.buf.len() {
-                    self.buf.clear();
-                    self.pos = 0;
-                }
-                return Ok(Some(reply));
-            }
-            if self.pos > 0 {
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None)
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// The reply to a command just sent, waiting through read timeouts up to `limit`.
-    fn wait_reply(&mut self, limit: Duration) -> std::io::Result<Reply> {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(r) = self.reply()? {
-                return Ok(r);
-            }
-            if Instant::now() >= end {
-                return Err(std::io::ErrorKind::TimedOut.into());
-            }
-        }
-    }
-}
-
-/// One complete RESP reply at the start of `b` and its length; `None` if incomplete.
-fn parse_reply(b: &[u8]) -> std::io::Result<Option<(Reply, usize)>> {
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad RESP reply");
-    let Some(&kind) = b.first() else {
-        return Ok(None);
-    };
-    let Some(nl) = memchr::memmem::find(b, b"\r\n") else {
-        return Ok(None);
-    };
-    let line = std::str::from_utf8(&b[1..nl]).map_err(|_| bad())?;
-    let after = nl + 2;
-    match kind {
-        b'+' => Ok(Some((Reply::Status(line.to_owned()), after))),
-        b'-' => Ok(Some((Reply::Error(line.to_owned()), after))),
-        b':' => Ok(Some((Reply::Int(line.parse().map_err(|_| bad())?), after))),
-        b'$' => {
-            let n: i64 = line.parse().map_err(|_| bad())?;
-            if n < 0 {
-                return Ok(Some((Reply::Bulk(None), after)));
-            }
-            let n = usize::try_from(n).map_err(|_| bad())?;
-            if b.len() < after + n + 2 {
-                return Ok(None);
-            }
-            Ok(Some((
-                Reply::Bulk(Some(b[after..after + n].to_vec())),
-                after + n + 2,
-            )))
-        }
-        b'*' => {
-            let n: i64 = line.parse().map_err(|_| bad())?;
-            if n < 0 {
-                return Ok(Some((Reply::Array(None), after)));
-            }
-            let mut items = Vec::new();
-            let mut at = after;
-            for _ in 0..n {
-                match parse_reply(&b[at..])? {
-                    Some((item, used)) => {
-                        items.push(item);
-                        at += used;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some((Reply::Array(Some(items)), at)))
-        }
-        _ => Err(bad()),
     }
 }
 
@@ -517,7 +383,7 @@ impl Complaints {
     }
 }
 
-fn publisher_loop(shared: &HubShared, link: &RelayLink) {
+fn publisher_loop(link: &RelayLink) {
     let frames = format!("{}:frames", link.config.prefix);
     let last = format!("{}:last", link.config.prefix);
     let state = format!("{}:state", link.config.prefix);
@@ -550,7 +416,7 @@ fn publisher_loop(shared: &HubShared, link: &RelayLink) {
             while let Some(item) = link.out.pop() {
                 match item {
                     Outgoing::Frame(frame) => {
-                        let msg = encode(&frame, shared.epoch);
+                        let msg = encode(&frame, link.broadcaster.epoch());
                         pipe.command(&[b"PUBLISH", frames.as_bytes(), &msg]);
                         let key = frame.channel().to_string();
                         if frame.forget() {
@@ -578,7 +444,7 @@ fn publisher_loop(shared: &HubShared, link: &RelayLink) {
             // (a topic or group changed) and once a second.
             let due = last_state.map_or(true, |t| t.elapsed() >= STATE_EVERY);
             if link.role == RelayRole::Origin && (events || due) {
-                if let Some(doc) = state_document(shared) {
+                if let Some(doc) = state_document(&*link.web.api()) {
                     pipe.command(&[b"PUBLISH", state.as_bytes(), doc.as_bytes()]);
                     pipe.command(&[b"SET", state.as_bytes(), doc.as_bytes()]);
                 }
@@ -602,46 +468,25 @@ fn publisher_loop(shared: &HubShared, link: &RelayLink) {
     }
 }
 
-/// Commands sent in one write; their replies are read back in order.
-#[derive(Default)]
-struct Pipeline {
-    out: Vec<u8>,
-    commands: usize,
+/// `{"topics":[..],"groups":[..]}`, the origin's REST state, as its API lists it (`None`
+/// without topic and group services).
+fn state_document(api: &dyn Api) -> Option<String> {
+    let topics = api.call(ApiRequest::ListTopics);
+    let groups = api.call(ApiRequest::ListGroups);
+    if !(topics.ok() && groups.ok()) {
+        return None;
+    }
+    let (topics, groups) = (topics.body, groups.body);
+    let mut doc = Vec::with_capacity(topics.len() + groups.len() + 24);
+    doc.extend_from_slice(b"{\"topics\":");
+    doc.extend_from_slice(&topics);
+    doc.extend_from_slice(b",\"groups\":");
+    doc.extend_from_slice(&groups);
+    doc.push(b'}');
+    String::from_utf8(doc).ok()
 }
 
-impl Pipeline {
-    fn clear(&mut self) {
-        self.out.clear();
-        self.commands = 0;
-    }
-
-    fn command(&mut self, args: &[&[u8]]) {
-        Conn::command(&mut self.out, args);
-        self.commands += 1;
-    }
-
-    fn run(&self, conn: &mut Conn) -> std::io::Result<()> {
-        conn.send(&self.out)?;
-        for _ in 0..self.commands {
-            if let Reply::Error(e) = conn.wait_reply(Duration::from_secs(5))? {
-                return Err(std::io::Error::other(e));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `{"topics":[..],"groups":[..]}`, the origin's REST state.
-fn state_document(shared: &HubShared) -> Option<String> {
-    let api = shared.api.get()?;
-    let doc = serde_json::json!({
-        "topics": api.topics.list(),
-        "groups": api.groups.list(),
-    });
-    Some(doc.to_string())
-}
-
-fn subscriber_loop(shared: &Arc<HubShared>, link: &RelayLink) {
+fn subscriber_loop(link: &RelayLink) {
     let prefix = &link.config.prefix;
     let frames = format!("{prefix}:frames");
     let state = format!("{prefix}:state");
@@ -677,8 +522,8 @@ fn subscriber_loop(shared: &Arc<HubShared>, link: &RelayLink) {
                 for v in items.iter().skip(1).step_by(2) {
                     if let Reply::Bulk(Some(msg)) = v {
                         if let Some(r) = decode(msg) {
-                            if r.epoch != shared.epoch {
-                                crate::broadcast::inject(shared, &r, true);
+                            if r.epoch != link.broadcaster.epoch() {
+                                link.broadcaster.inject(r.payload, r.seq, r.route(true));
                             }
                         }
                     }
@@ -728,8 +573,8 @@ fn subscriber_loop(shared: &Arc<HubShared>, link: &RelayLink) {
                 }
                 if chan == frames.as_bytes() {
                     if let Some(r) = decode(msg) {
-                        if r.epoch != shared.epoch {
-                            crate::broadcast::inject(shared, &r, false);
+                        if r.epoch != link.broadcaster.epoch() {
+                            link.broadcaster.inject(r.payload, r.seq, r.route(false));
                             link.stats.received_total.fetch_add(1, Relaxed);
                         }
                     }
@@ -737,7 +582,7 @@ fn subscriber_loop(shared: &Arc<HubShared>, link: &RelayLink) {
                     set_state(link, msg);
                 } else if chan == commands.as_bytes() {
                     link.stats.commands_total.fetch_add(1, Relaxed);
-                    crate::http::run_forwarded(shared, msg);
+                    api::run_forwarded(&*link.web.api(), msg);
                 }
             }
         })();
@@ -790,45 +635,5 @@ mod tests {
         ] {
             assert!(bad.parse::<RelayConfig>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn resp_replies_parse_whole_or_not_at_all() {
-        let b = b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$3\r\nxyz\r\n+OK\r\n";
-        let (r, used) = parse_reply(b).unwrap().unwrap();
-        assert_eq!(
-            r,
-            Reply::Array(Some(vec![
-                Reply::Bulk(Some(b"message".to_vec())),
-                Reply::Bulk(Some(b"a".to_vec())),
-                Reply::Bulk(Some(b"xyz".to_vec())),
-            ]))
-        );
-        assert_eq!(
-            parse_reply(&b[used..]).unwrap().unwrap().0,
-            Reply::Status("OK".into())
-        );
-        for cut in 0..used {
-            assert!(parse_reply(&b[..cut]).unwrap().is_none(), "cut at {cut}");
-        }
-        assert_eq!(parse_reply(b":-3\r\n").unwrap().unwrap().0, Reply::Int(-3));
-        assert_eq!(
-            parse_reply(b"$-1\r\n").unwrap().unwrap().0,
-            Reply::Bulk(None)
-        );
-        assert!(parse_reply(b"?\r\n").is_err());
-    }
-
-    #[test]
-    fn commands_are_written_in_resp() {
-        let mut p = Pipeline::default();
-        p.command(&[b"PUBLISH", b"c", b"x\r\ny"]);
-        p.command(&[b"HSET", b"k", b"f", b""]);
-        assert_eq!(p.commands, 2);
-        assert_eq!(
-            p.out,
-            b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$4\r\nx\r\ny\r\n\
-              *4\r\n$4\r\nHSET\r\n$1\r\nk\r\n$1\r\nf\r\n$0\r\n\r\n"
-        );
     }
 }

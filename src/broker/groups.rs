@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use crate::broadcast::Broadcaster;
-use crate::metrics::{ConsumerLag, PartitionLag, TopicLag};
-use crate::topics::TopicManager;
+use crate::broker::snapshot::{ConsumerLag, PartitionLag, TopicLag};
+use crate::broker::topics::TopicManager;
+use crate::hub::Broadcaster;
 
 /// The state a group gets when it first appears through a commit.
 pub const INITIAL_STATE: &str = "Empty";
@@ -209,8 +209,8 @@ fn lag_of(group_id: &str, g: &Group, topics: &TopicManager) -> ConsumerLag {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broadcast::HubShared;
-    use crate::recorder::Recorder;
+    use crate::broker::recorder::Recorder;
+    use crate::hub::HubShared;
     use std::time::Duration;
 
     fn rig() -> (Arc<HubShared>, TopicManager, GroupCoordinator) {

@@ -1,36 +1,78 @@
 //! Everything one core owns: its listener, its connections, their queues, its subscription
-//! index and its one heartbeat sweep. Nothing here is shared with another core; only
-//! immutable `Arc`'d frames arrive, through this core's ring.
+//! index and its one heartbeat sweep. Only immutable `Arc`'d frames arrive, through this
+//! core's ring; what the shard shares with other threads is its counters (atomics) and the
+//! list of detail channels its clients subscribe to, published for the ticker under a mutex
+//! only when it changes.
+//!
+//! The shard is generic over its [`Client`]: the connection part implements it, so the hub
+//! drives connections (accept, write a batch, heartbeat, close) without knowing how they read
+//! or what else the port serves.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
 use tracing::{debug, info, warn};
 
-use crate::broadcast::HubShared;
 use crate::config::HubConfig;
-use crate::connection::{self, Conn, Phase};
-use crate::fanout::Fanout;
-use crate::protocol::{close_code, PING_FRAME};
-use crate::stats::ShardStats;
+use crate::hub::counters::ShardStats;
+use crate::hub::fanout::{ClientLink, Fanout};
+use crate::hub::shared::HubShared;
+use crate::protocol::close_code;
 
 /// Frames the distributor moves before it lets the writers run.
 const DISTRIBUTE_BATCH: usize = 256;
 
+/// What a shard needs of its connections. `connection::Conn` is the implementation; the
+/// shard is generic over it so that the hub does not depend on the connection code.
+pub(crate) trait Client: AsRef<ClientLink> + Sized + 'static {
+    /// What every connection of the hub shares, whatever its core (the handler of requests
+    /// that are not WebSocket upgrades, for example).
+    type Context: ?Sized + Send + Sync + 'static;
+
+    /// Serves one accepted socket to its end; registers itself in the shard's fan-out.
+    fn serve(shard: Rc<Shard<Self>>, stream: TcpStream) -> impl Future<Output = ()> + 'static;
+
+    /// Writes what the distributor just queued, now if the client's writer is idle, else
+    /// hands it to the writer.
+    fn write_now(&self, shard: &Shard<Self>);
+
+    /// The times the heartbeat sweep looks at.
+    fn timing(&self) -> Timing;
+
+    /// For the sweep: records whether the client's TCP stack acknowledged data since the last
+    /// look (asked only of a stalled writer, or of a `quiet` client about to reach the pong
+    /// wait).
+    fn note_acknowledged(&self, now: Instant, quiet: bool);
+
+    /// Queues a server ping.
+    fn ping(&self, now: Instant);
+
+    /// Whether this is an upgraded WebSocket client.
+    fn is_websocket(&self) -> bool;
+
+    /// Starts a close handshake with `code`.
+    fn close(&self, code: u16, reason: &str);
+
+    /// Ends the connection now.
+    fn kill(&self);
+}
+
 /// One core's state. `Rc`-shared by the tasks of this core only.
-pub(crate) struct Shard {
+pub(crate) struct Shard<C: Client> {
     pub(crate) id: usize,
     pub(crate) config: Arc<HubConfig>,
     pub(crate) shared: Arc<HubShared>,
-    pub(crate) fanout: RefCell<Fanout<Conn>>,
-    /// Scratch space simd-json parses client messages in.
+    /// What the connections of every core share.
+    pub(crate) context: Arc<C::Context>,
+    pub(crate) fanout: RefCell<Fanout<C>>,
+    /// Scratch space simd-json parses client messages in, and unread input is discarded to.
     pub(crate) scratch: RefCell<Vec<u8>>,
     /// Scratch iovecs for the writers' `sendmsg`.
     pub(crate) iov: RefCell<Vec<libc::iovec>>,
@@ -40,8 +82,13 @@ pub(crate) struct Shard {
     published_interest: Cell<u64>,
 }
 
-impl Shard {
-    pub(crate) fn new(id: usize, config: Arc<HubConfig>, shared: Arc<HubShared>) -> Self {
+impl<C: Client> Shard<C> {
+    pub(crate) fn new(
+        id: usize,
+        config: Arc<HubConfig>,
+        shared: Arc<HubShared>,
+        context: Arc<C::Context>,
+    ) -> Self {
         let mut fanout = Fanout::new(config.client_queue, config.max_subscriptions);
         // The distributor writes each batch of broadcasts itself (see `flush_broadcasts`).
         fanout.defer_wakes();
@@ -49,9 +96,10 @@ impl Shard {
             id,
             config,
             shared,
+            context,
             fanout: RefCell::new(fanout),
             scratch: RefCell::new(Vec::new()),
-            iov: RefCell::new(Vec::with_capacity(connection::MAX_IOV)),
+            iov: RefCell::new(Vec::new()),
             draining: Cell::new(false),
             log_limit: RateLimit::default(),
             published_interest: Cell::new(0),
@@ -110,7 +158,11 @@ impl RateLimit {
 
 /// Runs the shard until shutdown, then drains it.
 /// `listen_fd` is `listener`'s descriptor, used to stop listening at the end.
-pub(crate) async fn run(shard: Rc<Shard>, listener: TcpListener, listen_fd: std::os::fd::RawFd) {
+pub(crate) async fn run<C: Client>(
+    shard: Rc<Shard<C>>,
+    listener: TcpListener,
+    listen_fd: std::os::fd::RawFd,
+) {
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
     let sweep = glommio::spawn_local(sweep_loop(shard.clone()));
     distribute(&shard).await;
@@ -127,12 +179,12 @@ pub(crate) async fn run(shard: Rc<Shard>, listener: TcpListener, listen_fd: std:
     debug!(shard = shard.id, "shard stopped");
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+async fn accept_loop<C: Client>(shard: Rc<Shard<C>>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 shard.stats().accepted_total.fetch_add(1, Relaxed);
-                glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+                glommio::spawn_local(C::serve(shard.clone(), stream)).detach();
             }
             Err(err) => {
                 // Out of descriptors or memory: back off a little instead of spinning.
@@ -144,7 +196,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 /// Moves frames from this core's ring to the subscribed clients' queues, until shutdown.
-async fn distribute(shard: &Shard) {
+async fn distribute<C: Client>(shard: &Shard<C>) {
     let link = &shard.shared.links[shard.id];
     // Ring drops already reported to this shard's clients.
     let mut ring_lost_seen = shard.stats().ring_dropped_total.load(Relaxed);
@@ -197,11 +249,24 @@ async fn distribute(shard: &Shard) {
 /// all it has queued, straight from here when its writer is idle. No task is woken per
 /// client; a client whose socket is full, or whose queue needs the writer (a close, an
 /// error), is handed to its writer task.
-fn flush_broadcasts(shard: &Shard) {
+fn flush_broadcasts<C: Client>(shard: &Shard<C>) {
     shard
         .fanout
         .borrow_mut()
-        .flush_dirty(|conn| connection::write_now(shard, conn));
+        .flush_dirty(|conn| conn.write_now(shard));
+}
+
+/// Where a connection is in its life, as the sweep sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading the request head.
+    Handshake,
+    /// A WebSocket client.
+    Open,
+    /// Our close frame is out (or the peer's came in): waiting for the socket to finish.
+    Closing,
+    /// Served by the HTTP server (keep-alive between requests).
+    Http,
 }
 
 /// What the sweep does to one connection.
@@ -257,7 +322,7 @@ pub(crate) fn sweep_action(t: &Timing, now: Instant, cfg: &HubConfig) -> Sweep {
 
 /// The one heartbeat timer of this shard: pings, pong deadlines, write stalls, slow handshakes
 /// and lingering closes of every connection.
-async fn sweep_loop(shard: Rc<Shard>) {
+async fn sweep_loop<C: Client>(shard: Rc<Shard<C>>) {
     let period = shard.config.sweep_interval();
     loop {
         Timer::new(period).await;
@@ -272,11 +337,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
             conn.note_acknowledged(now, quiet);
             match sweep_action(&conn.timing(), now, &shard.config) {
                 Sweep::Nothing => {}
-                Sweep::Ping => {
-                    conn.last_ping.set(now);
-                    conn.link.out.borrow_mut().push_control(PING_FRAME);
-                    conn.link.wake_writer();
-                }
+                Sweep::Ping => conn.ping(now),
                 Sweep::Kill(reason) => {
                     let stats = shard.stats();
                     let counter = match reason {
@@ -298,7 +359,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
 
 /// Graceful shutdown of this shard: close 1001 to every WebSocket client, then wait for them to
 /// go, up to the shutdown deadline.
-async fn drain(shard: &Shard) {
+async fn drain<C: Client>(shard: &Shard<C>) {
     shard.draining.set(true);
     let deadline = Instant::now() + shard.config.shutdown_timeout;
     let n = {
@@ -316,7 +377,7 @@ async fn drain(shard: &Shard) {
     // shard that stopped early would leave the ones queued on it unanswered.
     let hard_stop = deadline + Duration::from_secs(1);
     loop {
-        let everywhere = shard.shared.clients.load(Relaxed);
+        let everywhere = shard.shared.admitted();
         let here = shard.fanout.borrow().iter().any(|(_, c)| c.is_websocket());
         if (everywhere == 0 && !here) || Instant::now() >= hard_stop {
             return;
@@ -331,7 +392,7 @@ async fn drain(shard: &Shard) {
 }
 
 /// After the drain: ends what is left (HTTP connections, handshakes) and waits for their tasks.
-async fn stop_remaining(shard: &Shard) {
+async fn stop_remaining<C: Client>(shard: &Shard<C>) {
     for (_, conn) in shard.fanout.borrow().iter() {
         conn.kill();
     }

@@ -9,14 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
-use crate::groups::GroupCoordinator;
-use crate::hub::HubProbe;
-use crate::metrics::{
+use crate::broker::groups::GroupCoordinator;
+use crate::broker::recorder::{Recorder, Totals};
+use crate::broker::snapshot::{
     ClusterHealth, GroupDetail, Latency, MonitoringMetrics, PartitionOffset, Throughput,
     TopicDetail, TopicStats,
 };
-use crate::recorder::{Recorder, Totals};
-use crate::topics::TopicManager;
+use crate::broker::topics::TopicManager;
+use crate::hub::HubProbe;
+use crate::protocol::Channel;
 
 /// What the ticker asks for, once per interval. An embedding broker may implement it itself.
 ///
@@ -33,6 +34,12 @@ pub trait MetricsSource: Send {
     /// The detail frame of a group whose `group:<id>` channel has subscribers, if it exists.
     fn group_detail(&mut self, _group_id: &str) -> Option<GroupDetail> {
         None
+    }
+
+    /// Every `topic:` and `group:` channel this source has details for: asked instead of the
+    /// subscribed ones when subscribers elsewhere may want any of them (a relay origin).
+    fn detail_channels(&mut self) -> Vec<Channel> {
+        Vec::new()
     }
 }
 
@@ -169,6 +176,20 @@ impl MetricsSource for StandardSource {
             timestamp: unix_seconds(),
             name: info.name,
         })
+    }
+
+    fn detail_channels(&mut self) -> Vec<Channel> {
+        let topics = self
+            .topics
+            .list()
+            .into_iter()
+            .map(|t| Channel::topic(&t.name));
+        let groups = self
+            .groups
+            .list()
+            .into_iter()
+            .map(|g| Channel::group(&g.group_id));
+        topics.chain(groups).collect()
     }
 
     fn group_detail(&mut self, group_id: &str) -> Option<GroupDetail> {

@@ -8,8 +8,8 @@ use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 
-use crate::broadcast::Broadcaster;
-use crate::recorder::{Recorder, TopicMeter, TopicState, Totals};
+use crate::broker::recorder::{Recorder, TopicMeter, TopicState, Totals};
+use crate::hub::Broadcaster;
 
 /// Longest topic name (Kafka's limit).
 pub const MAX_TOPIC_NAME: usize = 249;
@@ -202,7 +202,7 @@ fn info(s: &TopicState) -> TopicInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broadcast::HubShared;
+    use crate::hub::HubShared;
     use std::time::Duration;
 
     pub(crate) fn events(shared: &HubShared) -> Vec<serde_json::Value> {

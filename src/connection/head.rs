@@ -1,0 +1,132 @@
+//! The request head: read within its limits, then an upgrade answered here, a refusal sent,
+//! or the bytes handed to the HTTP side.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::handshake::{self, Head};
+use super::{Conn, ConnShard};
+use crate::hub::shard::Phase;
+
+/// How a connection's first request went.
+pub(super) enum Opening {
+    /// Upgraded; the bytes after the head (frames the client sent early).
+    WebSocket(Vec<u8>),
+    /// Not for the WebSocket endpoint: everything read so far, for the HTTP server.
+    Http(Vec<u8>),
+    /// Answered with an error, or gone.
+    Refused,
+}
+
+/// Reads the request head and answers it when it is for the WebSocket endpoint.
+pub(super) async fn read(shard: &ConnShard, conn: &Conn) -> Opening {
+    let cfg = &shard.config;
+    let mut buf = Vec::with_capacity(1024);
+    let mut scanned = 0;
+    let head_len = loop {
+        if let Some(end) = handshake::head_end(&buf, scanned) {
+            break end;
+        }
+        scanned = buf.len();
+        if buf.len() >= cfg.max_request_head {
+            shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
+            respond(shard, conn, &handshake::too_large()).await;
+            return Opening::Refused;
+        }
+        let want = (buf.len() + 1024).min(cfg.max_request_head);
+        match read_some(conn, &mut buf, want).await {
+            Ok(0) | Err(_) => {
+                // A peer that left mid-head; a head timeout was already counted by the sweep.
+                if !conn.dead.get() {
+                    shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
+                }
+                return Opening::Refused;
+            }
+            Ok(_) => {}
+        }
+    };
+    let admit = || {
+        let ok = !shard.draining.get() && shard.shared.try_admit(cfg.max_connections);
+        conn.admitted.set(ok);
+        ok
+    };
+    match handshake::answer(&buf[..head_len], cfg, admit) {
+        Head::Upgrade(response) => {
+            if write_all(conn, response.as_bytes()).await.is_err() {
+                return Opening::Refused;
+            }
+            Opening::WebSocket(buf.split_off(head_len))
+        }
+        Head::Refuse(response) => {
+            debug!(shard = shard.id, "handshake refused");
+            shard.stats().handshake_failures_total.fetch_add(1, Relaxed);
+            respond(shard, conn, &response).await;
+            Opening::Refused
+        }
+        Head::Http => Opening::Http(buf),
+    }
+}
+
+/// Sends an HTTP error answer and closes politely.
+async fn respond(shard: &ConnShard, conn: &Conn, response: &str) {
+    conn.set_phase(Phase::Closing);
+    if write_all(conn, response.as_bytes()).await.is_ok() {
+        // SAFETY: `fd` is this connection's open socket.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+        discard_until_eof(shard, conn).await;
+    }
+}
+
+/// Reads up to `want` total bytes into `buf`, waiting for at least one.
+async fn read_some(conn: &Conn, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    let len = buf.len();
+    buf.resize(want, 0);
+    let res = poll_fn(|cx| {
+        let mut stream = conn.stream.borrow_mut();
+        Pin::new(&mut *stream).poll_read(cx, &mut buf[len..])
+    })
+    .await;
+    buf.truncate(len + *res.as_ref().unwrap_or(&0));
+    res
+}
+
+async fn write_all(conn: &Conn, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| {
+            let mut stream = conn.stream.borrow_mut();
+            Pin::new(&mut *stream).poll_write(cx, bytes)
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Reads and throws away until the peer closes (bounded by the close timeout of the sweep), so
+/// that unread input never turns our close into a reset that loses the close frame.
+///
+/// The bytes land in the shard's scratch buffer, borrowed only inside each poll: no buffer
+/// lives in the connection's task.
+pub(super) async fn discard_until_eof(shard: &ConnShard, conn: &Conn) {
+    loop {
+        let res = poll_fn(|cx| {
+            let mut sink = shard.scratch.borrow_mut();
+            let len = sink.len().max(4096);
+            sink.resize(len, 0);
+            let mut stream = conn.stream.borrow_mut();
+            Pin::new(&mut *stream).poll_read(cx, &mut sink[..])
+        })
+        .await;
+        if !matches!(res, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! One client connection on a shard: its state and lifecycle. The request head
+//! ([`head`]), the reader task ([`reader`]) and the writer task ([`writer`]) are in their own
+//! files; the pure handshake rules are in [`handshake`].
+//!
+//! A connection that is not a WebSocket upgrade is handed, with the bytes read so far, to the
+//! hub's [`Requests`] handler (the `http` part implements it).
+
+pub(crate) mod handshake;
+mod head;
+mod reader;
+mod writer;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
+use glommio::net::TcpStream;
+use tracing::{error, trace};
+
+use crate::hub::fanout::ClientLink;
+use crate::hub::shard::{Client, Phase, Shard, Timing};
+use crate::protocol::{close_code, close_frame, Channel, PING_FRAME};
+
+use self::head::Opening;
+use self::reader::End;
+
+/// A shard whose clients are [`Conn`]s.
+pub(crate) type ConnShard = Shard<Conn>;
+
+/// Serves the requests on the hub's port that are not WebSocket upgrades.
+pub(crate) trait Requests: Send + Sync + 'static {
+    /// Serves `conn`'s requests until it closes; `head` holds the bytes read so far (at least
+    /// one complete request head).
+    fn serve<'a>(
+        &'a self,
+        shard: &'a Rc<ConnShard>,
+        conn: &'a Rc<Conn>,
+        head: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+}
+
+/// A connection as its shard sees it.
+pub(crate) struct Conn {
+    pub(crate) link: ClientLink,
+    stream: RefCell<TcpStream>,
+    fd: RawFd,
+    phase: Cell<Phase>,
+    since: Cell<Instant>,
+    last_seen: Cell<Instant>,
+    pub(crate) last_ping: Cell<Instant>,
+    stalled_since: Cell<Option<Instant>>,
+    /// Bytes written to the socket so far, wrapping (only differences between two looks of
+    /// the sweep, a second apart, are used).
+    written: Cell<u32>,
+    /// What the sweep last saw: bytes the kernel held unacknowledged, and `written` then.
+    /// `u32::MAX`: not looked yet.
+    ack_probe: Cell<(u32, u32)>,
+    reader_done: Cell<bool>,
+    dead: Cell<bool>,
+    /// Counted in the shard's open WebSocket clients.
+    opened: Cell<bool>,
+    /// Holds a place under the global connection limit.
+    admitted: Cell<bool>,
+}
+
+impl AsRef<ClientLink> for Conn {
+    fn as_ref(&self) -> &ClientLink {
+        &self.link
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("fd", &self.fd)
+            .field("phase", &self.phase.get())
+            .finish()
+    }
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        let now = Instant::now();
+        Self {
+            link: ClientLink::default(),
+            fd: stream.as_raw_fd(),
+            stream: RefCell::new(stream),
+            phase: Cell::new(Phase::Handshake),
+            since: Cell::new(now),
+            last_seen: Cell::new(now),
+            last_ping: Cell::new(now),
+            stalled_since: Cell::new(None),
+            written: Cell::new(0),
+            ack_probe: Cell::new((u32::MAX, 0)),
+            reader_done: Cell::new(false),
+            dead: Cell::new(false),
+            opened: Cell::new(false),
+            admitted: Cell::new(false),
+        }
+    }
+
+    pub(crate) fn timing(&self) -> Timing {
+        Timing {
+            phase: self.phase.get(),
+            since: self.since.get(),
+            last_seen: self.last_seen.get(),
+            last_ping: self.last_ping.get(),
+            stalled_since: self.stalled_since.get(),
+        }
+    }
+
+    /// For the sweep: whether the client's TCP stack acknowledged data since the last look,
+    /// which proves it alive and reading. Asked only of a stalled writer and of a client about
+    /// to reach the pong wait (`quiet`), so a healthy client costs no system call.
+    ///
+    /// The kernel wakes a writer only once a third of the send buffer is free, so a client
+    /// draining a few KB/s leaves the writer parked longer than the write wait, and the
+    /// server's ping waits behind that backlog, so its pong comes late; neither makes it dead.
+    /// A vanished client acknowledges nothing.
+    pub(crate) fn note_acknowledged(&self, now: Instant, quiet: bool) {
+        let stalled = self.stalled_since.get().is_some();
+        if !stalled && !quiet {
+            // Acknowledgements from before this look-out prove nothing about now.
+            self.ack_probe.set((u32::MAX, 0));
+            return;
+        }
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: `fd` is this connection's open socket; TIOCOUTQ (SIOCOUTQ) writes one c_int:
+        // the bytes written to it that the peer has not acknowledged.
+        if unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, &mut unacked) } != 0 {
+            return;
+        }
+        let unacked = u32::try_from(unacked).unwrap_or(0);
+        let written = self.written.get();
+        let (before, written_before) = self.ack_probe.replace((unacked, written));
+        if before == u32::MAX {
+            return;
+        }
+        let sent = u64::from(written.wrapping_sub(written_before));
+        let acked = (u64::from(before) + sent).saturating_sub(unacked.into());
+        if acked > 0 {
+            self.last_seen.set(now);
+            if stalled {
+                self.stalled_since.set(Some(now));
+            }
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        if self.phase.get() != phase {
+            self.phase.set(phase);
+            self.since.set(Instant::now());
+        }
+    }
+
+    /// Whether this is an upgraded WebSocket client.
+    pub(crate) fn is_websocket(&self) -> bool {
+        self.opened.get()
+    }
+
+    /// Marks the connection as served by the HTTP server (idle-timed by the sweep).
+    pub(crate) fn begin_http(&self) {
+        self.set_phase(Phase::Http);
+    }
+
+    /// A request arrived: the HTTP idle clock starts again.
+    pub(crate) fn touch(&self) {
+        self.since.set(Instant::now());
+    }
+
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)
+    }
+
+    pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, buf)
+    }
+
+    pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream.borrow_mut()).poll_close(cx)
+    }
+
+    /// Ends the connection now: both directions are shut, so the reader sees EOF and the
+    /// writer an error; the tasks then release everything.
+    pub(crate) fn kill(&self) {
+        if !self.dead.replace(true) {
+            // SAFETY: `fd` is this connection's socket, open for as long as `self.stream` lives.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        }
+        self.link.wake_writer();
+    }
+
+    /// Starts a close handshake with `code`: queued frames are discarded, the close frame goes
+    /// out at the next frame boundary, and the connection lingers until the peer answers or the
+    /// close timeout.
+    pub(crate) fn close(&self, code: u16, reason: &str) {
+        self.start_close(code, reason, false);
+    }
+
+    /// Fails the connection for bad input: like [`Self::close`], but the replies already
+    /// queued go out ahead of the close frame (broadcasts are still discarded).
+    pub(crate) fn fail(&self, code: u16, reason: &str) {
+        self.start_close(code, reason, true);
+    }
+
+    fn start_close(&self, code: u16, reason: &str, after_replies: bool) {
+        match self.phase.get() {
+            Phase::Handshake => self.kill(),
+            Phase::Open => {
+                let frame = close_frame(code, reason);
+                let mut out = self.link.out.borrow_mut();
+                if after_replies {
+                    out.close_after_replies(frame);
+                } else {
+                    out.close_with(frame);
+                }
+                drop(out);
+                self.set_phase(Phase::Closing);
+                self.link.wake_writer();
+            }
+            Phase::Closing | Phase::Http => {}
+        }
+    }
+}
+
+impl Client for Conn {
+    type Context = dyn Requests;
+
+    /// Serves one accepted socket to its end. A panic inside closes this connection only.
+    ///
+    /// The socket is wrapped before the task starts, so the task's future holds a pointer to
+    /// it, not the stream itself.
+    fn serve(shard: Rc<ConnShard>, stream: TcpStream) -> impl Future<Output = ()> + 'static {
+        let _ = stream.set_nodelay(true);
+        if let Some(bytes) = shard.config.send_buffer {
+            set_send_buffer(stream.as_raw_fd(), bytes);
+        }
+        serve_conn(shard, Rc::new(Self::new(stream)))
+    }
+
+    fn write_now(&self, shard: &ConnShard) {
+        writer::write_now(shard, self);
+    }
+
+    fn timing(&self) -> Timing {
+        Self::timing(self)
+    }
+
+    fn note_acknowledged(&self, now: Instant, quiet: bool) {
+        Self::note_acknowledged(self, now, quiet);
+    }
+
+    fn ping(&self, now: Instant) {
+        self.last_ping.set(now);
+        self.link.out.borrow_mut().push_control(PING_FRAME);
+        self.link.wake_writer();
+    }
+
+    fn is_websocket(&self) -> bool {
+        Self::is_websocket(self)
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        Self::close(self, code, reason);
+    }
+
+    fn kill(&self) {
+        Self::kill(self);
+    }
+}
+
+/// Sets `SO_SNDBUF`; a failure leaves the kernel's default, which is only a larger buffer.
+fn set_send_buffer(fd: RawFd, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket owned by the caller; the option value is a c_int that
+    // lives across the call, and its size is passed with it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+async fn serve_conn(shard: Rc<ConnShard>, conn: Rc<Conn>) {
+    let key = shard.fanout.borrow_mut().insert(conn.clone());
+    let guard = Registered {
+        shard: &shard,
+        conn: &conn,
+        key,
+    };
+    if let Err(panic) = AssertUnwindSafe(run(&shard, &conn, key))
+        .catch_unwind()
+        .await
+    {
+        shard.stats().panics_total.fetch_add(1, Relaxed);
+        error!(
+            shard = shard.id,
+            cause = panic_text(&*panic),
+            "connection task panicked"
+        );
+        send_close_now(&conn, close_code::INTERNAL, "internal error");
+    }
+    drop(guard);
+}
+
+/// Best effort, without waiting: a close frame straight to the socket, when no frame is
+/// half-written (the writer task is gone after a panic).
+fn send_close_now(conn: &Conn, code: u16, reason: &str) {
+    let at_boundary = conn
+        .link
+        .out
+        .try_borrow()
+        .is_ok_and(|out| out.at_frame_boundary());
+    if conn.phase.get() == Phase::Open && at_boundary {
+        let frame = close_frame(code, reason);
+        // SAFETY: `fd` is this connection's open socket; `frame` outlives the call.
+        unsafe {
+            libc::send(
+                conn.fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+    }
+}
+
+/// Removes the connection from its shard however its task ends.
+struct Registered<'a> {
+    shard: &'a ConnShard,
+    conn: &'a Rc<Conn>,
+    key: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.conn.kill();
+        if let Ok(mut fanout) = self.shard.fanout.try_borrow_mut() {
+            fanout.remove(self.key);
+        }
+        self.shard.publish_interest();
+        if self.conn.opened.get() {
+            self.shard.stats().connections.fetch_sub(1, Relaxed);
+        }
+        if self.conn.admitted.get() {
+            self.shard.shared.release();
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown")
+}
+
+async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
+    let tail = match head::read(shard, conn).await {
+        Opening::WebSocket(tail) => tail,
+        Opening::Http(bytes) => {
+            // Boxed by the handler: hyper's connection state is allocated only for HTTP
+            // connections, so it does not grow the task every WebSocket client carries.
+            return shard.context.serve(shard, conn, bytes).await;
+        }
+        Opening::Refused => return,
+    };
+    let stats = shard.stats();
+    stats.handshakes_total.fetch_add(1, Relaxed);
+    stats.connections.fetch_add(1, Relaxed);
+    conn.opened.set(true);
+    let now = Instant::now();
+    conn.last_seen.set(now);
+    conn.last_ping.set(now);
+    conn.set_phase(Phase::Open);
+    if !shard.config.echo {
+        let mut fanout = shard.fanout.borrow_mut();
+        for channel in [Channel::Metrics, Channel::Events] {
+            fanout.subscribe(key, channel.clone());
+            fanout.greet(key, &channel);
+        }
+    }
+    if shard.draining.get() {
+        conn.close(close_code::GOING_AWAY, "server shutting down");
+    }
+    let writer = glommio::spawn_local(writer::task(shard.clone(), conn.clone()));
+    let end = reader::read_messages(shard, conn, key, tail).await;
+    trace!(shard = shard.id, ?end, "reader ended");
+    match end {
+        End::PeerClosed => {}
+        End::Failed => head::discard_until_eof(shard, conn).await,
+        End::Gone => conn.kill(),
+    }
+    conn.reader_done.set(true);
+    conn.link.wake_writer();
+    writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoRequests;
+
+    impl Requests for NoRequests {
+        fn serve<'a>(
+            &'a self,
+            _: &'a Rc<ConnShard>,
+            _: &'a Rc<Conn>,
+            _: Vec<u8>,
+        ) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
+            Box::pin(async {})
+        }
+    }
+
+    /// Every idle connection carries these two task futures: keep them small (DESIGN.md aims
+    /// at under 3 KB per idle connection, all included).
+    #[test]
+    fn connection_tasks_stay_small() {
+        fn size<F>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        glommio::LocalExecutor::default().run(async {
+            let l = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let shared = std::sync::Arc::new(crate::hub::HubShared::new(1, 4));
+            let context: std::sync::Arc<dyn Requests> = std::sync::Arc::new(NoRequests);
+            let shard = Rc::new(Shard::new(0, Default::default(), shared, context));
+            let conn = Rc::new(Conn::new(TcpStream::connect(addr).await.unwrap()));
+            let serve = serve_conn(shard.clone(), conn.clone());
+            let writer = writer::task(shard.clone(), conn.clone());
+            eprintln!(
+                "Conn {} B, serve {} B, writer {} B",
+                std::mem::size_of::<Conn>(),
+                size(&serve),
+                size(&writer)
+            );
+            assert!(std::mem::size_of::<Conn>() <= 400);
+            assert!(size(&serve) <= 512, "serve future: {} B", size(&serve));
+            assert!(size(&writer) <= 256, "writer future: {} B", size(&writer));
+        });
+    }
+}

@@ -1,0 +1,196 @@
+//! The writer: everything queued for a client goes out in one `sendmsg` of the shared frames.
+//! The distributor writes a batch itself when the writer task is idle ([`write_now`]); the
+//! task keeps full sockets, errors and the close.
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::RawFd;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+use std::time::Instant;
+
+use futures_lite::{AsyncWrite, FutureExt};
+use tracing::error;
+
+use super::{panic_text, Conn, ConnShard};
+use crate::hub::queue::{OutQueue, Progress};
+use crate::hub::shard::Phase;
+use crate::protocol::lagged_frame;
+
+/// Most frames one `sendmsg` carries.
+const MAX_IOV: usize = 128;
+
+pub(super) async fn task(shard: Rc<ConnShard>, conn: Rc<Conn>) {
+    if let Err(panic) = AssertUnwindSafe(write_loop(&shard, &conn))
+        .catch_unwind()
+        .await
+    {
+        shard.stats().panics_total.fetch_add(1, Relaxed);
+        error!(
+            shard = shard.id,
+            cause = panic_text(&*panic),
+            "writer task panicked"
+        );
+        conn.kill();
+    }
+}
+
+async fn write_loop(shard: &ConnShard, conn: &Conn) {
+    loop {
+        let go = poll_fn(|cx| {
+            if conn.dead.get() {
+                return Poll::Ready(false);
+            }
+            if conn.link.out.borrow().has_work() {
+                Poll::Ready(true)
+            } else if conn.reader_done.get() {
+                Poll::Ready(false)
+            } else {
+                conn.link.set_writer(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await;
+        if !go || !flush(shard, conn).await {
+            return;
+        }
+    }
+}
+
+/// Writes until the queue is empty. Returns false when the connection is done (error or our
+/// close frame sent).
+async fn flush(shard: &ConnShard, conn: &Conn) -> bool {
+    loop {
+        let Some(sent) = send_once(shard, conn, &mut conn.link.out.borrow_mut()) else {
+            return true;
+        };
+        let n = match sent {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if conn.stalled_since.get().is_none() {
+                    conn.stalled_since.set(Some(Instant::now()));
+                }
+                match wait_writable(conn).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        conn.kill();
+                        return false;
+                    }
+                }
+            }
+            Err(_) => {
+                conn.kill();
+                return false;
+            }
+        };
+        if conn.dead.get() {
+            return false;
+        }
+        let progress = advance(shard, conn, &mut conn.link.out.borrow_mut(), n);
+        if progress.frames > 0 {
+            conn.stalled_since.set(None);
+        }
+        if progress.close_sent {
+            conn.set_phase(Phase::Closing);
+            // SAFETY: `fd` is this connection's open socket.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+            return false;
+        }
+    }
+}
+
+/// Writes `conn`'s queue now, from the distributor, if its writer is idle (parked waiting for
+/// work); otherwise, or when anything but a complete write happens, wakes the writer, which
+/// handles full sockets, errors and the close.
+pub(super) fn write_now(shard: &ConnShard, conn: &Conn) {
+    if conn.dead.get() || !conn.link.writer_idle() {
+        return conn.link.wake_writer();
+    }
+    let mut out = conn.link.out.borrow_mut();
+    if out.closing() {
+        drop(out);
+        return conn.link.wake_writer();
+    }
+    match send_once(shard, conn, &mut out) {
+        None => {}
+        Some(Ok(n)) => {
+            advance(shard, conn, &mut out, n);
+            if out.has_work() {
+                drop(out);
+                conn.link.wake_writer();
+            }
+        }
+        Some(Err(_)) => {
+            drop(out);
+            conn.link.wake_writer();
+        }
+    }
+}
+
+/// Puts a pending `lagged` notice in front, then one `sendmsg` of the queue; `None` when there
+/// is nothing to send.
+fn send_once(shard: &ConnShard, conn: &Conn, out: &mut OutQueue) -> Option<io::Result<usize>> {
+    if out
+        .prepare(|dropped| lagged_frame(dropped, &shard.shared.stamp()))
+        .is_some()
+    {
+        shard.stats().lagged_total.fetch_add(1, Relaxed);
+    }
+    out.has_work()
+        .then(|| send_queued(conn.fd, out, &mut shard.iov.borrow_mut()))
+}
+
+/// Marks `n` bytes written to `conn` and counts them.
+fn advance(shard: &ConnShard, conn: &Conn, out: &mut OutQueue, n: usize) -> Progress {
+    conn.written.set(conn.written.get().wrapping_add(n as u32));
+    let stats = shard.stats();
+    let progress = out.advance(n);
+    stats.bytes_sent_total.fetch_add(n as u64, Relaxed);
+    stats.writes_total.fetch_add(1, Relaxed);
+    if progress.frames > 0 {
+        stats.frames_sent_total.fetch_add(progress.frames, Relaxed);
+    }
+    progress
+}
+
+/// One `sendmsg` of the queued frames, without blocking.
+fn send_queued(fd: RawFd, out: &OutQueue, iov: &mut Vec<libc::iovec>) -> io::Result<usize> {
+    iov.clear();
+    iov.extend(out.slices(MAX_IOV).map(|s| libc::iovec {
+        iov_base: s.as_ptr() as *mut libc::c_void,
+        iov_len: s.len(),
+    }));
+    // SAFETY: a zeroed msghdr is valid; we point it at `iov`, whose entries borrow `out`,
+    // which outlives this call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Waits until the socket takes more bytes, through glommio's own write path (a poll on the
+/// ring): the unwritten part of the first queued frame goes out as soon as it can.
+async fn wait_writable(conn: &Conn) -> io::Result<usize> {
+    poll_fn(|cx| {
+        if conn.dead.get() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let out = conn.link.out.borrow();
+        let Some(first) = out.slices(1).next() else {
+            return Poll::Ready(Ok(0));
+        };
+        let mut stream = conn.stream.borrow_mut();
+        Pin::new(&mut *stream).poll_write(cx, first)
+    })
+    .await
+}
