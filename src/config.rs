@@ -335,42 +335,40 @@ impl HubConfig {
         ];
         for (name, d) in positive {
             if d.is_zero() {
-                return Err(ConfigError::Invalid(format!("{name} must be above zero")));
+                return Err(ConfigError::ZeroDuration(name));
             }
         }
-        if self.client_queue == 0 || self.ring_size == 0 {
-            return Err(ConfigError::Invalid(
-                "client_queue and ring_size must be at least 1".into(),
-            ));
-        }
-        if self.max_request_head < 256 || self.max_headers == 0 {
-            return Err(ConfigError::Invalid(
-                "max_request_head must be at least 256 bytes and max_headers at least 1".into(),
-            ));
+        let at_least = [
+            ("client_queue", self.client_queue, 1),
+            ("ring_size", self.ring_size, 1),
+            ("max_request_head", self.max_request_head, 256),
+            ("max_headers", self.max_headers, 1),
+            ("max_connections", self.max_connections, 1),
+        ];
+        for (field, value, min) in at_least {
+            if value < min {
+                return Err(ConfigError::TooSmall { field, min });
+            }
         }
         for (name, token) in [("viewer", &self.viewer_token), ("admin", &self.admin_token)] {
             if token
                 .as_deref()
                 .is_some_and(|t| t.is_empty() || t.len() > 4096)
             {
-                return Err(ConfigError::Invalid(format!(
-                    "the {name} token must be 1 to 4096 bytes"
-                )));
+                return Err(ConfigError::TokenLength(name));
             }
-        }
-        if self.max_connections == 0 {
-            return Err(ConfigError::Invalid(
-                "max_connections must be at least 1".into(),
-            ));
         }
         if !self.ws_path.starts_with('/') {
-            return Err(ConfigError::Invalid("ws_path must start with '/'".into()));
+            return Err(ConfigError::WsPath);
         }
         match &self.cores {
-            Cores::Count(0) => return Err(ConfigError::Invalid("cores must be at least 1".into())),
-            Cores::List(l) if l.is_empty() => {
-                return Err(ConfigError::Invalid("the core list is empty".into()))
+            Cores::Count(0) => {
+                return Err(ConfigError::TooSmall {
+                    field: "cores",
+                    min: 1,
+                })
             }
+            Cores::List(l) if l.is_empty() => return Err(ConfigError::NoCores),
             _ => {}
         }
         Ok(())
@@ -415,15 +413,13 @@ impl HubConfig {
         match &self.cores {
             Cores::All => Ok(available),
             Cores::Count(n) if *n <= available.len() => Ok(available[..*n].to_vec()),
-            Cores::Count(n) => Err(ConfigError::Invalid(format!(
-                "{n} cores asked, {} available",
-                available.len()
-            ))),
+            Cores::Count(n) => Err(ConfigError::TooManyCores {
+                asked: *n,
+                available: available.len(),
+            }),
             Cores::List(list) => {
                 if let Some(bad) = list.iter().find(|c| !available.contains(c)) {
-                    return Err(ConfigError::Invalid(format!(
-                        "core {bad} is not available (available: {available:?})"
-                    )));
+                    return Err(ConfigError::UnknownCore(*bad));
                 }
                 Ok(list.clone())
             }

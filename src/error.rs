@@ -13,23 +13,68 @@ pub enum Error {
     /// too low for io_uring: raise `ulimit -l`).
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
-    /// A shard's thread ended with a panic or an executor error.
-    #[error("shard {shard} failed: {reason}")]
+    /// A shard's executor failed to start or ended with an error.
+    #[error("shard {shard} failed: {cause}")]
     Shard {
         /// The shard that failed.
         shard: usize,
-        /// What it reported.
-        reason: String,
+        /// What happened to it.
+        #[source]
+        cause: ShardFailure,
     },
 }
 
-/// A configuration value that cannot be used.
+/// What happened to a shard that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShardFailure {
+    /// Its executor could not start (io_uring refused: raise `ulimit -l`; or the core is
+    /// not usable).
+    #[error("its executor could not start: {0}")]
+    Start(#[source] io::Error),
+    /// Its executor started but did not report ready in time (an overloaded machine).
+    #[error("its executor did not report ready in time")]
+    NotReady,
+    /// Its thread ended with an error or a panic.
+    #[error("its thread ended abnormally: {0}")]
+    Ended(#[source] io::Error),
+}
+
+/// A configuration value that cannot be used; fix the named field and start again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The value is out of range or inconsistent; the text says which.
-    #[error("{0}")]
-    Invalid(String),
+    /// A duration that must be above zero is zero.
+    #[error("{0} must be above zero")]
+    ZeroDuration(&'static str),
+    /// A size or count is below its minimum.
+    #[error("{field} must be at least {min}")]
+    TooSmall {
+        /// The field.
+        field: &'static str,
+        /// Its smallest value.
+        min: usize,
+    },
+    /// A token is empty or longer than 4096 bytes.
+    #[error("the {0} token must be 1 to 4096 bytes")]
+    TokenLength(&'static str),
+    /// The WebSocket path does not start with `/`.
+    #[error("ws_path must start with '/'")]
+    WsPath,
+    /// The core list is empty.
+    #[error("the core list is empty")]
+    NoCores,
+    /// More cores are asked for than the machine has.
+    #[error("{asked} cores asked, {available} available")]
+    TooManyCores {
+        /// Cores asked for.
+        asked: usize,
+        /// Cores available.
+        available: usize,
+    },
+    /// A listed core is not available to this process.
+    #[error("core {0} is not available")]
+    UnknownCore(usize),
 }
 
 /// A broadcast that could not be encoded. Nothing was sent; the caller's data is at fault.
@@ -38,7 +83,10 @@ pub enum ConfigError {
 pub enum BroadcastError {
     /// The payload failed to serialize to JSON.
     #[error("payload does not serialize to JSON: {0}")]
-    Encode(String),
+    Encode(#[source] Box<simd_json::Error>),
+    /// Raw data given to `publish_raw` is not one JSON value.
+    #[error("data is not one JSON value: {0}")]
+    NotJson(#[source] serde_json::Error),
     /// The message type is empty.
     #[error("message type must not be empty")]
     EmptyType,
@@ -62,7 +110,8 @@ mod tests {
 
     #[test]
     fn errors_stay_small() {
-        assert!(std::mem::size_of::<Error>() <= 40);
-        assert!(std::mem::size_of::<BroadcastError>() <= 32);
+        assert!(std::mem::size_of::<Error>() <= 32);
+        assert!(std::mem::size_of::<ConfigError>() <= 32);
+        assert!(std::mem::size_of::<BroadcastError>() <= 16);
     }
 }

@@ -18,18 +18,36 @@
 //!
 //! # Layout
 //!
-//! - [`HubConfig`]: limits and intervals, with the protocol's defaults.
-//! - [`Hub`] / [`HubHandle`]: start, address, counters, graceful shutdown.
-//! - [`Broadcaster`]: `publish`, `topic_created`, `topic_deleted`, `group_updated`, `metrics`.
-//! - `protocol`: channels, client messages, envelopes and frames (pure, no I/O).
-//! - `handshake`: the bounded upgrade request (pure).
-//! - `fanout`: a shard's subscription index and client queues (pure, single-threaded).
-//! - `shard` / `connection`: the glommio side: accept, distribute, sweep, read, write.
-//! - [`MonitoringMetrics`]: the snapshot model of PROTOCOL.md.
-//! - [`Recorder`] / [`TopicMeter`]: the broker's hot path (striped counters, per-thread HDR
-//!   histograms), [`TopicManager`] and [`GroupCoordinator`]: topics, groups, lag, events.
-//! - [`MetricsSource`] / [`StandardSource`] and the [`Ticker`]: one snapshot per interval,
-//!   encoded once, plus detail frames for subscribed `topic:` / `group:` channels.
+//! The parts depend on each other downward only; each is a file or folder of `src/` named
+//! after it. From the bottom:
+//!
+//! - `config` ([`HubConfig`], [`Cores`]), `error` ([`Error`] and its causes), `protocol`
+//!   ([`Channel`], [`close_code`], client messages, envelopes and frames: pure, no I/O), and
+//!   `security` (viewer and admin tokens, allowed origins).
+//! - `hub`: the core. Shared state kept to the rings, the `seq` and epoch, shutdown and
+//!   admission (`hub/shared.rs`); the [`Broadcaster`] and its [`Frame`]s (`broadcast.rs`);
+//!   one shard per core, generic over its client (`shard.rs`: accept, distribute, heartbeat
+//!   sweep, drain); a shard's subscription index (`fanout.rs`) and each client's bounded
+//!   queue (`queue.rs`); counters ([`HubStats`], `counters.rs`); [`HubProbe`] and
+//!   [`ShutdownTrigger`]. It knows nothing of HTTP, Redis or sources: the connection code
+//!   is its shards' client, and whatever wants every broadcast plugs in as a [`FrameTap`].
+//! - `connection`: one client socket: state and lifecycle (`mod.rs`), the bounded request head
+//!   (`head.rs`, rules in `handshake.rs`), the reader (`reader.rs`: tungstenite parses, the
+//!   protocol's messages are acted on) and the writer (`writer.rs`: one `sendmsg` of the
+//!   shared frames). What is not a WebSocket upgrade goes to a `Requests` handler.
+//! - `broker`: what a broker records ([`Recorder`], [`TopicMeter`]), its topics
+//!   ([`TopicManager`]) and groups ([`GroupCoordinator`]), the snapshot model of PROTOCOL.md
+//!   ([`MonitoringMetrics`], `snapshot.rs`), where snapshots come from ([`MetricsSource`],
+//!   [`StandardSource`]) and the [`Ticker`] that broadcasts one per interval.
+//! - `http`: the `Requests` handler on hyper: the dashboard, health, Prometheus text
+//!   (`prometheus.rs`), and the REST API from one typed table of requests (`routes.rs`)
+//!   answered by this instance's services or a relay's (`rest.rs`).
+//! - `sources`: the simulated broker ([`DemoBroker`], `demo/`) and the Redis [`Relay`]
+//!   between instances (`relay/`: its threads, wire format, RESP client and REST proxy).
+//! - `server`: the running application ([`Hub`], [`HubHandle`]: the hub core with its
+//!   connections and HTTP side, REST services, relay and ticker plugged in), and the
+//!   server binary's [`server::Options`] and [`server::run`]; `main.rs` only parses options,
+//!   starts logging and calls it.
 //!
 //! ```no_run
 //! use takhin_monitor::{Hub, HubConfig};
@@ -59,7 +77,7 @@ pub use crate::broker::{
     MAX_TOPIC_NAME,
 };
 pub use crate::config::{Cores, HubConfig};
-pub use crate::error::{BroadcastError, ConfigError, Error, RelayUrlError};
+pub use crate::error::{BroadcastError, ConfigError, Error, RelayUrlError, ShardFailure};
 pub use crate::hub::{
     Broadcaster, DetailChannels, Frame, FrameTap, HubProbe, HubStats, ShutdownTrigger,
 };

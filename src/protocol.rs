@@ -262,7 +262,7 @@ pub(crate) fn write_envelope<T: Serialize + ?Sized>(
 }
 
 fn encode_error(e: simd_json::Error) -> BroadcastError {
-    BroadcastError::Encode(e.to_string())
+    BroadcastError::Encode(Box::new(e))
 }
 
 /// [`write_envelope`] with the `data` written by a function (raw JSON passed through, say).

@@ -180,3 +180,92 @@ pub(crate) fn text(probe: &HubProbe, exporters: &[Arc<dyn Exporter>]) -> String 
     }
     out.0
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hub::{Broadcaster, HubShared};
+    use crate::protocol::Channel;
+
+    #[derive(Debug)]
+    struct Extra;
+
+    impl Exporter for Extra {
+        fn export(&self, out: &mut Text) {
+            out.metric("extra_up", "gauge", "An exporter's own line.", 1.0);
+        }
+    }
+
+    /// The value of an unlabelled sample, and that its HELP and TYPE lines come first.
+    fn sample(text: &str, name: &str, kind: &str) -> f64 {
+        let at = text
+            .find(&format!("# TYPE {name} {kind}\n"))
+            .unwrap_or_else(|| panic!("no TYPE line for {name}:\n{text}"));
+        assert!(text[..at].ends_with('\n') && text[..at].contains(&format!("# HELP {name} ")));
+        let line = text[at..].lines().nth(1).unwrap();
+        let (n, v) = line.split_once(' ').unwrap();
+        assert_eq!(n, name);
+        v.parse().unwrap()
+    }
+
+    #[test]
+    fn counters_of_every_shard_add_up_in_the_text_format() {
+        let shared = Arc::new(HubShared::new(2, 8));
+        shared.stats[0].connections.fetch_add(3, Relaxed);
+        shared.stats[1].connections.fetch_add(4, Relaxed);
+        shared.stats[1].lagged_total.fetch_add(5, Relaxed);
+        let b = Broadcaster::new(shared.clone());
+        b.publish(&Channel::Events, "n", &1).unwrap();
+        b.publish(&Channel::Events, "n", &2).unwrap();
+        let exporters: Vec<Arc<dyn Exporter>> = vec![Arc::new(Extra)];
+        let text = text(&HubProbe::new(shared), &exporters);
+        assert_eq!(sample(&text, "takhin_connections", "gauge"), 7.0);
+        assert_eq!(sample(&text, "takhin_lagged_total", "counter"), 5.0);
+        assert_eq!(sample(&text, "takhin_broadcasts_total", "counter"), 2.0);
+        assert!(sample(&text, "process_resident_memory_bytes", "gauge") > 0.0);
+        assert_eq!(sample(&text, "extra_up", "gauge"), 1.0);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(
+                name.starts_with("takhin_") || name.starts_with("process_") || name == "extra_up"
+            );
+        }
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_end_with_inf_sum_and_count() {
+        let shared = Arc::new(HubShared::new(1, 8));
+        let probe = HubProbe::new(shared);
+        probe.record_tick(Duration::from_micros(3));
+        probe.record_tick(Duration::from_millis(5));
+        let text = text(&probe, &[]);
+        let name = "takhin_tick_duration_seconds";
+        assert!(text.contains(&format!("# TYPE {name} histogram\n")));
+        let buckets: Vec<(String, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+            .map(|l| {
+                let (le, n) = l.split_once("\"} ").unwrap();
+                (le.to_owned(), n.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(buckets.len(), DURATION_BUCKETS.len() + 1);
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+        assert_eq!(buckets[0], ("0.000001".to_owned(), 0));
+        assert_eq!(buckets.last().unwrap(), &("+Inf".to_owned(), 2));
+        let le = |b: &str| buckets.iter().find(|(l, _)| l == b).unwrap().1;
+        assert_eq!((le("0.000005"), le("0.001"), le("0.01")), (1, 1, 2));
+        assert!(text.contains(&format!("\n{name}_count 2\n")));
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_sum ")))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 0.005003).abs() < 1e-9, "{sum}");
+    }
+}

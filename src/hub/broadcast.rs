@@ -239,8 +239,8 @@ impl Broadcaster {
         data: Option<&str>,
     ) -> Result<u64, BroadcastError> {
         if let Some(data) = data {
-            if serde_json::from_str::<&serde_json::value::RawValue>(data).is_err() {
-                return Err(BroadcastError::Encode("data is not one JSON value".into()));
+            if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(data) {
+                return Err(BroadcastError::NotJson(e));
             }
         }
         let write = data.map(|data| {
@@ -260,7 +260,7 @@ impl Broadcaster {
         data: &T,
     ) -> Result<u64, BroadcastError> {
         let write = |out: &mut Vec<u8>| {
-            simd_json::to_writer(out, data).map_err(|e| BroadcastError::Encode(e.to_string()))
+            simd_json::to_writer(out, data).map_err(|e| BroadcastError::Encode(Box::new(e)))
         };
         self.send_with(route, kind, Some(write), 256)
     }

@@ -1,4 +1,5 @@
-//! One shard's subscription index and its clients' outbound queues.
+//! One shard's subscription index: who subscribes to what, each channel's last value, and
+//! each client's link (its queue, in `queue.rs`, and its writer's waker).
 //!
 //! Pure single-threaded code (no sockets, no executor): the distributor calls
 //! [`Fanout::deliver`] for each frame from the ring, which appends a pointer to the shared
@@ -99,7 +100,7 @@ pub struct Fanout<C> {
     max_subscriptions: usize,
     /// Bumped when a `topic:`/`group:` channel gains its first subscriber or loses its last.
     interest_version: u64,
-    /// With deferred wakes, the clients that received frames since [`Self::take_dirty`].
+    /// With deferred wakes, the clients that received frames since the last [`Self::flush_dirty`].
     dirty: Option<Vec<usize>>,
 }
 

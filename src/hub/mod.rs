@@ -29,7 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
 use crate::config::HubConfig;
-use crate::error::Error;
+use crate::error::{Error, ShardFailure};
 use crate::hub::shard::{Client, Shard};
 use crate::protocol::Channel;
 
@@ -86,7 +86,7 @@ impl Engine {
                     let _ = engine.stop();
                     return Err(Error::Shard {
                         shard: id,
-                        reason: e.to_string(),
+                        cause: ShardFailure::Start(e.into()),
                     });
                 }
             }
@@ -94,11 +94,10 @@ impl Engine {
         drop(ready_tx);
         for _ in 0..cores.len() {
             if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-                let reason = engine
-                    .stop()
-                    .err()
-                    .map_or_else(|| "executor did not start".to_owned(), |e| e.to_string());
-                return Err(Error::Shard { shard: 0, reason });
+                return Err(engine.stop().err().unwrap_or(Error::Shard {
+                    shard: 0,
+                    cause: ShardFailure::NotReady,
+                }));
             }
         }
         info!(%local_addr, ?cores, "hub listening");
@@ -131,7 +130,7 @@ impl Engine {
             if let Err(e) = t.join() {
                 result = Err(Error::Shard {
                     shard,
-                    reason: e.to_string(),
+                    cause: ShardFailure::Ended(e.into()),
                 });
             }
         }

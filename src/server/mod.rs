@@ -1,9 +1,9 @@
 //! A running application: the hub core with its connections and its HTTP side ([`Hub`],
 //! [`HubHandle`]), and what the binary builds from its options ([`Options`], [`run`]).
 //!
-//! This is the one place that knows every part: it starts the [`crate::hub`] engine with
-//! [`crate::connection::Conn`] as its clients and [`crate::http::Web`] as the handler of what
-//! is not a WebSocket upgrade, and plugs the REST services, the relay and the ticker in.
+//! This is the one place that knows every part: it starts the `hub` engine with
+//! `connection::Conn` as its clients and `http::Web` as the handler of what is not a
+//! WebSocket upgrade, and plugs the REST services, the relay and the ticker in.
 
 mod options;
 mod run;
