@@ -30,7 +30,7 @@
 //!   sweep, drain); a shard's subscription index (`fanout.rs`) and each client's bounded
 //!   queue (`queue.rs`); counters ([`HubStats`], `counters.rs`); [`HubProbe`] and
 //!   [`ShutdownTrigger`]. It knows nothing of HTTP, Redis or sources: the connection code
-//!   is its shards' client, and whatever wants every broadcast plugs in as a [`FrameTap`].
+//!   is its shards' client, and whatever wants every broadcast plugs in as a `FrameTap`.
 //! - `connection`: one client socket: state and lifecycle (`mod.rs`), the bounded request head
 //!   (`head.rs`, rules in `handshake.rs`), the reader (`reader.rs`: tungstenite parses, the
 //!   protocol's messages are acted on) and the writer (`writer.rs`: one `sendmsg` of the
@@ -78,9 +78,7 @@ pub use crate::broker::{
 };
 pub use crate::config::{Cores, HubConfig};
 pub use crate::error::{BroadcastError, ConfigError, Error, RelayUrlError, ShardFailure};
-pub use crate::hub::{
-    Broadcaster, DetailChannels, Frame, FrameTap, HubProbe, HubStats, ShutdownTrigger,
-};
+pub use crate::hub::{Broadcaster, DetailChannels, Frame, HubProbe, HubStats, ShutdownTrigger};
 pub use crate::protocol::{close_code, Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use crate::server::{Hub, HubHandle};
 pub use crate::sources::{DemoBroker, DemoConfig, Relay, RelayConfig, RelayRole, RelayStats};

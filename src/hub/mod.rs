@@ -14,7 +14,8 @@ pub(crate) mod shared;
 
 pub use self::broadcast::{Broadcaster, Frame};
 pub use self::counters::HubStats;
-pub use self::shared::{FrameTap, HubShared};
+pub(crate) use self::shared::FrameTap;
+pub use self::shared::HubShared;
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};

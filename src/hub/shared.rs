@@ -19,7 +19,7 @@ use crate::protocol::{Channel, Stamp};
 /// Sees every frame this hub broadcasts, in `seq` order, as it is handed to the cores (the
 /// Redis relay publishes them to other instances). Called under the broadcast order lock:
 /// it must not block.
-pub trait FrameTap: Send + Sync + fmt::Debug {
+pub(crate) trait FrameTap: Send + Sync + fmt::Debug {
     /// One broadcast frame, already encoded.
     fn tap(&self, frame: &Frame);
 
