@@ -54,7 +54,7 @@ pub(crate) struct Web {
 }
 
 impl Web {
-    /// Serves publishing only until [`Self::set_api`].
+    /// Serves publishing only until [`Self::attach_api`].
     pub(crate) fn new(broadcaster: Broadcaster, probe: HubProbe) -> Self {
         Self {
             probe,

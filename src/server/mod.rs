@@ -1,5 +1,5 @@
 //! A running application: the hub core with its connections and its HTTP side ([`Hub`],
-//! [`HubHandle`]), and what the binary builds from its options ([`Options`], [`run`]).
+//! [`HubHandle`]), and what the binary builds from its options ([`Options`], [`run()`]).
 //!
 //! This is the one place that knows every part: it starts the `hub` engine with
 //! `connection::Conn` as its clients and `http::Web` as the handler of what is not a
