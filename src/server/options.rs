@@ -1,18 +1,26 @@
 //! The server's options: flags over `TAKHIN_*` environment variables over the TOML file.
+//!
+//! One struct, [`Options`], declares every option once: clap derives the flag and its
+//! environment variable from a field, serde the file's key. The `--config` file is read into
+//! the same struct, and [`Options::merge_file`] merges the two generically: both become TOML
+//! tables, the command line's keys (a flag, or else its variable) are written over the file's,
+//! and the result is read back. Adding an option is adding a field.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Cores, HubConfig};
 use crate::sources::RelayConfig;
 
 /// What feeds the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// A built-in simulated broker: topics, traffic, consumer groups, lag, events.
@@ -23,15 +31,23 @@ pub enum SourceKind {
     Relay,
 }
 
-/// Streams a broker's live metrics and events to WebSocket dashboards.
-///
-/// Every option can also come from a TAKHIN_* environment variable or the --config file;
-/// a flag wins over the environment, which wins over the file.
-#[derive(Debug, Default, Parser)]
-#[command(version, about)]
+/// The server's options. Each field is at once a flag (`--cpu-list`, unless `long` renames
+/// it), a `TAKHIN_*` environment variable (`TAKHIN_CPU_LIST`) and a key of the `--config` TOML
+/// file (the field's name, `cpu_list`); its doc comment is its `--help` text. A field is `None`
+/// when none of them gave it.
+#[derive(Debug, Default, Parser, Serialize, Deserialize)]
+#[command(
+    version,
+    about,
+    long_about = "Streams a broker's live metrics and events to WebSocket dashboards.\n\n\
+                  Every option can also come from a TAKHIN_* environment variable or the \
+                  --config file; a flag wins over the environment, which wins over the file."
+)]
+#[serde(default, deny_unknown_fields)]
 pub struct Options {
     /// TOML file with any of the options below (names with underscores).
     #[arg(long, env = "TAKHIN_CONFIG")]
+    #[serde(skip)]
     pub(crate) config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "TAKHIN_LISTEN")]
@@ -86,67 +102,34 @@ pub struct Options {
     /// Redis relay shared by several instances: redis://HOST:PORT[/prefix]. An instance with a
     /// source publishes every broadcast there; with --source relay it only fans out.
     #[arg(long, env = "TAKHIN_RELAY")]
+    #[serde(with = "as_string")]
     pub(crate) relay: Option<RelayConfig>,
-}
-
-/// The same options, read from the --config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileOpt {
-    listen: Option<SocketAddr>,
-    cores: Option<usize>,
-    cpu_list: Option<Vec<usize>>,
-    source: Option<SourceKind>,
-    token: Option<String>,
-    admin_token: Option<String>,
-    allowed_origins: Option<Vec<String>>,
-    metrics_interval: Option<f64>,
-    max_connections: Option<usize>,
-    client_queue: Option<usize>,
-    send_buffer: Option<usize>,
-    ping_interval: Option<f64>,
-    pong_wait: Option<f64>,
-    shutdown_timeout: Option<f64>,
-    data_dir: Option<PathBuf>,
-    relay: Option<String>,
 }
 
 impl Options {
     /// Fills what neither a flag nor the environment gave from the file.
-    pub fn merge_file(mut self) -> anyhow::Result<Self> {
-        let Some(path) = &self.config else {
+    pub fn merge_file(self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.clone() else {
             return Ok(self);
         };
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let f: FileOpt =
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let file: Self =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        macro_rules! fill {
-            ($($field:ident),*) => { $( self.$field = self.$field.take().or(f.$field); )* };
-        }
-        fill!(
-            listen,
-            cores,
-            cpu_list,
-            source,
-            token,
-            admin_token,
-            allowed_origins,
-            metrics_interval,
-            max_connections,
-            client_queue,
-            send_buffer,
-            ping_interval,
-            pong_wait,
-            shutdown_timeout,
-            data_dir
-        );
-        if self.relay.is_none() {
-            if let Some(url) = f.relay {
-                self.relay = Some(url.parse().with_context(|| format!("relay {url}"))?);
-            }
-        }
-        Ok(self)
+        self.or(file)
+            .with_context(|| format!("merging the command line with {}", path.display()))
+    }
+
+    /// Every option `self` has, the others from `below`: both as TOML tables, `self`'s keys
+    /// written over `below`'s. `config` is not a key: it stays `self`'s.
+    fn or(self, below: Self) -> anyhow::Result<Self> {
+        let mut table = toml::Table::try_from(&below)?;
+        table.extend(toml::Table::try_from(&self)?);
+        let merged: Self = table.try_into()?;
+        Ok(Self {
+            config: self.config,
+            ..merged
+        })
     }
 
     pub(crate) fn build_config(&self) -> anyhow::Result<HubConfig> {
@@ -192,4 +175,305 @@ pub(crate) fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
         bail!("the {what} must be a positive number of seconds");
     }
     Ok(Duration::from_secs_f64(s))
+}
+
+/// An `Option<T>` (de)serialized as the string `T` displays and parses from: the relay as its
+/// `redis://HOST:PORT/prefix` URL.
+mod as_string {
+    use super::{Display, FromStr};
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<T: Display, S: Serializer>(
+        value: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(D::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+
+    /// A `--config` file, removed when dropped.
+    struct File(PathBuf);
+
+    impl File {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir()
+                .join(format!("takhin-options-{}-{name}.toml", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+
+        fn arg(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// The flags alone, as `Options::try_parse_from` reads them but without the variables: the
+    /// environment of whoever runs the tests plays no part (see `the_environment_...` for it).
+    fn flags(args: &[&str]) -> Options {
+        let matches = Options::command()
+            .mut_args(|a| a.env(None))
+            .try_get_matches_from(std::iter::once("takhin-monitor").chain(args.iter().copied()))
+            .unwrap();
+        Options::from_arg_matches(&matches).unwrap()
+    }
+
+    /// The flags, then `--config` with `text`, merged.
+    fn load(name: &str, args: &[&str], text: &str) -> anyhow::Result<Options> {
+        let file = File::new(name, text);
+        let mut args = args.to_vec();
+        args.extend(["--config", file.arg()]);
+        flags(&args).merge_file()
+    }
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn relay(s: &str) -> Option<RelayConfig> {
+        Some(s.parse().unwrap())
+    }
+
+    const FILE: &str = r#"
+        listen = "127.0.0.1:1"
+        cpu_list = [1, 3]
+        source = "demo"
+        token = "file-t"
+        admin_token = "file-a"
+        allowed_origins = ["https://file"]
+        metrics_interval = 9
+        max_connections = 7
+        pong_wait = 30.5
+        data_dir = "/var/file"
+        relay = "redis://file:6379"
+    "#;
+
+    #[test]
+    fn a_flag_wins_over_the_file_for_every_kind_of_value() {
+        let o = load(
+            "flags",
+            &[
+                "--listen=127.0.0.1:2",
+                "--cpu-list=0,2",
+                "--source=relay",
+                "--allowed-origin=https://a",
+                "--allowed-origin=https://b",
+                "--metrics-interval=0.25",
+                "--relay=redis://flag:6380/f",
+            ],
+            FILE,
+        )
+        .unwrap();
+        assert_eq!(o.listen, addr("127.0.0.1:2"));
+        assert_eq!(o.cpu_list, Some(vec![0, 2]));
+        assert_eq!(o.source, Some(SourceKind::Relay));
+        let origins = ["https://a", "https://b"].map(String::from).to_vec();
+        assert_eq!(o.allowed_origins, Some(origins), "replaced, not added to");
+        assert_eq!(o.metrics_interval, Some(0.25));
+        assert_eq!(o.relay, relay("redis://flag:6380/f"));
+        // What no flag gave still comes from the file.
+        assert_eq!(o.token.as_deref(), Some("file-t"));
+        assert_eq!(o.pong_wait, Some(30.5));
+    }
+
+    #[test]
+    fn a_value_only_in_the_file_is_used() {
+        let o = load("file", &["--cores=2"], FILE).unwrap();
+        assert_eq!(o.cores, Some(2));
+        assert_eq!(o.listen, addr("127.0.0.1:1"));
+        assert_eq!(o.cpu_list, Some(vec![1, 3]));
+        assert_eq!(o.source, Some(SourceKind::Demo));
+        assert_eq!(o.token.as_deref(), Some("file-t"));
+        assert_eq!(o.admin_token.as_deref(), Some("file-a"));
+        assert_eq!(o.allowed_origins, Some(vec!["https://file".to_owned()]));
+        assert_eq!(
+            o.metrics_interval,
+            Some(9.0),
+            "an integer is a number of seconds"
+        );
+        assert_eq!(o.max_connections, Some(7));
+        assert_eq!(o.pong_wait, Some(30.5));
+        assert_eq!(o.data_dir.as_deref(), Some(Path::new("/var/file")));
+        assert_eq!(
+            o.relay,
+            relay("redis://file:6379/takhin"),
+            "the default prefix"
+        );
+        assert_eq!((o.client_queue, o.send_buffer), (None, None));
+        let file = format!("takhin-options-{}-file.toml", std::process::id());
+        assert!(o.config.unwrap().ends_with(file), "--config itself is kept");
+    }
+
+    #[test]
+    fn without_a_file_the_flags_are_all() {
+        let o = flags(&["--listen=127.0.0.1:2", "--relay=redis://r:1/p"])
+            .merge_file()
+            .unwrap();
+        assert_eq!(o.listen, addr("127.0.0.1:2"));
+        assert_eq!(o.relay, relay("redis://r:1/p"));
+        assert_eq!((o.config, o.token, o.source), (None, None, None));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_naming_the_file() {
+        for (name, text, key) in [
+            (
+                "typo",
+                "listen = \"127.0.0.1:1\"\nlisten_port = 9\n",
+                "listen_port",
+            ),
+            ("dash", "max-connections = 9\n", "max-connections"),
+            (
+                "flag",
+                "allowed_origin = [\"https://a\"]\n",
+                "allowed_origin",
+            ),
+            ("config", "config = \"other.toml\"\n", "config"),
+        ] {
+            let file = File::new(name, text);
+            let err = flags(&["--config", file.arg()]).merge_file().unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains(file.arg()), "{err}");
+            assert!(err.contains(&format!("unknown field `{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_is_refused_naming_the_file() {
+        for (name, text) in [
+            ("cores", "cores = \"four\""),
+            ("cores-negative", "cores = -1"),
+            ("listen-number", "listen = 8080"),
+            ("listen-string", "listen = \"localhost\""),
+            ("cpu-list-string", "cpu_list = \"0,2\""),
+            ("source", "source = \"kafka\""),
+            ("interval", "metrics_interval = \"fast\""),
+            ("origins", "allowed_origins = \"https://a\""),
+            ("relay", "relay = \"http://r:6379\""),
+            ("relay-number", "relay = 6379"),
+        ] {
+            let file = File::new(name, text);
+            let err = flags(&["--config", file.arg()]).merge_file().unwrap_err();
+            assert!(format!("{err:#}").contains(file.arg()), "{text}: {err:#}");
+        }
+        // Even where the command line gives the option: the whole file is checked.
+        let err = load("shadowed", &["--cores=2"], "cores = \"four\"").unwrap_err();
+        assert!(format!("{err:#}").contains("cores"), "{err:#}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let path = std::env::temp_dir().join("takhin-options-no-such-file.toml");
+        let err = flags(&["--config", path.to_str().unwrap()])
+            .merge_file()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains(path.to_str().unwrap()),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn every_option_has_its_takhin_variable() {
+        for arg in Options::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let env = format!("TAKHIN_{}", id.to_uppercase());
+            assert_eq!(arg.get_env(), Some(env.as_ref()), "--{id}");
+        }
+    }
+
+    /// Marks the child process of `the_environment_is_between_the_flags_and_the_file`.
+    const CHILD: &str = "OPTIONS_TEST_ENV_CHILD";
+
+    /// Sets variables in a child process (this test binary again, running only this test)
+    /// rather than in this one, whose other tests run in parallel.
+    #[test]
+    fn the_environment_is_between_the_flags_and_the_file() {
+        if std::env::var_os(CHILD).is_none() {
+            let file = File::new("env", FILE);
+            let me = module_path!().split_once("::").unwrap().1;
+            let me = format!("{me}::the_environment_is_between_the_flags_and_the_file");
+            let mut child = Command::new(std::env::current_exe().unwrap());
+            child.args([me.as_str(), "--exact", "--nocapture", "--test-threads=1"]);
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("TAKHIN_") {
+                    child.env_remove(k);
+                }
+            }
+            let out = child
+                .env(CHILD, "1")
+                .env("TAKHIN_CONFIG", file.arg())
+                .env("TAKHIN_LISTEN", "127.0.0.1:3")
+                .env("TAKHIN_CPU_LIST", "0,2")
+                .env("TAKHIN_SOURCE", "none")
+                .env("TAKHIN_TOKEN", "env-t")
+                .env("TAKHIN_ALLOWED_ORIGINS", "https://a,https://b")
+                .env("TAKHIN_METRICS_INTERVAL", "0.5")
+                .env("TAKHIN_RELAY", "redis://env:6379/e")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stdout}\n{stderr}");
+            assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+            return;
+        }
+        let cli = Options::try_parse_from([
+            "takhin-monitor",
+            "--listen=127.0.0.1:2",
+            "--source=relay",
+            "--metrics-interval=0.25",
+        ])
+        .unwrap();
+        let o = cli.merge_file().unwrap();
+        // Flag over environment over file.
+        assert_eq!(o.listen, addr("127.0.0.1:2"));
+        assert_eq!(o.source, Some(SourceKind::Relay));
+        assert_eq!(o.metrics_interval, Some(0.25));
+        // Environment over file.
+        let config = o.config.unwrap();
+        assert!(
+            config.to_str().unwrap().ends_with("-env.toml"),
+            "{config:?}"
+        );
+        assert_eq!(o.cpu_list, Some(vec![0, 2]));
+        assert_eq!(o.token.as_deref(), Some("env-t"));
+        let origins = ["https://a", "https://b"].map(String::from).to_vec();
+        assert_eq!(o.allowed_origins, Some(origins));
+        assert_eq!(o.relay, relay("redis://env:6379/e"));
+        // The file.
+        assert_eq!(o.admin_token.as_deref(), Some("file-a"));
+        assert_eq!(o.pong_wait, Some(30.5));
+    }
 }
