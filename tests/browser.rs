@@ -3,8 +3,9 @@
 //! client and React hook unchanged against the server, receiving `metrics` and a
 //! `topic_created` the test triggers through REST.
 //!
-//! Needs `chromium` and `npm ci` in `tests/browser`; without them the test prints `skipped: ...`
-//! and passes, unless `CI` is set, where it fails.
+//! Needs `chromium` and `npm ci` in `tests/browser` (looked for by build.rs); without them the
+//! test is ignored, saying so, unless `CI` is set, where it runs and fails. `.ci/run` installs
+//! them.
 
 mod common;
 
@@ -352,16 +353,13 @@ fn write_seeds_page(dir: &Path) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(any(has_browser, ci)),
+    ignore = "needs chromium and tests/browser/node_modules (.ci/run installs them)"
+)]
 fn the_dashboard_and_the_seeds_client_and_hook_run_in_headless_chromium() {
     common::watchdog();
-    let chromium = match prerequisites() {
-        Ok(c) => c,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("CI is set, but {why}"),
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
-    };
+    let chromium = prerequisites().unwrap_or_else(|why| panic!("{why}"));
     let started = Instant::now();
     let server = start_server();
     let mut browser = start_browser(&chromium);

@@ -50,6 +50,7 @@ fn the_binary_serves_clients_and_sigterm_closes_them_with_1001_then_exits_0() {
 
 #[test]
 fn bad_configuration_exits_non_zero_with_a_reason() {
+    common::watchdog();
     let out = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
         .args(["--listen", "127.0.0.1:0", "--cores", "0"])
         .output()
@@ -105,6 +106,7 @@ fn flags_win_over_the_environment_which_wins_over_the_file() {
 
 #[test]
 fn a_bad_config_file_exits_non_zero_with_a_one_line_reason() {
+    common::watchdog();
     let file = config_file("typo", "listen = \"127.0.0.1:0\"\nlisten_port = 9\n");
     let out = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
         .args(["--config", file.to_str().unwrap()])

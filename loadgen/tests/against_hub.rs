@@ -1,27 +1,18 @@
 //! loadgen, as a real process, against a real hub on 127.0.0.1:0 (started in this test process
 //! so its own counters can be read): the figures both sides count must agree.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Command, Output};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use takhin_monitor::{Cores, Hub, HubConfig, HubHandle};
 
-/// Aborts the test binary if it runs longer than this.
+/// Aborts the test binary if it runs longer than this (its loadgen runs add up to more than the
+/// hub's tests take).
 const WATCHDOG: Duration = Duration::from_secs(180);
-
-fn watchdog() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(WATCHDOG);
-            eprintln!("watchdog: test binary ran over {WATCHDOG:?}, aborting");
-            std::process::abort();
-        });
-    });
-}
 
 /// Tests that read this process's descriptors and memory (the hub runs in it) run alone; the
 /// others share the process freely.
@@ -35,7 +26,7 @@ fn serial(alone: bool) -> Box<dyn std::any::Any> {
 }
 
 fn hub(config: HubConfig) -> HubHandle {
-    watchdog();
+    common::watchdog(WATCHDOG);
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len()).min(2);
     Hub::start(
         config

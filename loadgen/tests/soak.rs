@@ -8,6 +8,8 @@
 //! them), SOAK_RATE (messages/s, 20), SOAK_CHURN (connections/s, 100). The last line printed is
 //! a JSON summary, the figures BENCHMARKS.md quotes.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,13 +76,10 @@ fn stress_soak_holds_memory_flat_and_gives_every_resource_back() {
     let slow = knob("SOAK_SLOW", 200);
     let rate = knob("SOAK_RATE", 20);
     let churn = knob("SOAK_CHURN", 100);
-    // Aborts the test binary if the run hangs (loadgen stops by itself after its duration).
-    let limit = Duration::from_secs(secs + 180);
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        eprintln!("watchdog: the soak ran over {limit:?}, aborting");
-        std::process::abort();
-    });
+    // Aborts the test binary if the run hangs (loadgen stops by itself after its duration):
+    // the configured duration plus the drain (60 s), the wait for every resource (30 s) and
+    // start-up.
+    common::watchdog(Duration::from_secs(secs + 180));
 
     let cores = core_affinity::get_core_ids().map_or(1, |c| c.len()).min(2);
     let hub = Hub::start(

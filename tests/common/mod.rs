@@ -1,11 +1,11 @@
 //! Shared helpers of the integration tests: a hub on 127.0.0.1:0, real WebSocket clients, and
-//! a watchdog so a hung test fails instead of hanging CI.
+//! the watchdog (`watchdog.rs`, shared with loadgen's tests) so a hung test fails instead of
+//! hanging CI.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,20 +13,14 @@ use takhin_monitor::{Cores, Hub, HubConfig, HubHandle};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
-/// Aborts the whole test binary if it runs longer than this.
-const WATCHDOG: Duration = Duration::from_secs(120);
+mod watchdog;
+
 /// How long a client read may wait before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Aborts the whole test binary if it runs longer than `watchdog::DEFAULT_LIMIT` (120 s).
 pub fn watchdog() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(WATCHDOG);
-            eprintln!("watchdog: test binary ran over {WATCHDOG:?}, aborting");
-            std::process::abort();
-        });
-    });
+    watchdog::arm(watchdog::DEFAULT_LIMIT);
 }
 
 /// The test configuration: loopback port 0, both cores when there are two.
