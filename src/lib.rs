@@ -21,7 +21,8 @@
 //! The parts depend on each other downward only; each is a file or folder of `src/` named
 //! after it. From the bottom:
 //!
-//! - `config` ([`HubConfig`], [`Cores`]), `error` ([`Error`] and its causes), `protocol`
+//! - `config` ([`HubConfig`], [`Cores`]), `error` ([`Error`] and its causes), `process`
+//!   (resident memory, threads and descriptors from `/proc`), `protocol`
 //!   ([`Channel`], [`close_code`], client messages, envelopes and frames: pure, no I/O), and
 //!   `security` (viewer and admin tokens, allowed origins).
 //! - `hub`: the core. Shared state kept to the rings, the `seq` and epoch, shutdown and
@@ -29,7 +30,7 @@
 //!   one shard per core, generic over its client (`shard.rs`: accept, distribute, heartbeat
 //!   sweep, drain); a shard's subscription index (`fanout.rs`) and each client's bounded
 //!   queue (`queue.rs`); counters ([`HubStats`], `counters.rs`); [`HubProbe`] and
-//!   [`ShutdownTrigger`]. It knows nothing of HTTP, Redis or sources: the connection code
+//!   [`ShutdownTrigger`]. It knows nothing of REST, Redis or sources: the connection code
 //!   is its shards' client, and whatever wants every broadcast plugs in as a `FrameTap`.
 //! - `connection`: one client socket: state and lifecycle (`mod.rs`), the bounded request head
 //!   (`head.rs`, rules in `handshake.rs`), the reader (`reader.rs`: tungstenite parses, the
@@ -64,6 +65,7 @@ mod connection;
 mod error;
 mod http;
 mod hub;
+mod process;
 mod protocol;
 mod security;
 pub mod server;
@@ -78,7 +80,7 @@ pub use crate::broker::{
 };
 pub use crate::config::{Cores, HubConfig};
 pub use crate::error::{BroadcastError, ConfigError, Error, RelayUrlError, ShardFailure};
-pub use crate::hub::{Broadcaster, DetailChannels, Frame, HubProbe, HubStats, ShutdownTrigger};
+pub use crate::hub::{Broadcaster, Frame, HubProbe, HubStats, ShutdownTrigger};
 pub use crate::protocol::{close_code, Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use crate::server::{Hub, HubHandle};
 pub use crate::sources::{DemoBroker, DemoConfig, Relay, RelayConfig, RelayRole, RelayStats};

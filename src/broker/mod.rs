@@ -20,7 +20,6 @@ pub use self::snapshot::{
     ClusterHealth, ConsumerLag, GroupDetail, Latency, MonitoringMetrics, PartitionLag,
     PartitionOffset, Throughput, TopicDetail, TopicLag, TopicStats,
 };
-pub(crate) use self::source::resident_memory;
 pub use self::source::{MetricsSource, StandardSource};
 pub use self::ticker::{Ticker, DEFAULT_METRICS_INTERVAL};
 pub use self::topics::{

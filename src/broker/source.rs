@@ -17,6 +17,7 @@ use crate::broker::snapshot::{
 };
 use crate::broker::topics::TopicManager;
 use crate::hub::HubProbe;
+use crate::process::{resident_memory, threads as process_threads};
 use crate::protocol::Channel;
 
 /// What the ticker asks for, once per interval. An embedding broker may implement it itself.
@@ -36,10 +37,12 @@ pub trait MetricsSource: Send {
         None
     }
 
-    /// Every `topic:` and `group:` channel this source has details for: asked instead of the
-    /// subscribed ones when subscribers elsewhere may want any of them (a relay origin).
-    fn detail_channels(&mut self) -> Vec<Channel> {
-        Vec::new()
+    /// Every `topic:` and `group:` channel this source has details for, if it can list them:
+    /// asked instead of the subscribed ones when subscribers on other instances may want any
+    /// of them (a relay origin). `None`, the default: the ticker sends the details of the
+    /// channels this instance's clients subscribe to.
+    fn detail_channels(&mut self) -> Option<Vec<Channel>> {
+        None
     }
 }
 
@@ -178,7 +181,7 @@ impl MetricsSource for StandardSource {
         })
     }
 
-    fn detail_channels(&mut self) -> Vec<Channel> {
+    fn detail_channels(&mut self) -> Option<Vec<Channel>> {
         let topics = self
             .topics
             .list()
@@ -189,7 +192,7 @@ impl MetricsSource for StandardSource {
             .list()
             .into_iter()
             .map(|g| Channel::group(&g.group_id));
-        topics.chain(groups).collect()
+        Some(topics.chain(groups).collect())
     }
 
     fn group_detail(&mut self, group_id: &str) -> Option<GroupDetail> {
@@ -219,29 +222,6 @@ pub(crate) fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Resident memory of this process, from `/proc/self/statm`.
-pub(crate) fn resident_memory() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page).unwrap_or(4096)
-}
-
-/// Threads of this process, from `/proc/self/status`.
-fn process_threads() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Bytes allocated on disk under `dir`, as `du` counts them (symlinks not followed).

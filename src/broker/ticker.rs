@@ -9,7 +9,7 @@ use tracing::warn;
 
 use crate::broker::periodic::Periodic;
 use crate::broker::source::MetricsSource;
-use crate::hub::{Broadcaster, DetailChannels, HubProbe};
+use crate::hub::{Broadcaster, HubProbe};
 use crate::protocol::Channel;
 
 /// Default interval between snapshots (PROTOCOL.md: 2 s).
@@ -67,10 +67,12 @@ pub(crate) fn tick(
     if let Err(e) = broadcaster.metrics(&snapshot) {
         warn!(error = %e, "metrics snapshot not sent");
     }
-    let channels = match probe.detail_channels() {
-        DetailChannels::Subscribed(channels) => channels,
-        DetailChannels::Every => source.detail_channels(),
-    };
+    // Subscribers on other instances may want any detail: send every one the source knows.
+    let every = probe
+        .remote_subscribers()
+        .then(|| source.detail_channels())
+        .flatten();
+    let channels = every.unwrap_or_else(|| probe.detail_channels());
     for channel in channels {
         let sent = match &channel {
             Channel::Topic(name) => source

@@ -118,7 +118,7 @@ async fn write_all(conn: &Conn, mut bytes: &[u8]) -> io::Result<()> {
 pub(super) async fn discard_until_eof(shard: &ConnShard, conn: &Conn) {
     loop {
         let res = poll_fn(|cx| {
-            let mut sink = shard.scratch.borrow_mut();
+            let mut sink = shard.local.bytes.borrow_mut();
             let len = sink.len().max(4096);
             sink.resize(len, 0);
             let mut stream = conn.stream.borrow_mut();

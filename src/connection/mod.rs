@@ -235,8 +235,28 @@ impl Conn {
     }
 }
 
+/// Scratch space the connections of one shard share: used within one poll, never held across
+/// an await, so no connection carries a buffer of its own.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    /// simd-json parses client messages here, and unread input is discarded here.
+    pub(crate) bytes: RefCell<Vec<u8>>,
+    /// The writers' `sendmsg` iovecs.
+    pub(crate) iov: RefCell<Vec<libc::iovec>>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self {
+            bytes: RefCell::default(),
+            iov: RefCell::new(Vec::with_capacity(writer::MAX_IOV)),
+        }
+    }
+}
+
 impl Client for Conn {
     type Context = dyn Requests;
+    type Local = Scratch;
 
     /// Serves one accepted socket to its end. A panic inside closes this connection only.
     ///

@@ -157,7 +157,7 @@ fn on_text(shard: &ConnShard, conn: &Conn, key: usize, text: &[u8]) -> Option<(u
     if shard.config.fault_injection && text == b"__panic__" {
         panic!("injected fault");
     }
-    let parsed = parse_client_message(text, &mut shard.scratch.borrow_mut());
+    let parsed = parse_client_message(text, &mut shard.local.bytes.borrow_mut());
     let stamp = shard.shared.stamp();
     let msg = match parsed {
         Ok(msg) => msg,

@@ -21,7 +21,7 @@ use crate::hub::shard::Phase;
 use crate::protocol::lagged_frame;
 
 /// Most frames one `sendmsg` carries.
-const MAX_IOV: usize = 128;
+pub(super) const MAX_IOV: usize = 128;
 
 pub(super) async fn task(shard: Rc<ConnShard>, conn: Rc<Conn>) {
     if let Err(panic) = AssertUnwindSafe(write_loop(&shard, &conn))
@@ -140,7 +140,7 @@ fn send_once(shard: &ConnShard, conn: &Conn, out: &mut OutQueue) -> Option<io::R
         shard.stats().lagged_total.fetch_add(1, Relaxed);
     }
     out.has_work()
-        .then(|| send_queued(conn.fd, out, &mut shard.iov.borrow_mut()))
+        .then(|| send_queued(conn.fd, out, &mut shard.local.iov.borrow_mut()))
 }
 
 /// Marks `n` bytes written to `conn` and counts them.

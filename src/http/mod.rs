@@ -32,7 +32,7 @@ use tracing::debug;
 
 use self::prometheus::Exporter;
 use self::rest::{Api, LocalApi, Reply};
-use self::routes::{Route, Unrouted};
+use self::routes::{Endpoint, Route, Unrouted};
 use crate::connection::{Conn, ConnShard, Requests};
 use crate::hub::{Broadcaster, HubProbe};
 use crate::security::{self, Access, Denied};
@@ -90,7 +90,11 @@ impl Web {
 
     /// The Prometheus text of `/metrics`.
     pub(crate) fn prometheus_text(&self) -> String {
-        let exporters = self.exporters.lock().unwrap_or_else(|e| e.into_inner());
+        let exporters = self
+            .exporters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         prometheus::text(&self.probe, &exporters)
     }
 }
@@ -180,51 +184,56 @@ async fn respond(web: &Web, shard: &ConnShard, req: Request<Incoming>) -> Respon
 async fn route(web: &Web, shard: &ConnShard, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let route = Route::parse(&method, req.uri().path());
+    if !route.as_ref().is_ok_and(Route::is_public) {
+        let reads = method == Method::GET || method == Method::HEAD;
+        let need = if reads { Access::Viewer } else { Access::Admin };
+        if let Err(denied) = security::check(&shard.config, need, req.headers(), req.uri()) {
+            return refused(denied);
+        }
+        if !reads && draining(shard) {
+            let msg = "the server is draining";
+            return reply(Reply::error(StatusCode::SERVICE_UNAVAILABLE, msg).retry_later());
+        }
+    }
     match route {
-        Ok(Route::Dashboard) => return dashboard(),
-        Ok(Route::Healthz) => return reply(Reply::status(StatusCode::OK, "ok")),
+        Ok(Route::Dashboard) => dashboard(),
+        Ok(Route::Healthz) => reply(Reply::status(StatusCode::OK, "ok")),
         Ok(Route::Readyz) if draining(shard) => {
-            return reply(Reply::status(StatusCode::SERVICE_UNAVAILABLE, "draining").retry_later())
+            reply(Reply::status(StatusCode::SERVICE_UNAVAILABLE, "draining").retry_later())
         }
-        Ok(Route::Readyz) => return reply(Reply::status(StatusCode::OK, "ready")),
-        _ => {}
-    }
-    let reads = method == Method::GET || method == Method::HEAD;
-    let need = if reads { Access::Viewer } else { Access::Admin };
-    if let Err(denied) = security::check(&shard.config, need, req.headers(), req.uri()) {
-        return refused(denied);
-    }
-    if !reads && draining(shard) {
-        return reply(
-            Reply::error(StatusCode::SERVICE_UNAVAILABLE, "the server is draining").retry_later(),
-        );
-    }
-    match route {
-        Ok(Route::Api(endpoint)) => {
-            let body = if endpoint.has_body() {
-                match read_body(shard, req).await {
-                    Ok(b) => b,
-                    Err(r) => return reply(r),
-                }
-            } else {
-                Bytes::new()
-            };
-            match endpoint.request(&body) {
-                Ok(request) => reply(web.api().call(request)),
-                Err(message) => reply(Reply::error(StatusCode::BAD_REQUEST, &message)),
-            }
-        }
-        Ok(_) => prometheus::response(web.prometheus_text()),
+        Ok(Route::Readyz) => reply(Reply::status(StatusCode::OK, "ready")),
+        Ok(Route::Metrics) => prometheus::response(web.prometheus_text()),
+        Ok(Route::Api(endpoint)) => reply(rest(web, shard, req, endpoint).await),
         Err(Unrouted::NotFound) => reply(Reply::error(StatusCode::NOT_FOUND, "no such path")),
         Err(Unrouted::MethodNotAllowed(allow)) => {
-            let mut resp = reply(Reply::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed",
-            ));
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            let msg = "method not allowed";
+            let mut resp = reply(Reply::error(StatusCode::METHOD_NOT_ALLOWED, msg));
+            if let Ok(allow) = HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(header::ALLOW, allow);
+            }
             resp
         }
+    }
+}
+
+/// A REST request: refused at once if its service is not there, else its body read within
+/// the cap, parsed through the one table, and answered by the attached API.
+async fn rest(web: &Web, shard: &ConnShard, req: Request<Incoming>, endpoint: Endpoint) -> Reply {
+    let api = web.api();
+    if let Some(refused) = api.refuses(&endpoint) {
+        return refused;
+    }
+    let body = if endpoint.has_body() {
+        match read_body(shard, req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        }
+    } else {
+        Bytes::new()
+    };
+    match endpoint.request(&body) {
+        Ok(request) => api.call(request),
+        Err(message) => Reply::error(StatusCode::BAD_REQUEST, &message),
     }
 }
 

@@ -10,9 +10,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::Response;
 
 use super::Body;
-use crate::broker::resident_memory;
 use crate::hub::counters::DURATION_BUCKETS;
 use crate::hub::HubProbe;
+use crate::process::{open_fds, resident_memory};
 
 /// Adds its own metrics to `/metrics`.
 pub(crate) trait Exporter: Send + Sync + std::fmt::Debug {
@@ -34,7 +34,7 @@ impl Text {
     }
 }
 
-/// The hub's own counters in the Prometheus text format (version 0.0.4).
+/// `/metrics`: Prometheus text (version 0.0.4) with its content type.
 pub(super) fn response(text: String) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
@@ -44,6 +44,8 @@ pub(super) fn response(text: String) -> Response<Body> {
     resp
 }
 
+/// The hub's own counters, the process's memory and descriptors, and every exporter's
+/// metrics, in the Prometheus text format.
 pub(crate) fn text(probe: &HubProbe, exporters: &[Arc<dyn Exporter>]) -> String {
     let s = probe.stats();
     let mut out = Text(String::with_capacity(4096));
@@ -152,7 +154,7 @@ pub(crate) fn text(probe: &HubProbe, exporters: &[Arc<dyn Exporter>]) -> String 
         "process_open_fds",
         "gauge",
         "Number of open file descriptors.",
-        std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as f64,
+        open_fds() as f64,
     );
     for exporter in exporters {
         exporter.export(&mut out);

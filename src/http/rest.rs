@@ -9,12 +9,18 @@ use hyper::StatusCode;
 use serde::Serialize;
 
 use crate::broker::{GroupCoordinator, TopicError, TopicManager};
-use crate::http::routes::{ApiRequest, PublishMessage};
+use crate::http::routes::{ApiRequest, Endpoint, PublishMessage};
 use crate::hub::Broadcaster;
 
 /// Answers [`ApiRequest`]s. Called on a shard (HTTP) or on the relay's thread (forwarded
 /// requests): it must not block for long.
 pub(crate) trait Api: Send + Sync + fmt::Debug {
+    /// The answer to every request for `endpoint`, if it is known before the request's body
+    /// is read (a service that is not there).
+    fn refuses(&self, _endpoint: &Endpoint) -> Option<Reply> {
+        None
+    }
+
     /// Answers one request.
     fn call(&self, request: ApiRequest) -> Reply;
 }
@@ -118,17 +124,23 @@ impl LocalApi {
     }
 }
 
+fn no_services() -> Reply {
+    Reply::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no topic and group services",
+    )
+}
+
 impl Api for LocalApi {
+    fn refuses(&self, endpoint: &Endpoint) -> Option<Reply> {
+        (self.services.is_none() && *endpoint != Endpoint::Publish).then(no_services)
+    }
+
     fn call(&self, request: ApiRequest) -> Reply {
         let (topics, groups) = match (&request, &self.services) {
             (ApiRequest::Publish(msg), _) => return publish(&self.broadcaster, msg),
             (_, Some((topics, groups))) => (topics, groups),
-            (_, None) => {
-                return Reply::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no topic and group services",
-                )
-            }
+            (_, None) => return no_services(),
         };
         match request {
             ApiRequest::ListTopics => Reply::json(StatusCode::OK, &topics.list()),

@@ -1,7 +1,9 @@
 //! The one table of what the port serves over HTTP: [`Route::parse`] names the route from the
 //! method and path, [`Endpoint::request`] completes a REST endpoint with its body into an
 //! [`ApiRequest`]. The HTTP handlers use it, and so do the requests a relay-only instance
-//! forwards to the origin (sent as the serialized [`ApiRequest`], checked again there).
+//! forwards to the origin: checked there before they go, sent as method, path and body
+//! ([`ApiRequest::forwarded`]), and parsed and checked again by the origin through this same
+//! table ([`ApiRequest::from_forwarded`]).
 
 use hyper::Method;
 use serde::{Deserialize, Serialize};
@@ -51,61 +53,136 @@ pub(crate) enum Endpoint {
 }
 
 /// Why a request names no route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Unrouted {
     /// No such path: 404.
     NotFound,
     /// The path exists with other methods, listed for the `Allow` header: 405.
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed(String),
 }
 
 impl Route {
-    /// Names the route of `method` on `path`.
+    /// Whether the route is answered without a token: the page and the health checks.
+    pub(crate) fn is_public(&self) -> bool {
+        matches!(self, Self::Dashboard | Self::Healthz | Self::Readyz)
+    }
+
+    /// Names the route of `method` on `path`, from [`TABLE`].
     pub(crate) fn parse(method: &Method, path: &str) -> Result<Self, Unrouted> {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let get = *method == Method::GET;
-        let (post, put, delete) = (
-            *method == Method::POST,
-            *method == Method::PUT,
-            *method == Method::DELETE,
-        );
-        let owned = |s: &str| s.to_owned();
-        let found = match segments.as_slice() {
-            [""] if get => Some(Self::Dashboard),
-            ["healthz"] if get => Some(Self::Healthz),
-            ["readyz"] if get => Some(Self::Readyz),
-            ["metrics"] if get => Some(Self::Metrics),
-            ["api", "topics"] if get => Some(Self::Api(Endpoint::ListTopics)),
-            ["api", "topics"] if post => Some(Self::Api(Endpoint::CreateTopic)),
-            ["api", "topics", name] if get => Some(Self::Api(Endpoint::GetTopic(owned(name)))),
-            ["api", "topics", name] if delete => {
-                Some(Self::Api(Endpoint::DeleteTopic(owned(name))))
+        let mut allow: Vec<&str> = Vec::new();
+        for (pattern, verb, name) in TABLE {
+            let Some(arg) = matches(pattern, &segments) else {
+                continue;
+            };
+            if verb.is(method) {
+                return Ok(name.route(arg));
             }
-            ["api", "groups"] if get => Some(Self::Api(Endpoint::ListGroups)),
-            ["api", "groups", id] if get => Some(Self::Api(Endpoint::GetGroup(owned(id)))),
-            ["api", "groups", id] if put => Some(Self::Api(Endpoint::UpdateGroup(owned(id)))),
-            ["api", "groups", id] if delete => Some(Self::Api(Endpoint::DeleteGroup(owned(id)))),
-            ["api", "monitoring", "publish"] if post => Some(Self::Api(Endpoint::Publish)),
-            _ => None,
-        };
-        found.ok_or_else(|| match allowed(&segments) {
-            Some(allow) => Unrouted::MethodNotAllowed(allow),
-            None => Unrouted::NotFound,
-        })
+            allow.push(verb.as_str());
+        }
+        if allow.is_empty() {
+            Err(Unrouted::NotFound)
+        } else {
+            Err(Unrouted::MethodNotAllowed(allow.join(", ")))
+        }
     }
 }
 
-/// The methods a known path takes, for `Allow`.
-fn allowed(segments: &[&str]) -> Option<&'static str> {
-    Some(match segments {
-        [""] | ["healthz"] | ["readyz"] | ["metrics"] => "GET",
-        ["api", "topics"] => "GET, POST",
-        ["api", "topics", _] => "GET, DELETE",
-        ["api", "groups"] => "GET",
-        ["api", "groups", _] => "GET, PUT, DELETE",
-        ["api", "monitoring", "publish"] => "POST",
-        _ => return None,
-    })
+/// A method the table knows.
+#[derive(Debug, Clone, Copy)]
+enum Verb {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+        }
+    }
+
+    fn is(self, method: &Method) -> bool {
+        method.as_str() == self.as_str()
+    }
+}
+
+/// What a table entry names; `*` in its pattern is the topic name or group id it carries.
+#[derive(Debug, Clone, Copy)]
+enum Name {
+    Dashboard,
+    Healthz,
+    Readyz,
+    Metrics,
+    ListTopics,
+    CreateTopic,
+    GetTopic,
+    DeleteTopic,
+    ListGroups,
+    GetGroup,
+    UpdateGroup,
+    DeleteGroup,
+    Publish,
+}
+
+impl Name {
+    fn route(self, arg: &str) -> Route {
+        let arg = arg.to_owned();
+        match self {
+            Self::Dashboard => Route::Dashboard,
+            Self::Healthz => Route::Healthz,
+            Self::Readyz => Route::Readyz,
+            Self::Metrics => Route::Metrics,
+            Self::ListTopics => Route::Api(Endpoint::ListTopics),
+            Self::CreateTopic => Route::Api(Endpoint::CreateTopic),
+            Self::GetTopic => Route::Api(Endpoint::GetTopic(arg)),
+            Self::DeleteTopic => Route::Api(Endpoint::DeleteTopic(arg)),
+            Self::ListGroups => Route::Api(Endpoint::ListGroups),
+            Self::GetGroup => Route::Api(Endpoint::GetGroup(arg)),
+            Self::UpdateGroup => Route::Api(Endpoint::UpdateGroup(arg)),
+            Self::DeleteGroup => Route::Api(Endpoint::DeleteGroup(arg)),
+            Self::Publish => Route::Api(Endpoint::Publish),
+        }
+    }
+}
+
+/// Every route the port serves: path pattern, method, name. A path's other methods make its
+/// `Allow` header, in this order.
+const TABLE: [(&[&str], Verb, Name); 13] = [
+    (&[""], Verb::Get, Name::Dashboard),
+    (&["healthz"], Verb::Get, Name::Healthz),
+    (&["readyz"], Verb::Get, Name::Readyz),
+    (&["metrics"], Verb::Get, Name::Metrics),
+    (&["api", "topics"], Verb::Get, Name::ListTopics),
+    (&["api", "topics"], Verb::Post, Name::CreateTopic),
+    (&["api", "topics", "*"], Verb::Get, Name::GetTopic),
+    (&["api", "topics", "*"], Verb::Delete, Name::DeleteTopic),
+    (&["api", "groups"], Verb::Get, Name::ListGroups),
+    (&["api", "groups", "*"], Verb::Get, Name::GetGroup),
+    (&["api", "groups", "*"], Verb::Put, Name::UpdateGroup),
+    (&["api", "groups", "*"], Verb::Delete, Name::DeleteGroup),
+    (&["api", "monitoring", "publish"], Verb::Post, Name::Publish),
+];
+
+/// Whether `segments` fit `pattern`; if so, the segment `*` stood for (or `""`).
+fn matches<'a>(pattern: &[&str], segments: &[&'a str]) -> Option<&'a str> {
+    if pattern.len() != segments.len() {
+        return None;
+    }
+    let mut arg = "";
+    for (p, s) in pattern.iter().zip(segments) {
+        match *p {
+            "*" => arg = s,
+            literal if literal == *s => {}
+            _ => return None,
+        }
+    }
+    Some(arg)
 }
 
 impl Endpoint {
@@ -149,12 +226,8 @@ impl Endpoint {
     }
 }
 
-/// A REST request, complete and checked: what an [`Api`](super::Api) answers.
-///
-/// Serialized externally tagged (`{"create_topic":{..}}`), so a publish's raw data is read
-/// back without buffering.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// A REST request, complete and checked: what an [`Api`](super::rest::Api) answers.
+#[derive(Debug)]
 pub(crate) enum ApiRequest {
     ListTopics,
     GetTopic(String),
@@ -174,7 +247,57 @@ pub(crate) enum ApiRequest {
     Publish(PublishMessage),
 }
 
+/// A request forwarded through the relay, as every version of the relay reads it.
+#[derive(Serialize, Deserialize)]
+struct Forwarded<'a> {
+    method: &'a str,
+    path: String,
+    body: String,
+}
+
 impl ApiRequest {
+    /// The request as a relay-only instance forwards it to the origin:
+    /// `{"method", "path", "body"}`.
+    pub(crate) fn forwarded(&self) -> String {
+        let json = |v: serde_json::Value| v.to_string();
+        let (method, path, body) = match self {
+            Self::ListTopics => ("GET", "/api/topics".to_owned(), String::new()),
+            Self::GetTopic(name) => ("GET", format!("/api/topics/{name}"), String::new()),
+            Self::CreateTopic { name, partitions } => (
+                "POST",
+                "/api/topics".to_owned(),
+                json(serde_json::json!({ "name": name, "partitions": partitions })),
+            ),
+            Self::DeleteTopic(name) => ("DELETE", format!("/api/topics/{name}"), String::new()),
+            Self::ListGroups => ("GET", "/api/groups".to_owned(), String::new()),
+            Self::GetGroup(id) => ("GET", format!("/api/groups/{id}"), String::new()),
+            Self::UpdateGroup { id, state, members } => (
+                "PUT",
+                format!("/api/groups/{id}"),
+                json(serde_json::json!({ "state": state, "members": members })),
+            ),
+            Self::DeleteGroup(id) => ("DELETE", format!("/api/groups/{id}"), String::new()),
+            Self::Publish(msg) => (
+                "POST",
+                "/api/monitoring/publish".to_owned(),
+                serde_json::to_string(msg).unwrap_or_default(),
+            ),
+        };
+        let envelope = Forwarded { method, path, body };
+        serde_json::to_string(&envelope).unwrap_or_default()
+    }
+
+    /// Reads a forwarded request back through the one table, checked as if it came over HTTP.
+    pub(crate) fn from_forwarded(msg: &[u8]) -> Result<Self, String> {
+        let f: Forwarded<'_> = serde_json::from_slice(msg).map_err(|e| e.to_string())?;
+        let method = Method::from_bytes(f.method.as_bytes()).map_err(|e| e.to_string())?;
+        let cannot = || format!("cannot run {} {}", f.method, f.path);
+        match Route::parse(&method, &f.path) {
+            Ok(Route::Api(endpoint)) => endpoint.request(f.body.as_bytes()),
+            _ => Err(cannot()),
+        }
+    }
+
     /// Whether the request changes state (or publishes): what a relay-only instance forwards.
     pub(crate) fn mutates(&self) -> bool {
         !matches!(
@@ -184,9 +307,9 @@ impl ApiRequest {
     }
 
     /// The limits the protocol sets on a request's values (the topic manager checks topic
-    /// names and partition counts itself). Checked where a request is parsed and again where
-    /// a forwarded one is run.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    /// names and partition counts itself): checked wherever a request is parsed, which on a
+    /// relay is on both ends.
+    fn check(&self) -> Result<(), String> {
         match self {
             Self::UpdateGroup { id, state, .. } => {
                 if (1..=255).contains(&id.len()) && (1..=64).contains(&state.len()) {
@@ -216,19 +339,26 @@ struct UpdateGroup {
 }
 
 /// A message to broadcast as given: its data is passed through, not re-encoded.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub(crate) struct PublishMessage {
     #[serde(rename = "type")]
     pub(crate) kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) data: Option<Box<RawValue>>,
-    #[serde(with = "channel_text")]
+    #[serde(serialize_with = "channel_name")]
     pub(crate) channel: Channel,
+}
+
+/// A [`Channel`] as its protocol name.
+fn channel_name<S: serde::Serializer>(c: &Channel, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(c)
 }
 
 impl PublishMessage {
     /// Parses `{"type", "data"?, "channel"?}`; the channel defaults to `events`.
     fn parse(body: &[u8]) -> Result<Self, String> {
         #[derive(Deserialize)]
+        #[serde(rename = "Publish")]
         struct Wire {
             #[serde(rename = "type")]
             kind: String,
@@ -247,22 +377,6 @@ impl PublishMessage {
             data: wire.data,
             channel,
         })
-    }
-}
-
-/// A [`Channel`] as its protocol name.
-mod channel_text {
-    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
-
-    use crate::protocol::Channel;
-
-    pub(super) fn serialize<S: Serializer>(c: &Channel, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(c)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Channel, D::Error> {
-        let name = String::deserialize(d)?;
-        Channel::parse(&name).map_err(|_| D::Error::custom("no such channel"))
     }
 }
 
@@ -308,15 +422,27 @@ mod tests {
         );
         assert_eq!(
             Route::parse(&Method::POST, "/healthz"),
-            Err(Unrouted::MethodNotAllowed("GET"))
+            Err(Unrouted::MethodNotAllowed("GET".into()))
         );
         assert_eq!(
             Route::parse(&Method::PUT, "/api/topics/x"),
-            Err(Unrouted::MethodNotAllowed("GET, DELETE"))
+            Err(Unrouted::MethodNotAllowed("GET, DELETE".into()))
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/api/groups/g"),
+            Err(Unrouted::MethodNotAllowed("GET, PUT, DELETE".into()))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/monitoring/publish"),
+            Err(Unrouted::MethodNotAllowed("POST".into()))
+        );
+        assert_eq!(
+            Route::parse(&Method::DELETE, "/api/topics"),
+            Err(Unrouted::MethodNotAllowed("GET, POST".into()))
         );
         assert_eq!(
             Route::parse(&Method::HEAD, "/api/groups"),
-            Err(Unrouted::MethodNotAllowed("GET"))
+            Err(Unrouted::MethodNotAllowed("GET".into()))
         );
     }
 
@@ -360,22 +486,51 @@ mod tests {
 
     #[test]
     fn a_forwarded_request_reads_back_as_it_was_sent() {
-        let sent = Endpoint::Publish
-            .request(br#"{"type":"t","data":[1, 2],"channel":"topic:a"}"#)
-            .unwrap();
-        let wire = serde_json::to_string(&sent).unwrap();
-        let ApiRequest::Publish(back) = serde_json::from_str(&wire).unwrap() else {
-            panic!("{wire}")
+        let cases: [(Endpoint, &[u8]); 5] = [
+            (Endpoint::CreateTopic, br#"{"name":"o","partitions":3}"#),
+            (Endpoint::DeleteTopic("o".into()), b""),
+            (
+                Endpoint::UpdateGroup("g%201".into()),
+                br#"{"state":"Stable","members":2}"#,
+            ),
+            (Endpoint::DeleteGroup("g".into()), b""),
+            (
+                Endpoint::Publish,
+                br#"{"type":"t","data":[1, 2],"channel":"topic:a"}"#,
+            ),
+        ];
+        for (endpoint, body) in cases {
+            let sent = endpoint.request(body).unwrap();
+            let wire = sent.forwarded();
+            let back = ApiRequest::from_forwarded(wire.as_bytes()).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{sent:?}"), "{wire}");
+            assert!(back.mutates());
+        }
+        // The envelope older instances send and read.
+        let old = br#"{"method":"PUT","path":"/api/groups/g","body":"{\"state\":\"Empty\",\"members\":0}"}"#;
+        let ApiRequest::UpdateGroup { id, state, members } =
+            ApiRequest::from_forwarded(old).unwrap()
+        else {
+            panic!("not an update")
         };
-        assert_eq!(back.channel, Channel::topic("a"));
-        assert_eq!(back.data.unwrap().get(), "[1, 2]");
-        let group = serde_json::to_string(&ApiRequest::UpdateGroup {
-            id: "g".into(),
-            state: "Stable".into(),
-            members: 2,
-        })
-        .unwrap();
-        let back: ApiRequest = serde_json::from_str(&group).unwrap();
-        assert!(back.mutates() && back.check().is_ok());
+        assert_eq!((id.as_str(), state.as_str(), members), ("g", "Empty", 0));
+        let publish = Endpoint::Publish
+            .request(br#"{"type":"t","data":[1, 2]}"#)
+            .unwrap();
+        let wire: serde_json::Value = serde_json::from_str(&publish.forwarded()).unwrap();
+        assert_eq!(wire["method"], "POST");
+        assert_eq!(wire["path"], "/api/monitoring/publish");
+        assert_eq!(
+            wire["body"], r#"{"type":"t","data":[1, 2],"channel":"events"}"#,
+            "data passed through as given"
+        );
+        let bad =
+            br#"{"method":"PUT","path":"/api/groups/g","body":"{\"state\":\"\",\"members\":0}"}"#;
+        assert_eq!(
+            ApiRequest::from_forwarded(bad).unwrap_err(),
+            "group id or state out of range"
+        );
+        let nowhere = br#"{"method":"GET","path":"/healthz","body":""}"#;
+        assert!(ApiRequest::from_forwarded(nowhere).is_err());
     }
 }

@@ -29,6 +29,17 @@ struct FrameInner {
 }
 
 impl Frame {
+    /// Writes the text frame's header in front of `fb`'s payload and shares it.
+    fn finish(fb: FrameBuf, route: Route, seq: u64) -> Self {
+        let (buf, start) = fb.finish(OP_TEXT);
+        Self(Arc::new(FrameInner {
+            buf,
+            start,
+            route,
+            seq,
+        }))
+    }
+
     /// The frame as written to the socket.
     pub fn bytes(&self) -> &[u8] {
         &self.0.buf[self.0.start..]
@@ -76,21 +87,7 @@ impl Frame {
     pub(crate) fn for_test(payload: &[u8]) -> Self {
         let mut fb = FrameBuf::with_capacity(payload.len());
         fb.payload().extend_from_slice(payload);
-        let (buf, start) = fb.finish(OP_TEXT);
-        let route = Route {
-            channel: Channel::Events,
-            also: None,
-            retain: false,
-            clears: false,
-            forget: false,
-            seed: false,
-        };
-        Self(Arc::new(FrameInner {
-            buf,
-            start,
-            route,
-            seq: 0,
-        }))
+        Self::finish(fb, Route::to(Channel::Events), 0)
     }
 
     #[cfg(test)]
@@ -302,13 +299,7 @@ impl Broadcaster {
         let payload = fb.payload();
         payload.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         payload.push(b'}');
-        let (buf, start) = fb.finish(OP_TEXT);
-        let frame = Frame(Arc::new(FrameInner {
-            buf,
-            start,
-            route,
-            seq,
-        }));
+        let frame = Frame::finish(fb, route, seq);
         shared.push_to_cores(&frame);
         if let Some(tap) = shared.tap() {
             tap.tap(&frame);
@@ -326,13 +317,7 @@ impl Broadcaster {
     pub(crate) fn inject(&self, payload: &[u8], seq: u64, route: Route) {
         let mut fb = FrameBuf::with_capacity(payload.len());
         fb.payload().extend_from_slice(payload);
-        let (buf, start) = fb.finish(OP_TEXT);
-        let frame = Frame(Arc::new(FrameInner {
-            buf,
-            start,
-            route,
-            seq,
-        }));
+        let frame = Frame::finish(fb, route, seq);
         self.shared.push_to_cores(&frame);
         self.shared.wake_all();
     }

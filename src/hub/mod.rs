@@ -2,8 +2,9 @@
 //! listener, its ring and its shard; the broadcaster that feeds the rings; each shard's
 //! fan-out index and its clients' queues; the counters.
 //!
-//! It knows nothing of HTTP, REST, Redis or sources: the connection code plugs in as the
-//! shards' [`shard::Client`], and whatever else wants every broadcast as a [`FrameTap`].
+//! It knows nothing of REST, Redis or sources, and of HTTP only that a connection may idle
+//! between requests (the sweep times it out): the connection code plugs in as the shards'
+//! [`shard::Client`], and whatever else wants every broadcast as a [`FrameTap`].
 
 pub(crate) mod broadcast;
 pub(crate) mod counters;
@@ -198,16 +199,6 @@ impl ShutdownTrigger {
     }
 }
 
-/// Which detail channels (`topic:<name>`, `group:<id>`) the ticker sends frames for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DetailChannels {
-    /// These have subscribers.
-    Subscribed(Vec<Channel>),
-    /// Every topic and group the source knows: subscribers elsewhere may want any of them.
-    Every,
-}
-
 /// A read-only view of a running hub: counters and the detail channels clients subscribe to.
 #[derive(Debug, Clone)]
 pub struct HubProbe {
@@ -239,13 +230,16 @@ impl HubProbe {
         self.shared.links.len()
     }
 
-    /// The `topic:` and `group:` channels that have at least one subscriber on some core. A
-    /// hub whose broadcasts also reach other instances (a relay origin) does not know their
-    /// subscribers: every topic and group then counts.
-    pub fn detail_channels(&self) -> DetailChannels {
-        if self.shared.tap().is_some_and(|t| t.remote_subscribers()) {
-            return DetailChannels::Every;
-        }
+    /// Whether this hub's broadcasts also reach subscribers it cannot see (a relay origin's
+    /// reach the other instances' clients): then any detail channel may be wanted, and the
+    /// ticker sends every one its source knows.
+    pub fn remote_subscribers(&self) -> bool {
+        self.shared.tap().is_some_and(|t| t.remote_subscribers())
+    }
+
+    /// The `topic:` and `group:` channels that have at least one subscriber on some core of
+    /// this hub.
+    pub fn detail_channels(&self) -> Vec<Channel> {
         let mut all: Vec<Channel> = Vec::new();
         for interest in self.shared.interest.iter() {
             let interest = interest.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,7 +249,7 @@ impl HubProbe {
                 }
             }
         }
-        DetailChannels::Subscribed(all)
+        all
     }
 
     pub(crate) fn new(shared: Arc<HubShared>) -> Self {

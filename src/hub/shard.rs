@@ -36,6 +36,9 @@ pub(crate) trait Client: AsRef<ClientLink> + Sized + 'static {
     /// that are not WebSocket upgrades, for example).
     type Context: ?Sized + Send + Sync + 'static;
 
+    /// What the connections of one shard share (scratch buffers, for example).
+    type Local: Default;
+
     /// Serves one accepted socket to its end; registers itself in the shard's fan-out.
     fn serve(shard: Rc<Shard<Self>>, stream: TcpStream) -> impl Future<Output = ()> + 'static;
 
@@ -72,10 +75,8 @@ pub(crate) struct Shard<C: Client> {
     /// What the connections of every core share.
     pub(crate) context: Arc<C::Context>,
     pub(crate) fanout: RefCell<Fanout<C>>,
-    /// Scratch space simd-json parses client messages in, and unread input is discarded to.
-    pub(crate) scratch: RefCell<Vec<u8>>,
-    /// Scratch iovecs for the writers' `sendmsg`.
-    pub(crate) iov: RefCell<Vec<libc::iovec>>,
+    /// What this shard's connections share.
+    pub(crate) local: C::Local,
     pub(crate) draining: Cell<bool>,
     log_limit: RateLimit,
     /// The fan-out's interest version last published to the ticker.
@@ -98,8 +99,7 @@ impl<C: Client> Shard<C> {
             shared,
             context,
             fanout: RefCell::new(fanout),
-            scratch: RefCell::new(Vec::new()),
-            iov: RefCell::new(Vec::new()),
+            local: C::Local::default(),
             draining: Cell::new(false),
             log_limit: RateLimit::default(),
             published_interest: Cell::new(0),

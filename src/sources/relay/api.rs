@@ -31,13 +31,8 @@ impl RelayApi {
 impl Api for RelayApi {
     fn call(&self, request: ApiRequest) -> Reply {
         if request.mutates() {
-            return match serde_json::to_string(&request) {
-                Ok(command) => {
-                    self.link.forward(command);
-                    Reply::status(StatusCode::ACCEPTED, "forwarded")
-                }
-                Err(e) => Reply::error(StatusCode::BAD_REQUEST, &e.to_string()),
-            };
+            self.link.forward(request.forwarded());
+            return Reply::status(StatusCode::ACCEPTED, "forwarded");
         }
         let topics = || self.relayed(|s| s.topics.clone());
         let groups = || self.relayed(|s| s.groups.clone());
@@ -46,7 +41,8 @@ impl Api for RelayApi {
             ApiRequest::ListGroups => list(groups()),
             ApiRequest::GetTopic(name) => one(topics(), "name", &name, "no such topic"),
             ApiRequest::GetGroup(id) => one(groups(), "groupId", &id, "no such group"),
-            _ => Reply::error(StatusCode::NOT_FOUND, "no such path"),
+            // Mutations are forwarded above.
+            _ => Reply::status(StatusCode::ACCEPTED, "forwarded"),
         }
     }
 }
@@ -79,20 +75,17 @@ fn one(relayed: Option<String>, key: &str, id: &str, missing: &str) -> Reply {
 /// if it came over HTTP. Failures are logged: the instance that took the request has
 /// answered 202 already.
 pub(super) fn run_forwarded(api: &dyn Api, msg: &[u8]) {
-    let request = match serde_json::from_slice::<ApiRequest>(msg) {
-        Ok(r) => r,
+    let request = match ApiRequest::from_forwarded(msg) {
+        Ok(r) if r.mutates() => r,
+        Ok(r) => {
+            warn!(request = ?r, "a forwarded request that changes nothing (ignored)");
+            return;
+        }
         Err(e) => {
-            warn!(error = %e, "a forwarded request is unreadable");
+            warn!(error = %e, "a forwarded request failed");
             return;
         }
     };
-    if let Err(e) = request.check() {
-        warn!(error = %e, "a forwarded request failed");
-        return;
-    }
-    if !request.mutates() {
-        return;
-    }
     let reply = api.call(request);
     if !reply.ok() {
         let body = String::from_utf8_lossy(&reply.body);

@@ -138,10 +138,6 @@ pub(crate) enum Outgoing {
 pub(crate) struct RelayLink {
     pub(crate) config: RelayConfig,
     pub(crate) role: RelayRole,
-    /// Fans relayed frames out here.
-    broadcaster: Broadcaster,
-    /// Runs forwarded requests (origin) and serves the relayed state (relay-only).
-    web: Arc<Web>,
     out: ArrayQueue<Outgoing>,
     /// The publisher thread, to unpark: set once at start, read without a lock.
     publisher: OnceLock<std::thread::Thread>,
@@ -243,6 +239,14 @@ impl Exporter for RelayLink {
     }
 }
 
+/// This instance's side, for the relay's threads: where relayed frames are fanned out, and
+/// who runs forwarded requests (an origin) or whose REST state is relayed.
+#[derive(Debug, Clone)]
+pub(crate) struct Here {
+    pub(crate) broadcaster: Broadcaster,
+    pub(crate) web: Arc<Web>,
+}
+
 /// The running relay: two threads, stopped when this is dropped.
 #[derive(Debug)]
 #[must_use = "the relay stops when dropped"]
@@ -263,8 +267,6 @@ impl Relay {
         let link = Arc::new(RelayLink {
             config,
             role,
-            broadcaster: Broadcaster::new(shared.clone()),
-            web,
             out: ArrayQueue::new(OUT_QUEUE),
             publisher: OnceLock::new(),
             stats: RelayStats::default(),
@@ -272,30 +274,38 @@ impl Relay {
             stop: AtomicBool::new(false),
             up: [AtomicBool::new(false), AtomicBool::new(false)],
         });
+        // First what can fail, then what cannot be undone: a tap (harmless on a relay-only
+        // instance, which publishes nothing), REST, the exporter, the threads.
+        if !shared.attach_tap(link.clone()) {
+            return Err(std::io::Error::other("a relay is already running"));
+        }
         if role == RelayRole::RelayOnly {
             let api = Arc::new(api::RelayApi::new(link.clone()));
-            if !link.web.attach_api(api) {
+            if !web.attach_api(api) {
                 return Err(std::io::Error::other(
                     "a relay-only instance serves no REST services of its own",
                 ));
             }
         }
-        if !shared.attach_tap(link.clone()) {
-            return Err(std::io::Error::other("a relay is already running"));
-        }
-        link.web.add_exporter(link.clone());
+        web.add_exporter(link.clone());
+        // The threads, not the link, hold this instance's side: the hub holds the link (its
+        // tap), so a link that held the hub would keep both alive forever.
+        let here = Here {
+            broadcaster: Broadcaster::new(shared.clone()),
+            web,
+        };
         let publisher = {
-            let link = link.clone();
+            let (link, here) = (link.clone(), here.clone());
             std::thread::Builder::new()
                 .name("relay-pub".into())
-                .spawn(move || publisher_loop(&link))?
+                .spawn(move || publisher_loop(&link, &here))?
         };
         let _ = link.publisher.set(publisher.thread().clone());
         let subscriber = {
             let link = link.clone();
             std::thread::Builder::new()
                 .name("relay-sub".into())
-                .spawn(move || subscriber_loop(&link))?
+                .spawn(move || subscriber_loop(&link, &here))?
         };
         info!(relay = %link.config, ?role, "relay started");
         Ok(Self {

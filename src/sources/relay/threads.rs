@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::resp::{Conn, Pipeline, Reply};
 use super::wire::{decode, encode};
-use super::{api, Outgoing, RelayLink, RelayRole, POLL};
+use super::{api, Here, Outgoing, RelayLink, RelayRole, POLL};
 use crate::http::rest::Api;
 use crate::http::routes::ApiRequest;
 use crate::protocol::Channel;
@@ -68,7 +68,7 @@ impl Complaints {
     }
 }
 
-pub(super) fn publisher_loop(link: &RelayLink) {
+pub(super) fn publisher_loop(link: &RelayLink, here: &Here) {
     let frames = format!("{}:frames", link.config.prefix);
     let last = format!("{}:last", link.config.prefix);
     let state = format!("{}:state", link.config.prefix);
@@ -101,7 +101,7 @@ pub(super) fn publisher_loop(link: &RelayLink) {
             while let Some(item) = link.out.pop() {
                 match item {
                     Outgoing::Frame(frame) => {
-                        let msg = encode(&frame, link.broadcaster.epoch());
+                        let msg = encode(&frame, here.broadcaster.epoch());
                         pipe.command(&[b"PUBLISH", frames.as_bytes(), &msg]);
                         let key = frame.channel().to_string();
                         if frame.forget() {
@@ -129,7 +129,7 @@ pub(super) fn publisher_loop(link: &RelayLink) {
             // (a topic or group changed) and once a second.
             let due = last_state.map_or(true, |t| t.elapsed() >= STATE_EVERY);
             if link.role == RelayRole::Origin && (events || due) {
-                if let Some(doc) = state_document(&*link.web.api()) {
+                if let Some(doc) = state_document(&*here.web.api()) {
                     pipe.command(&[b"PUBLISH", state.as_bytes(), doc.as_bytes()]);
                     pipe.command(&[b"SET", state.as_bytes(), doc.as_bytes()]);
                 }
@@ -171,7 +171,7 @@ fn state_document(api: &dyn Api) -> Option<String> {
     String::from_utf8(doc).ok()
 }
 
-pub(super) fn subscriber_loop(link: &RelayLink) {
+pub(super) fn subscriber_loop(link: &RelayLink, here: &Here) {
     let prefix = &link.config.prefix;
     let frames = format!("{prefix}:frames");
     let state = format!("{prefix}:state");
@@ -207,8 +207,8 @@ pub(super) fn subscriber_loop(link: &RelayLink) {
                 for v in items.iter().skip(1).step_by(2) {
                     if let Reply::Bulk(Some(msg)) = v {
                         if let Some(r) = decode(msg) {
-                            if r.epoch != link.broadcaster.epoch() {
-                                link.broadcaster.inject(r.payload, r.seq, r.route(true));
+                            if r.epoch != here.broadcaster.epoch() {
+                                here.broadcaster.inject(r.payload, r.seq, r.route(true));
                             }
                         }
                     }
@@ -258,8 +258,8 @@ pub(super) fn subscriber_loop(link: &RelayLink) {
                 }
                 if chan == frames.as_bytes() {
                     if let Some(r) = decode(msg) {
-                        if r.epoch != link.broadcaster.epoch() {
-                            link.broadcaster.inject(r.payload, r.seq, r.route(false));
+                        if r.epoch != here.broadcaster.epoch() {
+                            here.broadcaster.inject(r.payload, r.seq, r.route(false));
                             link.stats.received_total.fetch_add(1, Relaxed);
                         }
                     }
@@ -267,7 +267,7 @@ pub(super) fn subscriber_loop(link: &RelayLink) {
                     set_state(link, msg);
                 } else if chan == commands.as_bytes() {
                     link.stats.commands_total.fetch_add(1, Relaxed);
-                    api::run_forwarded(&*link.web.api(), msg);
+                    api::run_forwarded(&*here.web.api(), msg);
                 }
             }
         })();
