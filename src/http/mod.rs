@@ -233,7 +233,7 @@ async fn rest(web: &Web, shard: &ConnShard, req: Request<Incoming>, endpoint: En
     };
     match endpoint.request(&body) {
         Ok(request) => api.call(request),
-        Err(message) => Reply::error(StatusCode::BAD_REQUEST, &message),
+        Err(bad) => Reply::error(StatusCode::BAD_REQUEST, &bad.to_string()),
     }
 }
 

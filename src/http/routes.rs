@@ -195,8 +195,8 @@ impl Endpoint {
     }
 
     /// Completes the endpoint with its body; the error is the 400 answer's message.
-    pub(crate) fn request(self, body: &[u8]) -> Result<ApiRequest, String> {
-        let invalid = |e: serde_json::Error| format!("invalid body: {e}");
+    pub(crate) fn request(self, body: &[u8]) -> Result<ApiRequest, BadRequest> {
+        let invalid = BadRequest::Body;
         let request = match self {
             Self::ListTopics => ApiRequest::ListTopics,
             Self::CreateTopic => {
@@ -224,6 +224,32 @@ impl Endpoint {
         request.check()?;
         Ok(request)
     }
+}
+
+/// Why a request is refused with 400; its text is the answer's `error`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BadRequest {
+    /// A topic or group body that does not parse.
+    #[error("invalid body: {0}")]
+    Body(serde_json::Error),
+    /// A publish body that does not parse.
+    #[error("invalid message: {0}")]
+    Message(serde_json::Error),
+    /// A publish to a channel that does not exist.
+    #[error("no such channel")]
+    Channel,
+    /// A group id (1-255 bytes) or state (1-64) out of range.
+    #[error("group id or state out of range")]
+    GroupLimits,
+    /// A publish whose type is empty or over 256 bytes.
+    #[error("type must be 1 to 256 bytes")]
+    TypeLength,
+    /// A forwarded request whose envelope does not parse.
+    #[error("unreadable forwarded request: {0}")]
+    Forwarded(serde_json::Error),
+    /// A forwarded request for no REST endpoint (its method and path).
+    #[error("cannot run {0}")]
+    NoEndpoint(String),
 }
 
 /// A REST request, complete and checked: what an [`Api`](super::rest::Api) answers.
@@ -288,10 +314,10 @@ impl ApiRequest {
     }
 
     /// Reads a forwarded request back through the one table, checked as if it came over HTTP.
-    pub(crate) fn from_forwarded(msg: &[u8]) -> Result<Self, String> {
-        let f: Forwarded<'_> = serde_json::from_slice(msg).map_err(|e| e.to_string())?;
-        let method = Method::from_bytes(f.method.as_bytes()).map_err(|e| e.to_string())?;
-        let cannot = || format!("cannot run {} {}", f.method, f.path);
+    pub(crate) fn from_forwarded(msg: &[u8]) -> Result<Self, BadRequest> {
+        let f: Forwarded<'_> = serde_json::from_slice(msg).map_err(BadRequest::Forwarded)?;
+        let cannot = || BadRequest::NoEndpoint(format!("{} {}", f.method, f.path));
+        let method = Method::from_bytes(f.method.as_bytes()).map_err(|_| cannot())?;
         match Route::parse(&method, &f.path) {
             Ok(Route::Api(endpoint)) => endpoint.request(f.body.as_bytes()),
             _ => Err(cannot()),
@@ -309,17 +335,17 @@ impl ApiRequest {
     /// The limits the protocol sets on a request's values (the topic manager checks topic
     /// names and partition counts itself): checked wherever a request is parsed, which on a
     /// relay is on both ends.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), BadRequest> {
         match self {
             Self::UpdateGroup { id, state, .. } => {
                 if (1..=255).contains(&id.len()) && (1..=64).contains(&state.len()) {
                     Ok(())
                 } else {
-                    Err("group id or state out of range".into())
+                    Err(BadRequest::GroupLimits)
                 }
             }
             Self::Publish(msg) if msg.kind.is_empty() || msg.kind.len() > MAX_TYPE_LEN => {
-                Err("type must be 1 to 256 bytes".into())
+                Err(BadRequest::TypeLength)
             }
             _ => Ok(()),
         }
@@ -356,7 +382,7 @@ fn channel_name<S: serde::Serializer>(c: &Channel, s: S) -> Result<S::Ok, S::Err
 
 impl PublishMessage {
     /// Parses `{"type", "data"?, "channel"?}`; the channel defaults to `events`.
-    fn parse(body: &[u8]) -> Result<Self, String> {
+    fn parse(body: &[u8]) -> Result<Self, BadRequest> {
         #[derive(Deserialize)]
         #[serde(rename = "Publish")]
         struct Wire {
@@ -365,12 +391,11 @@ impl PublishMessage {
             data: Option<Box<RawValue>>,
             channel: Option<String>,
         }
-        let wire: Wire =
-            serde_json::from_slice(body).map_err(|e| format!("invalid message: {e}"))?;
+        let wire: Wire = serde_json::from_slice(body).map_err(BadRequest::Message)?;
         let channel = match wire.channel.as_deref().map(Channel::parse) {
             None => Channel::Events,
             Some(Ok(c)) => c,
-            Some(Err(_)) => return Err("no such channel".into()),
+            Some(Err(_)) => return Err(BadRequest::Channel),
         };
         Ok(Self {
             kind: wire.kind,
@@ -453,13 +478,14 @@ mod tests {
             create,
             Ok(ApiRequest::CreateTopic { ref name, partitions: 3 }) if name == "o"
         ));
-        let bad = Endpoint::CreateTopic.request(b"{").unwrap_err();
+        let bad = Endpoint::CreateTopic.request(b"{").unwrap_err().to_string();
         assert!(bad.starts_with("invalid body"), "{bad}");
         let long_state = format!(r#"{{"state":"{}","members":1}}"#, "s".repeat(65));
         assert_eq!(
             Endpoint::UpdateGroup("g".into())
                 .request(long_state.as_bytes())
-                .unwrap_err(),
+                .unwrap_err()
+                .to_string(),
             "group id or state out of range"
         );
         let publish = Endpoint::Publish.request(br#"{"type":"t","data":{"a": 1}}"#);
@@ -475,11 +501,15 @@ mod tests {
         assert_eq!(
             Endpoint::Publish
                 .request(br#"{"type":"t","channel":"nope"}"#)
-                .unwrap_err(),
+                .unwrap_err()
+                .to_string(),
             "no such channel"
         );
         assert_eq!(
-            Endpoint::Publish.request(br#"{"type":""}"#).unwrap_err(),
+            Endpoint::Publish
+                .request(br#"{"type":""}"#)
+                .unwrap_err()
+                .to_string(),
             "type must be 1 to 256 bytes"
         );
     }
@@ -527,7 +557,7 @@ mod tests {
         let bad =
             br#"{"method":"PUT","path":"/api/groups/g","body":"{\"state\":\"\",\"members\":0}"}"#;
         assert_eq!(
-            ApiRequest::from_forwarded(bad).unwrap_err(),
+            ApiRequest::from_forwarded(bad).unwrap_err().to_string(),
             "group id or state out of range"
         );
         let nowhere = br#"{"method":"GET","path":"/healthz","body":""}"#;
