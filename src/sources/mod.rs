@@ -2,6 +2,7 @@
 //! [`relay`], which fans out what other instances broadcast.
 
 pub(crate) mod demo;
+pub(crate) mod kafka;
 pub(crate) mod relay;
 
 pub use self::demo::{DemoBroker, DemoConfig};

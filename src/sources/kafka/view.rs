@@ -1,0 +1,1 @@
+//! Successive polls of the cluster turned into snapshots, events and lag.
