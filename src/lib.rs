@@ -103,6 +103,15 @@ pub mod defaults {
 #[doc(hidden)]
 pub mod fuzz_support;
 
+/// The Kafka source's client, exposed for the integration tests only (they drive a real broker
+/// with its admin calls); not a stable API.
+#[doc(hidden)]
+pub mod kafka_support {
+    pub use crate::sources::kafka::client::{
+        Client, ClientError, DEFAULT_CLIENT_ID, DEFAULT_REQUEST_TIMEOUT,
+    };
+}
+
 /// Internals exposed for the criterion benches only; not a stable API.
 #[doc(hidden)]
 pub mod bench_support {

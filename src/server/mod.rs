@@ -39,6 +39,7 @@ impl Hub {
             web = Some(w.clone());
             w as Arc<dyn Requests>
         })?;
+        // Invariant: a started engine called the closure (before its shards started).
         let web = web.expect("Engine::start built the context");
         Ok(HubHandle { engine, web })
     }
