@@ -83,7 +83,9 @@ pub use crate::error::{BroadcastError, ConfigError, Error, RelayUrlError, ShardF
 pub use crate::hub::{Broadcaster, Frame, HubProbe, HubStats, ShutdownTrigger};
 pub use crate::protocol::{close_code, Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use crate::server::{Hub, HubHandle};
-pub use crate::sources::{DemoBroker, DemoConfig, Relay, RelayConfig, RelayRole, RelayStats};
+pub use crate::sources::{
+    DemoBroker, DemoConfig, KafkaConfig, KafkaError, Relay, RelayConfig, RelayRole, RelayStats,
+};
 pub use tungstenite::protocol::WebSocketConfig;
 
 /// Defaults of [`HubConfig`], as named constants.

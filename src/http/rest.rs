@@ -182,7 +182,7 @@ impl Api for LocalApi {
 
 /// Broadcasts a publish as given (the data is passed through, not re-encoded): 202 with its
 /// `seq`.
-fn publish(broadcaster: &Broadcaster, msg: &PublishMessage) -> Reply {
+pub(crate) fn publish(broadcaster: &Broadcaster, msg: &PublishMessage) -> Reply {
     let data = msg.data.as_deref().map(|d| d.get());
     match broadcaster.publish_raw(&msg.channel, &msg.kind, data) {
         Ok(seq) => Reply::json(StatusCode::ACCEPTED, &Published { seq }),

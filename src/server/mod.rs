@@ -21,7 +21,8 @@ use crate::error::Error;
 use crate::http::rest::LocalApi;
 use crate::http::Web;
 use crate::hub::{Broadcaster, Engine, HubProbe, HubStats, ShutdownTrigger};
-use crate::sources::{Relay, RelayConfig, RelayRole};
+use crate::sources::kafka::KafkaSource;
+use crate::sources::{KafkaConfig, Relay, RelayConfig, RelayRole};
 
 /// The thread-per-core WebSocket hub.
 #[derive(Debug)]
@@ -108,6 +109,22 @@ impl HubHandle {
         interval: Duration,
     ) -> std::io::Result<Ticker> {
         Ticker::start(self.broadcaster(), self.probe(), source, interval)
+    }
+
+    /// Watches the Kafka-compatible cluster of `config`: every `interval` the cluster is
+    /// polled once (on the ticker's thread) for the `metrics` snapshot, and `topic_created`,
+    /// `topic_deleted` and `group_updated` are sent when its topics and groups change. REST
+    /// reads answer from the latest poll, mutations are refused (501), and `/metrics` reports
+    /// the source (`takhin_source_*`). The hub serves even when no broker answers.
+    pub fn watch_kafka(&self, config: &KafkaConfig, interval: Duration) -> Result<Ticker, Error> {
+        let source = KafkaSource::new(config, self.broadcaster(), self.probe())
+            .map_err(|e| Error::Kafka(Box::new(e)))?;
+        let watch = source.watch();
+        if !self.web.attach_api(watch.clone()) {
+            return Err(Error::ApiAttached);
+        }
+        self.web.add_exporter(watch);
+        self.start_ticker(source, interval).map_err(Error::Io)
     }
 
     /// The counters summed over every shard.

@@ -17,7 +17,7 @@ use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Cores, HubConfig};
-use crate::sources::RelayConfig;
+use crate::sources::{KafkaConfig, RelayConfig};
 
 /// What feeds the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -29,6 +29,8 @@ pub enum SourceKind {
     None,
     /// No source of its own: fans out what the origin instance publishes through --relay.
     Relay,
+    /// A Kafka-compatible cluster, polled over the Kafka protocol (--kafka-brokers).
+    Kafka,
 }
 
 /// The server's options. Each field is at once a flag (`--cpu-list`, unless `long` renames
@@ -104,6 +106,19 @@ pub struct Options {
     #[arg(long, env = "TAKHIN_RELAY")]
     #[serde(with = "as_string")]
     pub(crate) relay: Option<RelayConfig>,
+    /// With --source kafka: the cluster's bootstrap brokers, HOST:PORT, comma separated.
+    #[arg(long, env = "TAKHIN_KAFKA_BROKERS", value_delimiter = ',')]
+    pub(crate) kafka_brokers: Option<Vec<String>>,
+    /// The client id the Kafka brokers see [default: takhin-monitor].
+    #[arg(long, env = "TAKHIN_KAFKA_CLIENT_ID")]
+    pub(crate) kafka_client_id: Option<String>,
+    /// Bound on each request to a Kafka broker, in seconds [default: 5].
+    #[arg(long, env = "TAKHIN_KAFKA_REQUEST_TIMEOUT")]
+    pub(crate) kafka_request_timeout: Option<f64>,
+    /// Seconds between polls of the Kafka cluster, one snapshot each [default: the metrics
+    /// interval].
+    #[arg(long, env = "TAKHIN_KAFKA_POLL_INTERVAL")]
+    pub(crate) kafka_poll_interval: Option<f64>,
 }
 
 impl Options {
@@ -130,6 +145,23 @@ impl Options {
             config: self.config,
             ..merged
         })
+    }
+
+    /// The Kafka cluster to watch, with `--source kafka`.
+    pub(crate) fn kafka(&self) -> anyhow::Result<KafkaConfig> {
+        let brokers = self
+            .kafka_brokers
+            .clone()
+            .filter(|b| !b.is_empty())
+            .context("--source kafka needs --kafka-brokers HOST:PORT[,HOST:PORT...]")?;
+        let mut k = KafkaConfig::new(brokers);
+        if let Some(id) = &self.kafka_client_id {
+            k = k.client_id(id.clone());
+        }
+        if let Some(s) = self.kafka_request_timeout {
+            k = k.request_timeout(secs(s, "Kafka request timeout")?);
+        }
+        Ok(k)
     }
 
     pub(crate) fn build_config(&self) -> anyhow::Result<HubConfig> {
@@ -374,7 +406,7 @@ mod tests {
             ("listen-number", "listen = 8080"),
             ("listen-string", "listen = \"localhost\""),
             ("cpu-list-string", "cpu_list = \"0,2\""),
-            ("source", "source = \"kafka\""),
+            ("source", "source = \"nats\""),
             ("interval", "metrics_interval = \"fast\""),
             ("origins", "allowed_origins = \"https://a\""),
             ("relay", "relay = \"http://r:6379\""),

@@ -7,9 +7,9 @@ use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 
 use super::options::{secs, Options, SourceKind};
-use super::Hub;
+use super::{Hub, HubHandle};
 use crate::broker::{GroupCoordinator, Recorder, StandardSource, TopicManager};
-use crate::sources::{DemoBroker, RelayRole};
+use crate::sources::{DemoBroker, Relay, RelayRole};
 
 /// Raises the open-files soft limit to the hard limit: every client is a descriptor.
 fn raise_fd_limit() -> u64 {
@@ -65,6 +65,25 @@ pub fn run(opt: Options) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if source == SourceKind::Kafka {
+        // The cluster is the source: one poll per tick, on the ticker's thread.
+        let kafka = opt.kafka()?;
+        let every = match opt.kafka_poll_interval {
+            Some(s) => secs(s, "Kafka poll interval")?,
+            None => interval,
+        };
+        info!(brokers = %kafka.brokers.join(","), "watching a Kafka cluster");
+        let ticker = hub
+            .watch_kafka(&kafka, every)
+            .context("starting the Kafka source")?;
+        let relay = origin_relay(&hub, &opt)?;
+        hub.wait().context("shard failure")?;
+        ticker.stop();
+        drop(relay);
+        info!("stopped");
+        return Ok(());
+    }
+
     // The services every source feeds, served over REST, and the ticker that streams them.
     let broadcaster = hub.broadcaster();
     let topics = TopicManager::new(Recorder::new(), Some(broadcaster.clone()));
@@ -72,19 +91,13 @@ pub fn run(opt: Options) -> anyhow::Result<()> {
     hub.serve_api(topics.clone(), groups.clone());
     let demo = match source {
         SourceKind::Demo => Some(DemoBroker::start(topics.clone(), groups.clone())?),
-        SourceKind::None | SourceKind::Relay => None,
+        SourceKind::None | SourceKind::Relay | SourceKind::Kafka => None,
     };
     let mut metrics = StandardSource::new(topics, groups, Some(hub.probe()));
     if let Some(dir) = &opt.data_dir {
         metrics = metrics.data_dir(dir);
     }
-    let relay = match opt.relay.clone() {
-        Some(relay) => Some(
-            hub.start_relay(relay, RelayRole::Origin)
-                .context("starting the relay")?,
-        ),
-        None => None,
-    };
+    let relay = origin_relay(&hub, &opt)?;
     let ticker = hub
         .start_ticker(metrics, interval)
         .context("starting the ticker")?;
@@ -94,4 +107,15 @@ pub fn run(opt: Options) -> anyhow::Result<()> {
     drop(relay);
     info!("stopped");
     Ok(())
+}
+
+/// With --relay, this instance publishes its broadcasts to the other instances.
+fn origin_relay(hub: &HubHandle, opt: &Options) -> anyhow::Result<Option<Relay>> {
+    let Some(config) = opt.relay.clone() else {
+        return Ok(None);
+    };
+    let relay = hub
+        .start_relay(config, RelayRole::Origin)
+        .context("starting the relay")?;
+    Ok(Some(relay))
 }

@@ -8,4 +8,9 @@
 
 pub(crate) mod client;
 pub(crate) mod model;
+mod source;
 pub(crate) mod view;
+
+pub use self::client::ClientError as KafkaError;
+pub use self::source::KafkaConfig;
+pub(crate) use self::source::KafkaSource;

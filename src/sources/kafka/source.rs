@@ -1,0 +1,292 @@
+//! The Kafka source at work: each tick of the [`Ticker`](crate::Ticker) (its own thread, never
+//! a shard core) polls the cluster once, turns the poll into the `metrics` snapshot and the
+//! events since the previous one, and keeps the latest view for REST reads, detail frames and
+//! `/metrics`. However many dashboards watch, the cluster is asked once per tick.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hyper::StatusCode;
+use tracing::{info, warn};
+
+use super::client::{Client, ClientError, DEFAULT_CLIENT_ID, DEFAULT_REQUEST_TIMEOUT};
+use super::view::{HubFacts, SourceState, SourceStatus, View, ViewConfig};
+use crate::broker::{GroupDetail, MetricsSource, MonitoringMetrics, TopicDetail};
+use crate::http::prometheus::{Exporter, Text};
+use crate::http::rest::{self, Api, Reply};
+use crate::http::routes::{ApiRequest, Endpoint};
+use crate::hub::{Broadcaster, HubProbe};
+use crate::process;
+use crate::protocol::Channel;
+
+/// Where the cluster is and how to ask it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `HOST:PORT` each; any one that answers is enough.
+    pub brokers: Vec<String>,
+    /// The client id the brokers see (in their logs and quotas). The default is
+    /// `takhin-monitor`.
+    pub client_id: String,
+    /// Bound on each connect and on each request's whole answer. The default is 5 s.
+    pub request_timeout: Duration,
+}
+
+impl KafkaConfig {
+    /// The cluster reachable at `brokers`, with the default client id and timeout.
+    pub fn new(brokers: Vec<String>) -> Self {
+        Self {
+            brokers,
+            client_id: DEFAULT_CLIENT_ID.to_owned(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Sets the client id.
+    #[must_use]
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+
+    /// Sets the request timeout.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The bootstrap list as one label (`/metrics`, logs).
+    fn label(&self) -> String {
+        self.brokers.join(",")
+    }
+}
+
+/// What the ticker's thread, REST handlers on the shards and `/metrics` share: the latest
+/// view of the cluster and the source's state.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    cluster: String,
+    view: Mutex<View>,
+    state: Mutex<SourceState>,
+    broadcaster: Broadcaster,
+}
+
+impl Watch {
+    fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state(&self) -> MutexGuard<'_, SourceState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The [`MetricsSource`] that polls the cluster.
+#[derive(Debug)]
+pub(crate) struct KafkaSource {
+    client: Client,
+    watch: Arc<Watch>,
+    probe: HubProbe,
+}
+
+impl KafkaSource {
+    /// A source for the cluster of `config`, broadcasting its events through `broadcaster`.
+    /// Nothing is connected until the first tick, so a cluster that does not answer never
+    /// stops the hub from starting.
+    pub(crate) fn new(
+        config: &KafkaConfig,
+        broadcaster: Broadcaster,
+        probe: HubProbe,
+    ) -> Result<Self, ClientError> {
+        let client = Client::new(
+            config.brokers.clone(),
+            config.client_id.clone(),
+            config.request_timeout,
+        )?;
+        let watch = Arc::new(Watch {
+            cluster: config.label(),
+            view: Mutex::new(View::new(ViewConfig::default())),
+            state: Mutex::new(SourceState::new(unix_ms())),
+            broadcaster,
+        });
+        Ok(Self {
+            client,
+            watch,
+            probe,
+        })
+    }
+
+    /// What REST and `/metrics` read.
+    pub(crate) fn watch(&self) -> Arc<Watch> {
+        self.watch.clone()
+    }
+
+    /// One poll: the view updated and its events broadcast, or the failure recorded.
+    fn poll(&mut self) {
+        let at = unix_ms();
+        let started = Instant::now();
+        let polled = self.client.poll();
+        let took = started.elapsed();
+        let change = match polled {
+            Ok(state) => {
+                let events = self.watch.view().update(state);
+                for event in events {
+                    if let Err(e) = event.publish(&self.watch.broadcaster) {
+                        warn!(error = %e, "a cluster event was not sent");
+                    }
+                }
+                self.watch.state().poll_succeeded(at, took)
+            }
+            Err(e) => {
+                let change = self.watch.state().poll_failed(at, took, e.to_string());
+                if change.is_some() {
+                    warn!(cluster = %self.watch.cluster, error = %e, "kafka source down");
+                }
+                change
+            }
+        };
+        if change == Some(SourceStatus::Up) {
+            info!(cluster = %self.watch.cluster, took_ms = took.as_millis() as u64, "kafka source up");
+        }
+    }
+
+    fn hub_facts(&self) -> HubFacts {
+        let connections = self.probe.active_connections();
+        let shards = self.probe.shards() as u64;
+        HubFacts {
+            active_connections: connections,
+            memory_usage_bytes: process::resident_memory(),
+            // As the standard source counts them: a reader and a writer per connection,
+            // accept + distributor + sweep per shard, and the process's threads.
+            goroutine_count: process::threads() + 2 * connections + 3 * shards,
+        }
+    }
+}
+
+impl MetricsSource for KafkaSource {
+    fn snapshot(&mut self, _elapsed: Duration) -> MonitoringMetrics {
+        self.poll();
+        let facts = self.hub_facts();
+        let view = self.watch.view();
+        match view.snapshot(facts) {
+            Some(s) => s.metrics,
+            // Never answered yet: an empty cluster, with the hub's own facts.
+            None => {
+                let mut m = MonitoringMetrics::default();
+                m.cluster_health.active_connections = facts.active_connections;
+                m.cluster_health.memory_usage_bytes = facts.memory_usage_bytes;
+                m.cluster_health.goroutine_count = facts.goroutine_count;
+                m.timestamp = unix_ms() / 1000;
+                m
+            }
+        }
+    }
+
+    fn topic_detail(&mut self, name: &str) -> Option<TopicDetail> {
+        self.watch.view().topic_detail(name)
+    }
+
+    fn group_detail(&mut self, group_id: &str) -> Option<GroupDetail> {
+        self.watch.view().group_detail(group_id)
+    }
+
+    fn detail_channels(&mut self) -> Option<Vec<Channel>> {
+        let view = self.watch.view();
+        let topics = view.topics().into_iter().map(|t| Channel::topic(&t.name));
+        let groups = view
+            .groups()
+            .into_iter()
+            .map(|g| Channel::group(&g.group_id));
+        Some(topics.chain(groups).collect())
+    }
+}
+
+/// REST with the Kafka source: reads from the latest poll; topics and groups change on the
+/// cluster, not here (501); publishing works as always.
+impl Api for Watch {
+    fn refuses(&self, endpoint: &Endpoint) -> Option<Reply> {
+        let mutates = matches!(
+            endpoint,
+            Endpoint::CreateTopic
+                | Endpoint::DeleteTopic(_)
+                | Endpoint::UpdateGroup(_)
+                | Endpoint::DeleteGroup(_)
+        );
+        mutates.then(read_only)
+    }
+
+    fn call(&self, request: ApiRequest) -> Reply {
+        let view = || self.view();
+        match request {
+            ApiRequest::ListTopics => Reply::json(StatusCode::OK, &view().topics()),
+            ApiRequest::GetTopic(name) => match view().topic(&name) {
+                Some(t) => Reply::json(StatusCode::OK, &t),
+                None => Reply::error(StatusCode::NOT_FOUND, "no such topic"),
+            },
+            ApiRequest::ListGroups => Reply::json(StatusCode::OK, &view().groups()),
+            ApiRequest::GetGroup(id) => match view().group(&id) {
+                Some(g) => Reply::json(StatusCode::OK, &g),
+                None => Reply::error(StatusCode::NOT_FOUND, "no such group"),
+            },
+            ApiRequest::Publish(msg) => rest::publish(&self.broadcaster, &msg),
+            ApiRequest::CreateTopic { .. }
+            | ApiRequest::DeleteTopic(_)
+            | ApiRequest::UpdateGroup { .. }
+            | ApiRequest::DeleteGroup(_) => read_only(),
+        }
+    }
+}
+
+fn read_only() -> Reply {
+    Reply::error(
+        StatusCode::NOT_IMPLEMENTED,
+        "the Kafka source is read-only: change topics and groups on the cluster",
+    )
+}
+
+/// `takhin_source_*` in `/metrics`.
+impl Exporter for Watch {
+    fn export(&self, out: &mut Text) {
+        let s = self.state();
+        let up = f64::from(u8::from(s.is_up()));
+        out.metric(
+            "takhin_source_up",
+            "gauge",
+            "1 while the last poll of the Kafka cluster succeeded.",
+            up,
+        );
+        let since = s.since_ms() as f64 / 1000.0;
+        out.metric(
+            "takhin_source_state_since_seconds",
+            "gauge",
+            "Unix time when the source last went up or down.",
+            since,
+        );
+        let last = s.last_poll_duration().map_or(0.0, |d| d.as_secs_f64());
+        out.metric(
+            "takhin_source_poll_duration_seconds",
+            "gauge",
+            "How long the last poll of the cluster took.",
+            last,
+        );
+        out.metric(
+            "takhin_source_polls_total",
+            "counter",
+            "Polls of the cluster.",
+            s.polls_total() as f64,
+        );
+        out.metric(
+            "takhin_source_errors_total",
+            "counter",
+            "Polls of the cluster that failed.",
+            s.errors_total() as f64,
+        );
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
