@@ -65,4 +65,7 @@ pub(crate) struct ClusterState {
     pub(crate) topics: BTreeMap<String, TopicState>,
     /// By group id.
     pub(crate) groups: BTreeMap<String, GroupState>,
+    /// Whether every broker answered ListGroups: when one did not, the groups it knows are
+    /// missing from `groups` though they still exist.
+    pub(crate) groups_complete: bool,
 }

@@ -166,7 +166,13 @@ impl View {
 
     /// Takes the next poll's state. Returns what changed since the previous poll; nothing for
     /// the first one (see the module's documentation).
-    pub(crate) fn update(&mut self, next: ClusterState) -> Vec<Event> {
+    pub(crate) fn update(&mut self, mut next: ClusterState) -> Vec<Event> {
+        if let (false, Some(prev)) = (next.groups_complete, &self.state) {
+            // A broker did not list its groups: they still exist, as last seen.
+            for (id, g) in &prev.groups {
+                next.groups.entry(id.clone()).or_insert_with(|| g.clone());
+            }
+        }
         let events = match &self.state {
             Some(prev) => events::diff(prev, &next),
             None => Vec::new(),

@@ -64,7 +64,7 @@ impl Client {
                 Err(e) => debug!(error = %e, "kafka: metadata refresh failed"),
             }
         }
-        state.groups = self.groups(&state.topics);
+        (state.groups, state.groups_complete) = self.groups(&state.topics);
         self.log_dirs(&mut state.topics);
         Ok(state)
     }
@@ -133,8 +133,14 @@ impl Client {
 
     /// Every broker's groups, with their state, members and committed offsets from their
     /// coordinators.
-    fn groups(&mut self, topics: &BTreeMap<String, TopicState>) -> BTreeMap<String, GroupState> {
+    /// Every group the brokers list, described, with its committed offsets; and whether
+    /// every broker answered ListGroups.
+    fn groups(
+        &mut self,
+        topics: &BTreeMap<String, TopicState>,
+    ) -> (BTreeMap<String, GroupState>, bool) {
         let mut groups = BTreeMap::new();
+        let mut complete = true;
         for id in self.candidates() {
             match self.call(id, |_| ListGroupsRequest::default()) {
                 Ok(resp) => {
@@ -152,7 +158,10 @@ impl Client {
                             });
                     }
                 }
-                Err(e) => debug!(broker = id, error = %e, "kafka: ListGroups failed"),
+                Err(e) => {
+                    complete = false;
+                    debug!(broker = id, error = %e, "kafka: ListGroups failed");
+                }
             }
         }
         self.coordinators.retain(|g, _| groups.contains_key(g));
@@ -181,7 +190,7 @@ impl Client {
             }
             todo = moved.into_iter().collect();
         }
-        groups
+        (groups, complete)
     }
 
     /// Asks for the coordinators of the groups not known yet: in one request where the

@@ -63,6 +63,7 @@ fn cluster(
         brokers: Vec::new(),
         topics: topics.into_iter().map(|(n, t)| (n.to_owned(), t)).collect(),
         groups: groups.into_iter().map(|(n, g)| (n.to_owned(), g)).collect(),
+        groups_complete: true,
     }
 }
 
@@ -600,4 +601,24 @@ fn matched_pairs_the_common_keys_of_two_sorted_maps() {
     let b: BTreeMap<i32, char> = [(0, 'w'), (3, 'x'), (5, 'y'), (7, 'z')].into();
     let both: Vec<(i32, char, char)> = matched(&a, &b).map(|(k, x, y)| (*k, *x, *y)).collect();
     assert_eq!(both, [(3, 'b', 'x'), (5, 'c', 'y')]);
+}
+
+/// A broker that did not answer ListGroups hides its groups from that poll: they are not
+/// announced dead, and keep their last lag; once listed again, nothing is announced either.
+#[test]
+fn groups_a_broker_did_not_list_are_kept_as_last_seen() {
+    let mut view = View::new(ViewConfig::default());
+    let first = recorded();
+    let ids: Vec<String> = first.groups.keys().cloned().collect();
+    view.update(first.clone());
+    let mut partial = first.clone();
+    partial.at_ms += 2_000;
+    partial.groups.clear();
+    partial.groups_complete = false;
+    assert!(view.update(partial).is_empty(), "no group announced dead");
+    let shown: Vec<String> = view.groups().into_iter().map(|g| g.group_id).collect();
+    assert_eq!(shown, ids);
+    let mut back = first;
+    back.at_ms += 4_000;
+    assert!(view.update(back).is_empty());
 }
