@@ -222,6 +222,7 @@ fn snapshot() -> MonitoringMetrics {
                                 current_offset: Some(end - lag),
                                 log_end_offset: end,
                                 lag: Some(lag),
+                                lag_seconds: None,
                             }
                         })
                         .collect();
@@ -236,6 +237,7 @@ fn snapshot() -> MonitoringMetrics {
                 group_id: format!("analytics-consumer-group-{g:02}"),
                 total_lag: topic_lags.iter().map(|t| t.total_lag).sum(),
                 topic_lags,
+                lag_seconds: None,
             }
         })
         .collect();
@@ -266,6 +268,7 @@ fn snapshot() -> MonitoringMetrics {
             goroutine_count: 64,
         },
         timestamp: 1_767_225_600,
+        source: None,
     }
 }
 

@@ -73,7 +73,7 @@ mod sources;
 
 pub use crate::broker::{
     valid_topic_name, ClusterHealth, ConsumerLag, GroupCoordinator, GroupDetail, GroupInfo,
-    Latency, MetricsSource, MonitoringMetrics, PartitionLag, PartitionOffset, Recorder,
+    Latency, MetricsSource, MonitoringMetrics, PartitionLag, PartitionOffset, Recorder, SourceInfo,
     StandardSource, Throughput, Ticker, TopicDetail, TopicError, TopicInfo, TopicLag, TopicManager,
     TopicMeter, TopicStats, DEAD_STATE, DEFAULT_METRICS_INTERVAL, INITIAL_STATE, MAX_PARTITIONS,
     MAX_TOPIC_NAME,

@@ -191,6 +191,7 @@ fn lag_of(group_id: &str, g: &Group, topics: &TopicManager) -> ConsumerLag {
                 current_offset: current,
                 log_end_offset: leo,
                 lag,
+                lag_seconds: None,
             });
         }
         topic_lags.push(TopicLag {
@@ -203,6 +204,7 @@ fn lag_of(group_id: &str, g: &Group, topics: &TopicManager) -> ConsumerLag {
         group_id: group_id.to_owned(),
         total_lag: topic_lags.iter().map(|t| t.total_lag).sum(),
         topic_lags,
+        lag_seconds: None,
     }
 }
 

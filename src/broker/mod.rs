@@ -18,7 +18,7 @@ pub use self::groups::{GroupCoordinator, GroupInfo, DEAD_STATE, INITIAL_STATE};
 pub use self::recorder::{Recorder, TopicMeter};
 pub use self::snapshot::{
     ClusterHealth, ConsumerLag, GroupDetail, Latency, MonitoringMetrics, PartitionLag,
-    PartitionOffset, Throughput, TopicDetail, TopicLag, TopicStats,
+    PartitionOffset, SourceInfo, Throughput, TopicDetail, TopicLag, TopicStats,
 };
 pub use self::source::{MetricsSource, StandardSource};
 pub use self::ticker::{Ticker, DEFAULT_METRICS_INTERVAL};

@@ -18,6 +18,28 @@ pub struct MonitoringMetrics {
     pub cluster_health: ClusterHealth,
     /// Unix seconds.
     pub timestamp: u64,
+    /// Where the figures come from, when the hub watches a cluster (`--source kafka`); absent
+    /// otherwise. An added field: clients that do not know it ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceInfo>,
+}
+
+/// The cluster a snapshot describes and whether it answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceInfo {
+    /// `kafka`.
+    pub kind: String,
+    /// The cluster watched: its bootstrap brokers (and its cluster id once known).
+    pub cluster: String,
+    /// `starting` (not answered yet), `up`, or `down` (the last poll failed; the figures are
+    /// the last good poll's).
+    pub state: String,
+    /// Unix seconds since the state holds.
+    pub since: u64,
+    /// Why the last poll failed, while `down`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Rates over the last interval.
@@ -68,6 +90,10 @@ pub struct ConsumerLag {
     pub group_id: String,
     pub total_lag: u64,
     pub topic_lags: Vec<TopicLag>,
+    /// How far behind in time the group is: the largest of its partitions' `lagSeconds`
+    /// (Kafka source only; absent otherwise). An added field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
 }
 
 /// A group's lag on one topic.
@@ -93,6 +119,10 @@ pub struct PartitionLag {
     /// Log-end minus committed, never below zero; `null` (and out of every sum) when nothing
     /// is committed.
     pub lag: Option<i64>,
+    /// Seconds since the log end was at the committed offset, read off the log end's recent
+    /// history (Kafka source only; absent otherwise). An added field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
 }
 
 /// Process and cluster facts.

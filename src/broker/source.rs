@@ -155,6 +155,7 @@ impl MetricsSource for StandardSource {
             consumer_lags: self.groups.lags(&self.topics),
             topic_stats,
             timestamp: unix_seconds(),
+            source: None,
         }
     }
 

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::client::{Client, ClientError, DEFAULT_CLIENT_ID, DEFAULT_REQUEST_TIMEOUT};
 use super::view::{HubFacts, SourceState, SourceStatus, View, ViewConfig};
-use crate::broker::{GroupDetail, MetricsSource, MonitoringMetrics, TopicDetail};
+use crate::broker::{GroupDetail, MetricsSource, MonitoringMetrics, SourceInfo, TopicDetail};
 use crate::http::prometheus::{Exporter, Text};
 use crate::http::rest::{self, Api, Reply};
 use crate::http::routes::{ApiRequest, Endpoint};
@@ -79,6 +79,24 @@ impl Watch {
 
     fn state(&self) -> MutexGuard<'_, SourceState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `source` field of the snapshot: which cluster, and whether it answers.
+    fn info(&self, cluster_id: Option<String>) -> SourceInfo {
+        let s = self.state();
+        let cluster = match cluster_id {
+            Some(id) => format!("{} ({id})", self.cluster),
+            None => self.cluster.clone(),
+        };
+        SourceInfo {
+            kind: "kafka".to_owned(),
+            cluster,
+            state: s.status().as_str().to_owned(),
+            since: s.since_ms() / 1000,
+            error: (!s.is_up())
+                .then(|| s.last_error().map(str::to_owned))
+                .flatten(),
+        }
     }
 }
 
@@ -169,7 +187,7 @@ impl MetricsSource for KafkaSource {
         self.poll();
         let facts = self.hub_facts();
         let view = self.watch.view();
-        match view.snapshot(facts) {
+        let mut m = match view.snapshot(facts) {
             Some(s) => s.metrics,
             // Never answered yet: an empty cluster, with the hub's own facts.
             None => {
@@ -180,7 +198,11 @@ impl MetricsSource for KafkaSource {
                 m.timestamp = unix_ms() / 1000;
                 m
             }
-        }
+        };
+        let cluster_id = view.state().and_then(|s| s.cluster_id.clone());
+        drop(view);
+        m.source = Some(self.watch.info(cluster_id));
+        m
     }
 
     fn topic_detail(&mut self, name: &str) -> Option<TopicDetail> {

@@ -206,6 +206,7 @@ impl View {
                 ..d.health.clone()
             },
             timestamp: state.at_ms / 1000,
+            source: None,
         };
         Some(Snapshot {
             metrics,
@@ -468,6 +469,9 @@ fn group_lag(
         }
     }
     let mut lag_time = BTreeMap::new();
+    // Some partition is behind by an unknown time: the group's time is unknown too.
+    let mut unknown_time = false;
+    let mut shown_seconds: Option<f64> = None;
     let mut topic_lags = Vec::with_capacity(by_topic.len());
     for (topic, commits) in by_topic {
         let Some(t) = next.topics.get(topic).filter(|t| !t.internal) else {
@@ -481,13 +485,21 @@ fn group_lag(
                 .binary_search_by_key(&p.id, |&(id, _)| id)
                 .ok()
                 .map(|i| commits[i].1);
+            let mut seconds = None;
             let lag = match (current, p.end_offset) {
                 (Some(c), Some(end)) => {
                     let since = histories
                         .and_then(|h| h.get(&p.id))
                         .and_then(|h| h.lag(c, next.at_ms));
                     if let Some(since) = since {
+                        // A lower bound of 0 (the history does not reach back yet) says
+                        // nothing: left out of the frame.
+                        seconds =
+                            (!since.lower_bound || since.seconds > 0.0).then_some(since.seconds);
                         lag_time.insert((group_id.to_owned(), topic.to_owned(), p.id), since);
+                    }
+                    if seconds.is_none() && end > c {
+                        unknown_time = true;
                     }
                     Some((end - c).max(0))
                 }
@@ -499,7 +511,12 @@ fn group_lag(
                 current_offset: current,
                 log_end_offset: p.end_offset.unwrap_or(-1),
                 lag,
+                lag_seconds: seconds,
             });
+            shown_seconds = match (shown_seconds, seconds) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
         }
         topic_lags.push(TopicLag {
             topic: topic.to_owned(),
@@ -511,6 +528,7 @@ fn group_lag(
         group_id: group_id.to_owned(),
         total_lag: topic_lags.iter().map(|t| t.total_lag).sum(),
         topic_lags,
+        lag_seconds: shown_seconds.filter(|_| !unknown_time),
     };
     (lag, lag_time)
 }
