@@ -100,12 +100,19 @@ impl Watch {
     }
 }
 
+/// First wait before asking a cluster that did not answer again; doubled at each failure.
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts while the cluster does not answer.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// The [`MetricsSource`] that polls the cluster.
 #[derive(Debug)]
 pub(crate) struct KafkaSource {
     client: Client,
     watch: Arc<Watch>,
     probe: HubProbe,
+    /// While the cluster does not answer: when to try again, and the wait after that.
+    retry: Option<(Instant, Duration)>,
 }
 
 impl KafkaSource {
@@ -132,6 +139,7 @@ impl KafkaSource {
             client,
             watch,
             probe,
+            retry: None,
         })
     }
 
@@ -140,14 +148,20 @@ impl KafkaSource {
         self.watch.clone()
     }
 
-    /// One poll: the view updated and its events broadcast, or the failure recorded.
+    /// One poll: the view updated and its events broadcast, or the failure recorded. While
+    /// the cluster does not answer, ticks skip the poll with a backoff (0.5 s doubling to 5 s)
+    /// and the snapshot repeats the last good one.
     fn poll(&mut self) {
         let at = unix_ms();
         let started = Instant::now();
+        if self.retry.is_some_and(|(when, _)| started < when) {
+            return;
+        }
         let polled = self.client.poll();
         let took = started.elapsed();
         let change = match polled {
             Ok(state) => {
+                self.retry = None;
                 let events = self.watch.view().update(state);
                 for event in events {
                     if let Err(e) = event.publish(&self.watch.broadcaster) {
@@ -157,6 +171,10 @@ impl KafkaSource {
                 self.watch.state().poll_succeeded(at, took)
             }
             Err(e) => {
+                let wait = self
+                    .retry
+                    .map_or(BACKOFF_FIRST, |(_, w)| (w * 2).min(BACKOFF_MAX));
+                self.retry = Some((Instant::now() + wait, wait));
                 let change = self.watch.state().poll_failed(at, took, e.to_string());
                 if change.is_some() {
                     warn!(cluster = %self.watch.cluster, error = %e, "kafka source down");
