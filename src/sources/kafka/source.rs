@@ -3,6 +3,7 @@
 //! events since the previous one, and keeps the latest view for REST reads, detail frames and
 //! `/metrics`. However many dashboards watch, the cluster is asked once per tick.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,6 +68,9 @@ impl KafkaConfig {
 #[derive(Debug)]
 pub(crate) struct Watch {
     cluster: String,
+    /// Requests sent to the cluster so far: one poll's worth per tick, whatever the number of
+    /// dashboards.
+    requests: AtomicU64,
     view: Mutex<View>,
     state: Mutex<SourceState>,
     broadcaster: Broadcaster,
@@ -131,6 +135,7 @@ impl KafkaSource {
         )?;
         let watch = Arc::new(Watch {
             cluster: config.label(),
+            requests: AtomicU64::new(0),
             view: Mutex::new(View::new(ViewConfig::default())),
             state: Mutex::new(SourceState::new(unix_ms())),
             broadcaster,
@@ -159,6 +164,7 @@ impl KafkaSource {
         }
         let polled = self.client.poll();
         let took = started.elapsed();
+        self.watch.requests.store(self.client.requests(), Relaxed);
         let change = match polled {
             Ok(state) => {
                 self.retry = None;
@@ -315,6 +321,12 @@ impl Exporter for Watch {
             "counter",
             "Polls of the cluster.",
             s.polls_total() as f64,
+        );
+        out.metric(
+            "takhin_source_requests_total",
+            "counter",
+            "Requests sent to the cluster's brokers.",
+            self.requests.load(Relaxed) as f64,
         );
         out.metric(
             "takhin_source_errors_total",

@@ -256,6 +256,8 @@ pub struct Client {
     down: BTreeSet<i32>,
     /// Group id -> its coordinator's broker id, as FindCoordinator last answered.
     coordinators: BTreeMap<String, i32>,
+    /// Requests sent to the brokers so far (after each connection's ApiVersions).
+    requests: u64,
 }
 
 impl Client {
@@ -286,12 +288,18 @@ impl Client {
             conns: BTreeMap::new(),
             down: BTreeSet::new(),
             coordinators: BTreeMap::new(),
+            requests: 0,
         })
     }
 
     /// The bootstrap addresses.
     pub fn bootstrap(&self) -> &[String] {
         &self.bootstrap
+    }
+
+    /// Requests sent to the brokers so far (not counting each connection's ApiVersions).
+    pub fn requests(&self) -> u64 {
+        self.requests
     }
 
     /// How many broker connections are open.
@@ -344,6 +352,7 @@ impl Client {
         let conn = self.conn(id)?;
         let req = build(conn.version::<R>()?);
         let result = conn.send(&req);
+        self.requests += 1;
         if let Err(e) = &result {
             if e.breaks_connection() {
                 debug!(broker = id, error = %e, "kafka: connection closed");
@@ -398,6 +407,7 @@ impl Client {
             .filter(|a| !failed.contains(a))
         {
             tried += 1;
+            self.requests += 1;
             let answer = Conn::connect(&addr, &self.client_id, self.timeout).and_then(|mut c| {
                 let v = c.version::<MetadataRequest>()?;
                 c.send(&metadata_request(v)).map(|resp| (c, resp))
