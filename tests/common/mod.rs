@@ -13,6 +13,7 @@ use takhin_monitor::{Cores, Hub, HubConfig, HubHandle};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
+pub mod browser;
 pub mod tansu;
 mod watchdog;
 

@@ -168,7 +168,15 @@ impl KafkaSource {
         let change = match polled {
             Ok(state) => {
                 self.retry = None;
-                let events = self.watch.view().update(state);
+                let mut view = self.watch.view();
+                let first = view.state().is_none();
+                let mut events = view.update(state);
+                if first {
+                    // No topic is news on the first poll, but the groups' states are unknown
+                    // to dashboards until said: each existing group once.
+                    events.extend(view.group_states());
+                }
+                drop(view);
                 for event in events {
                     if let Err(e) = event.publish(&self.watch.broadcaster) {
                         warn!(error = %e, "a cluster event was not sent");
