@@ -43,8 +43,11 @@
 //! - `http`: the `Requests` handler on hyper: the dashboard, health, Prometheus text
 //!   (`prometheus.rs`), and the REST API from one typed table of requests (`routes.rs`)
 //!   answered by this instance's services or a relay's (`rest.rs`).
-//! - `sources`: the simulated broker ([`DemoBroker`], `demo/`) and the Redis [`Relay`]
-//!   between instances (`relay/`: its threads, wire format, RESP client and REST proxy).
+//! - `sources`: the simulated broker ([`DemoBroker`], `demo/`), a real Kafka-compatible
+//!   cluster watched over the Kafka protocol (`kafka/`: the client, one poll's model, the view
+//!   that turns polls into snapshots, events and lag; [`KafkaConfig`],
+//!   [`HubHandle::watch_kafka`]) and the Redis [`Relay`] between instances (`relay/`: its
+//!   threads, wire format, RESP client and REST proxy).
 //! - `server`: the running application ([`Hub`], [`HubHandle`]: the hub core with its
 //!   connections and HTTP side, REST services, relay and ticker plugged in), and the
 //!   server binary's [`server::Options`] and [`server::run`]; `main.rs` only parses options,
