@@ -62,7 +62,7 @@ pub enum Cores {
     List(Vec<usize>),
 }
 
-/// Configuration of a [`Hub`](crate::Hub).
+/// Configuration of a `Hub`.
 ///
 /// Built from `HubConfig::default()` and chainable setters; checked once by
 /// [`HubConfig::assert_valid`] when the hub starts.

@@ -13,14 +13,6 @@ pub enum Error {
     /// too low for io_uring: raise `ulimit -l`).
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
-    /// The Kafka source could not be set up (no broker, a bad broker address); fix the
-    /// addresses.
-    #[error("kafka source: {0}")]
-    Kafka(#[source] Box<crate::sources::kafka::KafkaError>),
-    /// REST services (or a relay-only instance's API) are attached already: a hub serves
-    /// one source's topics and groups.
-    #[error("REST services are attached already")]
-    ApiAttached,
     /// A shard's executor failed to start or ended with an error.
     #[error("shard {shard} failed: {cause}")]
     Shard {

@@ -88,6 +88,7 @@ pub use crate::protocol::{close_code, Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use crate::server::{Hub, HubHandle};
 pub use crate::sources::{
     DemoBroker, DemoConfig, KafkaConfig, KafkaError, Relay, RelayConfig, RelayRole, RelayStats,
+    WatchError,
 };
 pub use tungstenite::protocol::WebSocketConfig;
 

@@ -23,8 +23,8 @@ pub struct Ticker {
 }
 
 impl Ticker {
-    /// Starts ticking from `source` through `broadcaster` (the hub's, see
-    /// [`crate::HubHandle::broadcaster`]), sending detail frames for the channels `probe`
+    /// Starts ticking from `source` through `broadcaster` (the hub's:
+    /// `HubHandle::broadcaster`), sending detail frames for the channels `probe`
     /// reports: a first snapshot at once, then one every `interval`.
     pub fn start(
         broadcaster: Broadcaster,

@@ -171,7 +171,7 @@ impl Broadcaster {
         self.send(route, kind, data)
     }
 
-    /// Sends the `metrics` snapshot (a [`crate::MonitoringMetrics`] or any snapshot of that
+    /// Sends the `metrics` snapshot (a `MonitoringMetrics` or any snapshot of that
     /// shape) on the `metrics` channel, retained as its last value.
     pub fn metrics<T: Serialize + ?Sized>(&self, snapshot: &T) -> Result<u64, BroadcastError> {
         let route = Route {

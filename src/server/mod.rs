@@ -22,7 +22,7 @@ use crate::http::rest::LocalApi;
 use crate::http::Web;
 use crate::hub::{Broadcaster, Engine, HubProbe, HubStats, ShutdownTrigger};
 use crate::sources::kafka::KafkaSource;
-use crate::sources::{KafkaConfig, Relay, RelayConfig, RelayRole};
+use crate::sources::{KafkaConfig, Relay, RelayConfig, RelayRole, WatchError};
 
 /// The thread-per-core WebSocket hub.
 #[derive(Debug)]
@@ -116,15 +116,18 @@ impl HubHandle {
     /// `topic_deleted` and `group_updated` are sent when its topics and groups change. REST
     /// reads answer from the latest poll, mutations are refused (501), and `/metrics` reports
     /// the source (`takhin_source_*`). The hub serves even when no broker answers.
-    pub fn watch_kafka(&self, config: &KafkaConfig, interval: Duration) -> Result<Ticker, Error> {
-        let source = KafkaSource::new(config, self.broadcaster(), self.probe())
-            .map_err(|e| Error::Kafka(Box::new(e)))?;
+    pub fn watch_kafka(
+        &self,
+        config: &KafkaConfig,
+        interval: Duration,
+    ) -> Result<Ticker, WatchError> {
+        let source = KafkaSource::new(config, self.broadcaster(), self.probe())?;
         let watch = source.watch();
         if !self.web.attach_api(watch.clone()) {
-            return Err(Error::ApiAttached);
+            return Err(WatchError::ApiAttached);
         }
         self.web.add_exporter(watch);
-        self.start_ticker(source, interval).map_err(Error::Io)
+        Ok(self.start_ticker(source, interval)?)
     }
 
     /// The counters summed over every shard.

@@ -6,5 +6,5 @@ pub(crate) mod kafka;
 pub(crate) mod relay;
 
 pub use self::demo::{DemoBroker, DemoConfig};
-pub use self::kafka::{KafkaConfig, KafkaError};
+pub use self::kafka::{KafkaConfig, KafkaError, WatchError};
 pub use self::relay::{Relay, RelayConfig, RelayRole, RelayStats};

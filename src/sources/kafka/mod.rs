@@ -12,5 +12,5 @@ mod source;
 pub(crate) mod view;
 
 pub use self::client::ClientError as KafkaError;
-pub use self::source::KafkaConfig;
 pub(crate) use self::source::KafkaSource;
+pub use self::source::{KafkaConfig, WatchError};

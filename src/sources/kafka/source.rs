@@ -63,6 +63,22 @@ impl KafkaConfig {
     }
 }
 
+/// Why the hub could not start watching a cluster.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WatchError {
+    /// The configuration was refused (no broker, a bad address); fix the addresses.
+    #[error("kafka source: {0}")]
+    Kafka(#[from] ClientError),
+    /// REST services (or a relay-only instance's API) are attached already: a hub serves one
+    /// source's topics and groups.
+    #[error("REST services are attached already")]
+    ApiAttached,
+    /// The ticker's thread could not start.
+    #[error("starting the ticker: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// What the ticker's thread, REST handlers on the shards and `/metrics` share: the latest
 /// view of the cluster and the source's state.
 #[derive(Debug)]

@@ -21,8 +21,8 @@ use kafka_protocol::records::{
     NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
 };
 
-use super::poll::{coordinator_moved, leader_moved};
 use super::route::Layout;
+use super::route::{coordinator_moved, leader_moved};
 use super::{now_ms, Client, ClientError};
 
 impl Client {

@@ -24,7 +24,7 @@ use kafka_protocol::protocol::StrBytes;
 use tracing::debug;
 
 use super::super::model::{ClusterState, GroupState, PartitionState, TopicState};
-use super::route::{self, Layout};
+use super::route::{self, coordinator_moved, leader_moved, Layout};
 use super::{now_ms, Client, ClientError};
 
 /// ListOffsets' timestamp for the log-start offset.
@@ -455,25 +455,6 @@ fn list_offsets(
 
 fn group_id(g: &str) -> GroupId {
     GroupId(StrBytes::from_string(g.to_owned()))
-}
-
-/// Errors that mean the partition's leader is elsewhere now (or the topic changed).
-pub(super) fn leader_moved(e: ResponseError) -> bool {
-    matches!(
-        e,
-        ResponseError::NotLeaderOrFollower
-            | ResponseError::UnknownTopicOrPartition
-            | ResponseError::LeaderNotAvailable
-            | ResponseError::FencedLeaderEpoch
-    )
-}
-
-/// Errors that mean the group's coordinator is elsewhere now.
-pub(super) fn coordinator_moved(e: ResponseError) -> bool {
-    matches!(
-        e,
-        ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
-    )
 }
 
 fn partition_mut<'a>(

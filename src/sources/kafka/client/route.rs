@@ -172,6 +172,25 @@ pub(crate) fn stale(old: &BTreeMap<i32, Broker>, new: &BTreeMap<i32, Broker>) ->
         .collect()
 }
 
+/// Errors that mean the partition's leader is elsewhere now (or the topic changed).
+pub(super) fn leader_moved(e: ResponseError) -> bool {
+    matches!(
+        e,
+        ResponseError::NotLeaderOrFollower
+            | ResponseError::UnknownTopicOrPartition
+            | ResponseError::LeaderNotAvailable
+            | ResponseError::FencedLeaderEpoch
+    )
+}
+
+/// Errors that mean the group's coordinator is elsewhere now.
+pub(super) fn coordinator_moved(e: ResponseError) -> bool {
+    matches!(
+        e,
+        ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
