@@ -75,11 +75,11 @@ pub mod server;
 mod sources;
 
 pub use crate::broker::{
-    valid_topic_name, ClusterHealth, ConsumerLag, GroupCoordinator, GroupDetail, GroupInfo,
-    Latency, MetricsSource, MonitoringMetrics, PartitionLag, PartitionOffset, Recorder, SourceInfo,
-    StandardSource, Throughput, Ticker, TopicDetail, TopicError, TopicInfo, TopicLag, TopicManager,
-    TopicMeter, TopicStats, DEAD_STATE, DEFAULT_METRICS_INTERVAL, INITIAL_STATE, MAX_PARTITIONS,
-    MAX_TOPIC_NAME,
+    valid_topic_name, CanaryInfo, ClusterHealth, ConsumerLag, GroupCoordinator, GroupDetail,
+    GroupInfo, Latency, MetricsSource, MonitoringMetrics, PartitionLag, PartitionOffset, Recorder,
+    SourceInfo, StandardSource, Throughput, Ticker, TopicDetail, TopicError, TopicInfo, TopicLag,
+    TopicManager, TopicMeter, TopicStats, DEAD_STATE, DEFAULT_METRICS_INTERVAL, INITIAL_STATE,
+    MAX_PARTITIONS, MAX_TOPIC_NAME,
 };
 pub use crate::config::{Cores, HubConfig};
 pub use crate::error::{BroadcastError, ConfigError, Error, RelayUrlError, ShardFailure};

@@ -3,7 +3,8 @@
 //! runs in-process watching it (`HubHandle::watch_kafka`), and headless Chromium
 //! (`common/browser.rs`, shared with tests/browser.rs) renders the server's own dashboard.
 //! The test reads the rendered page: the cluster line with the broker's address and `up`, the
-//! topic with its message count, the group's lag in messages and in time; then the broker is
+//! topic with its message count, the group's lag in messages and in time, the latency canary's
+//! figures; then the broker is
 //! killed and the page shows the "source unavailable" banner over the last good figures, and
 //! once it is back the banner goes.
 //!
@@ -29,6 +30,8 @@ const RECORDS: [i64; 2] = [4, 3];
 /// The group and its committed offset per partition: 3 behind on partition 0, none on 1.
 const GROUP: &str = "browser-group";
 const COMMITS: [i64; 2] = [1, 3];
+/// The latency canary's topic (the hub creates it).
+const CANARY: &str = "browser-canary";
 
 /// The header's cluster line is shown, names the cluster by `bootstrap` and says `state`; the
 /// banner shows exactly when the state is `down`.
@@ -72,6 +75,18 @@ fn group_lag(group: &str, lag: i64) -> String {
 }})()"#
     )
 }
+
+/// The latency card shows the canary's figures: produce and fetch (end to end) p99 above 0 ms,
+/// and a note naming the canary's topic.
+const CANARY_LATENCY: &str = r#"(() => {
+    const ms = (id) => Number(document.getElementById(id).dataset.value);
+    const note = document.getElementById('latency-note');
+    return ms('produce-p99') > 0 && ms('fetch-p99') >= ms('produce-p99')
+        && document.getElementById('produce-p99').textContent !== '—'
+        && !note.hidden && note.offsetParent !== null
+        && note.textContent.startsWith('Canary on topic browser-canary: ')
+        && /\(([0-9]+) round trips\)$/.test(note.textContent);
+})()"#;
 
 /// The "source unavailable" banner is shown, with the time and the error, and says the figures
 /// are the last good poll's; the page is marked stale.
@@ -125,7 +140,9 @@ fn the_dashboard_shows_a_real_cluster_its_lag_in_time_and_its_outage() {
     let lag: i64 = RECORDS.iter().zip(&COMMITS).map(|(n, c)| n - c).sum();
 
     let hub = common::start(common::config());
-    let kafka = KafkaConfig::new(vec![bootstrap.clone()]).request_timeout(Duration::from_secs(2));
+    let kafka = KafkaConfig::new(vec![bootstrap.clone()])
+        .request_timeout(Duration::from_secs(2))
+        .canary_topic(CANARY);
     let _ticker = hub
         .watch_kafka(&kafka, TICK)
         .expect("the Kafka source starts");
@@ -153,6 +170,9 @@ fn the_dashboard_shows_a_real_cluster_its_lag_in_time_and_its_outage() {
         "the group's lag in messages and in time",
         &group_lag(GROUP, lag),
     );
+
+    // The canary's latency, and where it comes from.
+    cdp.wait_until(&page, "the canary's latency", CANARY_LATENCY);
 
     // The broker goes away: the banner says since when and why, over the last good figures.
     tansu.stop();

@@ -38,8 +38,13 @@ const EVENT_TYPES: [&str; 3] = ["topic_created", "topic_deleted", "group_updated
 /// A hub on 127.0.0.1:0 watching `tansu` every [`TICK`], with a 2 s request timeout. Keep the
 /// ticker: dropping it stops the polls.
 fn watch(tansu: &Tansu) -> (HubHandle, Ticker) {
+    watch_with(KafkaConfig::new(vec![tansu.bootstrap()]))
+}
+
+/// [`watch`] with more of the source's configuration (the request timeout is the tests' own).
+fn watch_with(kafka: KafkaConfig) -> (HubHandle, Ticker) {
     let hub = common::start(common::config());
-    let kafka = KafkaConfig::new(vec![tansu.bootstrap()]).request_timeout(Duration::from_secs(2));
+    let kafka = kafka.request_timeout(Duration::from_secs(2));
     let ticker = hub
         .watch_kafka(&kafka, TICK)
         .expect("the Kafka source starts");
@@ -190,15 +195,20 @@ struct SourceMetrics {
     poll_seconds: f64,
 }
 
-fn source_metrics(addr: SocketAddr) -> SourceMetrics {
+/// `GET /metrics`, read as a function from a (label-less) metric's name to its value.
+fn prometheus(addr: SocketAddr) -> impl Fn(&str) -> f64 {
     let a = http(addr, "GET", "/metrics", &[], None);
     assert_eq!(a.status, 200, "{a:?}");
-    let value = |name: &str| -> f64 {
+    move |name: &str| -> f64 {
         a.body
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", a.body))
-    };
+    }
+}
+
+fn source_metrics(addr: SocketAddr) -> SourceMetrics {
+    let value = prometheus(addr);
     SourceMetrics {
         up: value("takhin_source_up"),
         errors: value("takhin_source_errors_total"),
@@ -435,6 +445,13 @@ fn topic_stats_show_the_partitions_and_records_of_a_topic() {
                "state": "up"}),
     );
     assert!(source.get("error").is_none(), "{source}");
+    // No canary: no latency is measured, and the percentiles are 0.
+    assert!(source.get("canary").is_none(), "{source}");
+    assert_eq!(
+        m["latency"],
+        json!({"produceP50": 0.0, "produceP95": 0.0, "produceP99": 0.0,
+               "fetchP50": 0.0, "fetchP95": 0.0, "fetchP99": 0.0})
+    );
 
     let orders = json!({
         "name": "orders", "partitions": 3, "totalMessages": 12, "totalBytes": 0,
@@ -838,4 +855,56 @@ fn rest_mutations_are_refused_and_publishing_still_broadcasts() {
     );
     assert_eq!(get_json(addr, "/api/topics/refused", 200)["partitions"], 1);
     assert_eq!(get_json(addr, "/api/groups", 200), json!([]));
+}
+
+/// The latency canary (`--kafka-canary-topic`): the hub creates its topic (one partition per
+/// broker), and each poll produces a record and fetches it back; the snapshot's latency
+/// percentiles come from those trips (end to end no shorter than the produce acknowledgement)
+/// and `source.canary` counts them, as `/metrics` does. Every record the canary sent is in the
+/// topic (the frame's offsets are the poll's, taken before that poll's trip).
+#[test]
+#[cfg_attr(
+    not(any(has_tansu, ci)),
+    ignore = "needs tansu (TANSU=path; .ci/run installs it)"
+)]
+fn the_latency_canary_times_produce_and_the_round_trip() {
+    let tansu = Tansu::start();
+    let (hub, _ticker) =
+        watch_with(KafkaConfig::new(vec![tansu.bootstrap()]).canary_topic("takhin-canary"));
+    let addr = hub.local_addr();
+    let mut d = Dashboard::connect(addr);
+
+    let m = d.metrics_where("three canary round trips", |m| {
+        m["source"]["canary"]["roundTrips"].as_u64() >= Some(3)
+    });
+    let canary = &m["source"]["canary"];
+    assert_eq!(
+        pick(canary, &["topic", "errors"]),
+        json!({"topic": "takhin-canary", "errors": 0}),
+        "{m}"
+    );
+    assert!(canary.get("error").is_none(), "{m}");
+    let trips = canary["roundTrips"].as_u64().unwrap();
+    let topic = topic_stats(&m, "takhin-canary").expect("the canary topic is listed");
+    assert_eq!(topic["partitions"], 1, "{m}");
+    assert_eq!(topic["totalMessages"], trips - 1, "{m}");
+
+    let l = &m["latency"];
+    let ms = |k: &str| {
+        l[k].as_f64()
+            .unwrap_or_else(|| panic!("latency.{k} in {m}"))
+    };
+    assert!(ms("produceP50") > 0.0, "{m}");
+    assert!(ms("produceP50") <= ms("produceP95") && ms("produceP95") <= ms("produceP99"));
+    assert!(ms("fetchP50") <= ms("fetchP95") && ms("fetchP95") <= ms("fetchP99"));
+    assert!(
+        ms("fetchP50") >= ms("produceP50"),
+        "end to end includes the produce: {m}"
+    );
+    assert!(ms("fetchP99") < 2000.0, "within the request timeout: {m}");
+
+    let value = prometheus(addr);
+    assert!(value("takhin_source_canary_round_trips_total") >= trips as f64);
+    assert_eq!(value("takhin_source_canary_errors_total"), 0.0);
+    assert!(value("takhin_source_canary_end_to_end_seconds") > 0.0);
 }

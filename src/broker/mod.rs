@@ -17,7 +17,7 @@ mod topics;
 pub use self::groups::{GroupCoordinator, GroupInfo, DEAD_STATE, INITIAL_STATE};
 pub use self::recorder::{Recorder, TopicMeter};
 pub use self::snapshot::{
-    ClusterHealth, ConsumerLag, GroupDetail, Latency, MonitoringMetrics, PartitionLag,
+    CanaryInfo, ClusterHealth, ConsumerLag, GroupDetail, Latency, MonitoringMetrics, PartitionLag,
     PartitionOffset, SourceInfo, Throughput, TopicDetail, TopicLag, TopicStats,
 };
 pub use self::source::{MetricsSource, StandardSource};

@@ -40,6 +40,24 @@ pub struct SourceInfo {
     /// Why the last poll failed, while `down`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The latency canary, when one runs (the source of `latency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryInfo>,
+}
+
+/// The latency canary: the topic its records go to, and how its round trips fare.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryInfo {
+    /// The canary topic.
+    pub topic: String,
+    /// Round trips that succeeded (record produced and fetched back).
+    pub round_trips: u64,
+    /// Round trips (or topic creations) that failed.
+    pub errors: u64,
+    /// While round trips fail: the last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Rates over the last interval.

@@ -16,6 +16,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::broker::{valid_topic_name, MAX_TOPIC_NAME};
 use crate::config::{Cores, HubConfig};
 use crate::sources::{KafkaConfig, RelayConfig};
 
@@ -119,6 +120,11 @@ pub struct Options {
     /// interval].
     #[arg(long, env = "TAKHIN_KAFKA_POLL_INTERVAL")]
     pub(crate) kafka_poll_interval: Option<f64>,
+    /// With --source kafka: a topic for the latency canary (created if missing), which gets one
+    /// record per partition per poll, fetched back, for the latency percentiles [default: no
+    /// canary, latency 0].
+    #[arg(long, env = "TAKHIN_KAFKA_CANARY_TOPIC")]
+    pub(crate) kafka_canary_topic: Option<String>,
 }
 
 impl Options {
@@ -160,6 +166,15 @@ impl Options {
         }
         if let Some(s) = self.kafka_request_timeout {
             k = k.request_timeout(secs(s, "Kafka request timeout")?);
+        }
+        if let Some(topic) = &self.kafka_canary_topic {
+            if !valid_topic_name(topic) {
+                bail!(
+                    "--kafka-canary-topic {topic:?} is not a Kafka topic name: 1 to \
+                     {MAX_TOPIC_NAME} of a-z A-Z 0-9 . _ -"
+                );
+            }
+            k = k.canary_topic(topic.clone());
         }
         Ok(k)
     }
@@ -431,6 +446,46 @@ mod tests {
             format!("{err:#}").contains(path.to_str().unwrap()),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn the_kafka_options_make_the_sources_configuration() {
+        let o = Options::try_parse_from([
+            "takhin-monitor",
+            "--source=kafka",
+            "--kafka-brokers=a:9092,b:9093",
+            "--kafka-client-id=ops",
+            "--kafka-request-timeout=2.5",
+            "--kafka-canary-topic=takhin-canary",
+        ])
+        .unwrap();
+        let expected = KafkaConfig::new(vec!["a:9092".into(), "b:9093".into()])
+            .client_id("ops")
+            .request_timeout(Duration::from_millis(2500))
+            .canary_topic("takhin-canary");
+        assert_eq!(o.kafka().unwrap(), expected);
+
+        let o = Options::try_parse_from(["takhin-monitor", "--kafka-brokers=a:9092"]).unwrap();
+        assert_eq!(
+            o.kafka().unwrap().canary_topic,
+            None,
+            "no canary by default"
+        );
+
+        let o = Options::try_parse_from(["takhin-monitor", "--source=kafka"]).unwrap();
+        let err = o.kafka().unwrap_err().to_string();
+        assert!(err.contains("--kafka-brokers"), "{err}");
+
+        for bad in ["", "a b", "..", "x/y"] {
+            let o = Options::try_parse_from([
+                "takhin-monitor",
+                "--kafka-brokers=a:9092",
+                &format!("--kafka-canary-topic={bad}"),
+            ])
+            .unwrap();
+            let err = o.kafka().unwrap_err().to_string();
+            assert!(err.contains("not a Kafka topic name"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hyper::StatusCode;
 use tracing::{info, warn};
 
+use super::canary::{Canary, CanaryStatus};
 use super::client::{Client, ClientError, DEFAULT_CLIENT_ID, DEFAULT_REQUEST_TIMEOUT};
 use super::view::{HubFacts, SourceState, SourceStatus, View, ViewConfig};
 use crate::broker::{GroupDetail, MetricsSource, MonitoringMetrics, SourceInfo, TopicDetail};
@@ -31,6 +32,9 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Bound on each connect and on each request's whole answer. The default is 5 s.
     pub request_timeout: Duration,
+    /// The latency canary's topic, created when missing; `None` (the default): no canary,
+    /// and the snapshot's latency percentiles are 0.
+    pub canary_topic: Option<String>,
 }
 
 impl KafkaConfig {
@@ -40,6 +44,7 @@ impl KafkaConfig {
             brokers,
             client_id: DEFAULT_CLIENT_ID.to_owned(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            canary_topic: None,
         }
     }
 
@@ -54,6 +59,14 @@ impl KafkaConfig {
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Runs the latency canary on `topic`: one record produced to each of its partitions and
+    /// fetched back per poll, for the snapshot's latency percentiles.
+    #[must_use]
+    pub fn canary_topic(mut self, topic: impl Into<String>) -> Self {
+        self.canary_topic = Some(topic.into());
         self
     }
 
@@ -89,6 +102,8 @@ pub(crate) struct Watch {
     requests: AtomicU64,
     view: Mutex<View>,
     state: Mutex<SourceState>,
+    /// The canary's status after its last round, when one runs.
+    canary: Mutex<Option<CanaryStatus>>,
     broadcaster: Broadcaster,
 }
 
@@ -99,6 +114,10 @@ impl Watch {
 
     fn state(&self) -> MutexGuard<'_, SourceState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn canary(&self) -> MutexGuard<'_, Option<CanaryStatus>> {
+        self.canary.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The `source` field of the snapshot: which cluster, and whether it answers.
@@ -116,6 +135,7 @@ impl Watch {
             error: (!s.is_up())
                 .then(|| s.last_error().map(str::to_owned))
                 .flatten(),
+            canary: self.canary().as_ref().map(CanaryStatus::info),
         }
     }
 }
@@ -133,6 +153,7 @@ pub(crate) struct KafkaSource {
     probe: HubProbe,
     /// While the cluster does not answer: when to try again, and the wait after that.
     retry: Option<(Instant, Duration)>,
+    canary: Option<Canary>,
 }
 
 impl KafkaSource {
@@ -154,13 +175,17 @@ impl KafkaSource {
             requests: AtomicU64::new(0),
             view: Mutex::new(View::new(ViewConfig::default())),
             state: Mutex::new(SourceState::new(unix_ms())),
+            canary: Mutex::new(None),
             broadcaster,
         });
+        let canary = config.canary_topic.clone().map(Canary::new);
+        *watch.canary() = canary.as_ref().map(|c| c.status().clone());
         Ok(Self {
             client,
             watch,
             probe,
             retry: None,
+            canary,
         })
     }
 
@@ -180,6 +205,10 @@ impl KafkaSource {
         }
         let polled = self.client.poll();
         let took = started.elapsed();
+        if let (Ok(state), Some(canary)) = (&polled, &mut self.canary) {
+            canary.run(&mut self.client, state);
+            *self.watch.canary() = Some(canary.status().clone());
+        }
         self.watch.requests.store(self.client.requests(), Relaxed);
         let change = match polled {
             Ok(state) => {
@@ -249,6 +278,9 @@ impl MetricsSource for KafkaSource {
         };
         let cluster_id = view.state().and_then(|s| s.cluster_id.clone());
         drop(view);
+        if let Some(canary) = &mut self.canary {
+            m.latency = canary.latency(Instant::now());
+        }
         m.source = Some(self.watch.info(cluster_id));
         m
     }
@@ -358,6 +390,36 @@ impl Exporter for Watch {
             "Polls of the cluster that failed.",
             s.errors_total() as f64,
         );
+        drop(s);
+        if let Some(c) = self.canary().as_ref() {
+            out.metric(
+                "takhin_source_canary_round_trips_total",
+                "counter",
+                "Canary records produced and fetched back.",
+                c.round_trips as f64,
+            );
+            out.metric(
+                "takhin_source_canary_errors_total",
+                "counter",
+                "Canary round trips (or creations of its topic) that failed.",
+                c.errors as f64,
+            );
+            let (produce, trip) = c.last.map_or((0.0, 0.0), |t| {
+                (t.produce.as_secs_f64(), t.end_to_end.as_secs_f64())
+            });
+            out.metric(
+                "takhin_source_canary_produce_seconds",
+                "gauge",
+                "The last canary record's produce acknowledgement time.",
+                produce,
+            );
+            out.metric(
+                "takhin_source_canary_end_to_end_seconds",
+                "gauge",
+                "The last canary record's time from produce to fetched back.",
+                trip,
+            );
+        }
     }
 }
 

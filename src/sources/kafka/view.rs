@@ -29,7 +29,7 @@
 //!   topics included (they take disk too).
 //! - `clusterHealth.activeConnections`, `memoryUsageBytes`, `goroutineCount`: the hub's own;
 //!   the caller passes them in ([`HubFacts`]).
-//! - `latency.*`: 0 (an opt-in canary will measure them).
+//! - `latency.*`: 0 here; the source fills them from its canary when one runs (`canary.rs`).
 //! - `timestamp`: the poll's start, Unix seconds.
 //!
 //! Internal topics (`__consumer_offsets`, ...) are not listed, counted in the topic totals, nor
@@ -100,11 +100,13 @@ pub(crate) struct LagTime {
 }
 
 impl LagTime {
+    #[cfg(test)]
     /// One group's largest lag in time.
     pub(crate) fn group(&self, group_id: &str) -> Option<LagEstimate> {
         self.groups.get(group_id).copied()
     }
 
+    #[cfg(test)]
     /// One partition's lag in time for a group.
     pub(crate) fn partition(
         &self,
@@ -218,6 +220,7 @@ impl View {
         })
     }
 
+    #[cfg(test)]
     /// Lag in time as of the latest poll.
     pub(crate) fn lag_time(&self) -> &LagTime {
         &self.derived.lag_time

@@ -5,7 +5,7 @@
 //! when the answer says the controller, leader or coordinator is elsewhere now.
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -13,7 +13,7 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, DeleteTopicsRequest, OffsetCommitRequest, ProduceRequest,
-    TopicName,
+    ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
@@ -34,11 +34,32 @@ impl Client {
         partitions: i32,
         replication_factor: i16,
     ) -> Result<(), ClientError> {
+        self.create_topic_with(topic, partitions, replication_factor, &[])
+    }
+
+    /// Creates `topic` as [`create_topic`](Self::create_topic) does, with topic configs
+    /// (`retention.ms`, ...) other than the broker's defaults.
+    pub fn create_topic_with(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(&str, &str)],
+    ) -> Result<(), ClientError> {
+        let configs = configs
+            .iter()
+            .map(|(name, value)| {
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_string((*name).to_owned()))
+                    .with_value(Some(StrBytes::from_string((*value).to_owned())))
+            })
+            .collect();
         let req = CreateTopicsRequest::default()
             .with_topics(vec![CreatableTopic::default()
                 .with_name(topic_name(topic))
                 .with_num_partitions(partitions)
-                .with_replication_factor(replication_factor)])
+                .with_replication_factor(replication_factor)
+                .with_configs(configs)])
             .with_timeout_ms(self.timeout_ms());
         self.on_controller(|client, id| {
             let resp = client.call(id, |_| req.clone())?;
@@ -93,52 +114,12 @@ impl Client {
         key: Option<&[u8]>,
         value: &[u8],
     ) -> Result<i64, ClientError> {
-        let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: NO_SEQUENCE,
-            timestamp: i64::try_from(now_ms()).unwrap_or(i64::MAX),
-            key: key.map(bytes::Bytes::copy_from_slice),
-            value: Some(bytes::Bytes::copy_from_slice(value)),
-            headers: Default::default(),
-        };
-        let mut batch = bytes::BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        };
-        RecordBatchEncoder::encode(&mut batch, std::iter::once(&record), &options).map_err(
-            |source| ClientError::Encode {
-                api: ApiKey::Produce,
-                version: 2,
-                source,
-            },
-        )?;
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(self.timeout_ms())
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(topic))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch.freeze()))])]);
+        let req = produce_request(topic, partition, one_record(key, value)?, self.timeout_ms());
         let what = format!(" for {topic}/{partition}");
         self.twice(|client, layout, retry| {
             let id = leader(layout, topic, partition)?;
             let resp = client.call(id, |_| req.clone())?;
-            let p = resp
-                .responses
-                .iter()
-                .filter(|t| t.name.0.as_str() == topic)
-                .flat_map(|t| &t.partition_responses)
-                .find(|p| p.index == partition);
-            let Some(p) = p else {
+            let Some((code, base_offset)) = produced(&resp, topic, partition) else {
                 return Err(client.refused(
                     id,
                     ApiKey::Produce,
@@ -146,8 +127,8 @@ impl Client {
                     &what,
                 ));
             };
-            match ResponseError::try_from_code(p.error_code) {
-                None => Ok(Ok(p.base_offset)),
+            match ResponseError::try_from_code(code) {
+                None => Ok(Ok(base_offset)),
                 Some(e) if retry && leader_moved(e) => Ok(Err(())),
                 Some(e) => Err(client.refused(id, ApiKey::Produce, e, &what)),
             }
@@ -254,7 +235,13 @@ impl Client {
         }
     }
 
-    fn refused(&self, id: i32, api: ApiKey, error: ResponseError, what: &str) -> ClientError {
+    pub(super) fn refused(
+        &self,
+        id: i32,
+        api: ApiKey,
+        error: ResponseError,
+        what: &str,
+    ) -> ClientError {
         ClientError::Refused {
             addr: self.addr_of(id),
             api,
@@ -282,7 +269,66 @@ fn leader(layout: &Layout, topic: &str, partition: i32) -> Result<i32, ClientErr
         })
 }
 
-fn topic_name(t: &str) -> TopicName {
+/// A record batch (v2, uncompressed) of one record, stamped now.
+pub(super) fn one_record(key: Option<&[u8]>, value: &[u8]) -> Result<bytes::Bytes, ClientError> {
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+        producer_id: NO_PRODUCER_ID,
+        producer_epoch: NO_PRODUCER_EPOCH,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: NO_SEQUENCE,
+        timestamp: i64::try_from(now_ms()).unwrap_or(i64::MAX),
+        key: key.map(bytes::Bytes::copy_from_slice),
+        value: Some(bytes::Bytes::copy_from_slice(value)),
+        headers: Default::default(),
+    };
+    let mut batch = bytes::BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut batch, std::iter::once(&record), &options).map_err(
+        |source| ClientError::Encode {
+            api: ApiKey::Produce,
+            version: 2,
+            source,
+        },
+    )?;
+    Ok(batch.freeze())
+}
+
+/// Produce `batch` to `partition` of `topic`, acknowledged by every in-sync replica.
+pub(super) fn produce_request(
+    topic: &str,
+    partition: i32,
+    batch: bytes::Bytes,
+    timeout_ms: i32,
+) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(batch))])])
+}
+
+/// The error code and base offset the answer gives `partition` of `topic`, if it names it.
+pub(super) fn produced(resp: &ProduceResponse, topic: &str, partition: i32) -> Option<(i16, i64)> {
+    resp.responses
+        .iter()
+        .filter(|t| t.name.0.as_str() == topic)
+        .flat_map(|t| &t.partition_responses)
+        .find(|p| p.index == partition)
+        .map(|p| (p.error_code, p.base_offset))
+}
+
+pub(super) fn topic_name(t: &str) -> TopicName {
     TopicName(StrBytes::from_string(t.to_owned()))
 }
 

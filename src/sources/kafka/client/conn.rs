@@ -13,11 +13,11 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    DescribeLogDirsRequest, DescribeLogDirsResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader,
+    DescribeLogDirsRequest, DescribeLogDirsResponse, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -69,7 +69,8 @@ macro_rules! apis {
 // The lowest versions are kafka-protocol's (Kafka 4's) or the first whose semantics we need:
 // Metadata v1 (null = all topics, controller, internal flag), OffsetFetch v2 (null topics =
 // every committed partition). The highest are the last before a version that names topics by
-// id only (OffsetFetch v10, OffsetCommit v10, Produce v13).
+// id only (OffsetFetch v10, OffsetCommit v10, Produce v13, Fetch v13). Fetch v4 is the first
+// that reads record batches v2.
 apis! {
     ApiVersionsRequest => ApiVersionsResponse: ApiVersions 0..=3;
     MetadataRequest => MetadataResponse: Metadata 1..=13;
@@ -82,6 +83,7 @@ apis! {
     CreateTopicsRequest => CreateTopicsResponse: CreateTopics 2..=7;
     DeleteTopicsRequest => DeleteTopicsResponse: DeleteTopics 1..=6;
     ProduceRequest => ProduceResponse: Produce 3..=12;
+    FetchRequest => FetchResponse: Fetch 4..=12;
     OffsetCommitRequest => OffsetCommitResponse: OffsetCommit 2..=9;
 }
 
@@ -126,6 +128,7 @@ impl Versions {
             })
     }
 
+    #[cfg(test)]
     /// Whether the broker speaks `R` in a version we implement.
     pub(crate) fn has<R: Api>(&self) -> bool {
         self.chosen.contains_key(&(R::KEY as i16))
@@ -180,11 +183,6 @@ impl Conn {
     /// HOST:PORT of the broker.
     pub(crate) fn addr(&self) -> &str {
         &self.addr
-    }
-
-    /// The versions negotiated at connect.
-    pub(crate) fn versions(&self) -> &Versions {
-        &self.versions
     }
 
     /// The version `R` is sent in on this connection, or [`ClientError::Unsupported`].

@@ -10,7 +10,8 @@
 //! - `poll`: the requests of one [`Client::poll`], which fills a
 //!   [`ClusterState`](super::model::ClusterState);
 //! - `admin`: creating and deleting topics, producing a record and committing a group's
-//!   offset, for the tests (and later REST).
+//!   offset, for the tests (and later REST);
+//! - `canary`: the latency canary's round trip (produce one record, fetch it back).
 //!
 //! Connections stay open between polls, one per broker id (the bootstrap connection becomes
 //! the broker's own when the broker advertises the address it was reached at). An I/O error,
@@ -26,11 +27,13 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, MetadataRequest};
 use tracing::debug;
 
+pub(crate) use self::canary::Trip;
 use self::conn::{Api, Conn};
 use self::route::Layout;
 use super::model::Broker;
 
 mod admin;
+mod canary;
 mod conn;
 mod poll;
 mod route;
@@ -204,6 +207,22 @@ pub enum ClientError {
         topic: String,
         /// The partition.
         partition: i32,
+    },
+    /// The canary's record was acknowledged but not read back in time.
+    #[error(
+        "the canary record at offset {offset} of {topic}/{partition} was acknowledged but not \
+         fetched back within the request timeout ({timeout:?}): is the partition's leader \
+         overloaded, or its replication stuck?"
+    )]
+    NotReadBack {
+        /// The canary topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+        /// The request timeout.
+        timeout: Duration,
     },
     /// The partition has no leader now, or the group no coordinator.
     #[error("{what} has no {role} now (an election is under way, or its brokers are down): try again later")]

@@ -18,6 +18,8 @@
 //!   DescribeGroups' is empty).
 //! - DescribeGroups answers a group that does not exist as "Empty" without an error (Kafka:
 //!   "Dead").
+//! - Produce to a partition the topic does not have succeeds, and Fetch serves the record back
+//!   (Kafka: UNKNOWN_TOPIC_OR_PARTITION).
 //! - FindCoordinator v4+ (batched keys) and OffsetFetch v8+ (several groups) are right; a
 //!   group that does not exist gets a coordinator and no offsets.
 
@@ -331,4 +333,38 @@ fn hung_broker_times_out() {
         "{e}"
     );
     c.poll().unwrap();
+}
+
+/// The canary's round trip: the record is acknowledged at the log-end offset and fetched back
+/// from there, end to end no shorter than the acknowledgement; a topic with other records
+/// before it finds its own. (tansu 0.6.0 also takes records for a partition the topic does not
+/// have, and serves them back: Kafka refuses them with UNKNOWN_TOPIC_OR_PARTITION.)
+#[test]
+#[cfg_attr(
+    not(any(has_tansu, ci)),
+    ignore = "needs tansu (TANSU=path; .ci/run installs it)"
+)]
+fn canary_round_trips() {
+    let t = Tansu::start();
+    let mut c = client(&t);
+    c.create_topic_with("canary", 1, 1, &[("retention.ms", "600000")])
+        .unwrap();
+    c.produce("canary", 0, None, b"someone else's").unwrap();
+    let state = c.poll().unwrap();
+    let leader = state.topics["canary"].partitions[0].leader;
+    for (i, offset) in (1..4).enumerate() {
+        let trip = c
+            .canary_trip("canary", 0, leader, format!("canary {i}").as_bytes())
+            .unwrap();
+        assert_eq!(trip.offset, offset);
+        assert!(trip.produce > Duration::ZERO, "{trip:?}");
+        assert!(trip.end_to_end >= trip.produce, "{trip:?}");
+    }
+    assert_eq!(offsets(&c.poll().unwrap(), "canary"), [(Some(0), Some(4))]);
+
+    // A leader the metadata does not list: refused at once, nothing sent.
+    let sent = c.requests();
+    let e = c.canary_trip("canary", 0, leader + 99, b"x").unwrap_err();
+    assert!(matches!(e, ClientError::UnknownBroker { .. }), "{e}");
+    assert_eq!(c.requests(), sent);
 }

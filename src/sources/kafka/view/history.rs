@@ -111,6 +111,7 @@ impl OffsetHistory {
         }
     }
 
+    #[cfg(test)]
     /// The points, oldest first.
     pub(crate) fn points(&self) -> impl Iterator<Item = Point> + '_ {
         self.points.iter().copied()

@@ -108,6 +108,7 @@ impl SourceState {
         self.since_ms
     }
 
+    #[cfg(test)]
     /// When the last poll began.
     pub(crate) fn last_poll_at_ms(&self) -> Option<u64> {
         self.last_poll_at_ms
@@ -118,6 +119,7 @@ impl SourceState {
         self.last_poll_duration
     }
 
+    #[cfg(test)]
     /// Failed polls since the last success.
     pub(crate) fn consecutive_errors(&self) -> u32 {
         self.consecutive_errors
