@@ -51,6 +51,9 @@ pub(crate) struct GroupState {
     pub(crate) protocol_type: String,
     /// Committed offsets by (topic, partition); a partition without a commit is absent.
     pub(crate) committed: BTreeMap<(String, i32), i64>,
+    /// Whether DescribeGroups answered for it in this poll: when not, `state` is ListGroups'
+    /// (empty before v4, `Unknown` on some brokers) and `members` 0, not the group's own.
+    pub(crate) described: bool,
 }
 
 /// The cluster as one poll saw it.

@@ -173,10 +173,20 @@ impl View {
     /// Takes the next poll's state. Returns what changed since the previous poll; nothing for
     /// the first one (see the module's documentation).
     pub(crate) fn update(&mut self, mut next: ClusterState) -> Vec<Event> {
-        if let (false, Some(prev)) = (next.groups_complete, &self.state) {
-            // A broker did not list its groups: they still exist, as last seen.
-            for (id, g) in &prev.groups {
-                next.groups.entry(id.clone()).or_insert_with(|| g.clone());
+        if let Some(prev) = &self.state {
+            if !next.groups_complete {
+                // A broker did not list its groups: they still exist, as last seen.
+                for (id, g) in &prev.groups {
+                    next.groups.entry(id.clone()).or_insert_with(|| g.clone());
+                }
+            }
+            // A group its coordinator did not describe this time keeps the state and members
+            // last described, rather than ListGroups' stand-in (no change is announced).
+            for (id, g) in next.groups.iter_mut().filter(|(_, g)| !g.described) {
+                if let Some(old) = prev.groups.get(id) {
+                    g.state.clone_from(&old.state);
+                    g.members = old.members;
+                }
             }
         }
         let events = match &self.state {

@@ -277,6 +277,7 @@ impl Client {
                     };
                     g.state = d.group_state.to_string();
                     g.members = u32::try_from(d.members.len()).unwrap_or(u32::MAX);
+                    g.described = true;
                     if !d.protocol_type.is_empty() {
                         g.protocol_type = d.protocol_type.to_string();
                     }

@@ -48,6 +48,7 @@ fn group(state: &str, members: u32, commits: &[(&str, i32, i64)]) -> GroupState 
             .iter()
             .map(|&(t, p, o)| ((t.to_owned(), p), o))
             .collect(),
+        described: true,
     }
 }
 
@@ -624,6 +625,31 @@ fn groups_a_broker_did_not_list_are_kept_as_last_seen() {
     let mut back = first;
     back.at_ms += 4_000;
     assert!(view.update(back).is_empty());
+}
+
+/// A group whose coordinator did not answer DescribeGroups this time (only ListGroups' state,
+/// `Unknown` on some brokers, and no member count) keeps the state and members last described:
+/// nothing is announced, and the next description that differs is.
+#[test]
+fn a_group_not_described_keeps_its_last_state() {
+    let mut view = View::new(ViewConfig::default());
+    let at = |ms: u64, g: GroupState| cluster(T0 + ms, vec![], vec![("g", g)]);
+    view.update(at(0, group("Stable", 3, &[])));
+    let listed_only = GroupState {
+        described: false,
+        ..group("Unknown", 0, &[])
+    };
+    assert!(view.update(at(1_000, listed_only)).is_empty());
+    let g = view.group("g").unwrap();
+    assert_eq!((g.state.as_str(), g.members), ("Stable", 3));
+    assert_eq!(
+        view.update(at(2_000, group("PreparingRebalance", 2, &[]))),
+        [Event::GroupUpdated {
+            group_id: "g".into(),
+            state: "PreparingRebalance".into(),
+            members: 2
+        }]
+    );
 }
 
 /// Lag in time reaches the `metrics` frame: the log end went 100 -> 200 in 10 s and the group
