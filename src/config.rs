@@ -21,6 +21,11 @@ pub const DEFAULT_WRITE_WAIT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 512 << 10;
 /// Default per-client outbound queue, in broadcast frames (256).
 pub const DEFAULT_CLIENT_QUEUE: usize = 256;
+/// Default bound on the broadcast history, in frames (32,768: minutes of a busy stream of
+/// events).
+pub const DEFAULT_HISTORY_FRAMES: usize = 32 * 1024;
+/// Default bound on a frame's age in the broadcast history (5 minutes).
+pub const DEFAULT_HISTORY_AGE: Duration = Duration::from_secs(300);
 /// Default ring size per core, in frames.
 pub const DEFAULT_RING_SIZE: usize = 4096;
 /// Default initial read buffer per connection: client messages are small.
@@ -96,6 +101,12 @@ pub struct HubConfig {
     /// Frames held per core between broadcasters and the shard before the oldest is dropped.
     /// The default value is 4096.
     pub ring_size: usize,
+    /// Broadcasts (events and published messages, not snapshots) kept for clients that resume
+    /// with `?since=&epoch=`, at most. 0 keeps none: every resume is told `recovered: false`.
+    /// The default is 32,768.
+    pub history_frames: usize,
+    /// How long a broadcast stays in the history at most. The default is 5 minutes.
+    pub history_age: Duration,
     /// Largest request head (request line and headers) in bytes. The default value is 16 KiB.
     pub max_request_head: usize,
     /// Largest number of request headers. The default value is 64.
@@ -161,6 +172,8 @@ impl Default for HubConfig {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             client_queue: DEFAULT_CLIENT_QUEUE,
             ring_size: DEFAULT_RING_SIZE,
+            history_frames: DEFAULT_HISTORY_FRAMES,
+            history_age: DEFAULT_HISTORY_AGE,
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             max_headers: DEFAULT_MAX_HEADERS,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
@@ -241,6 +254,14 @@ impl HubConfig {
     setter!(
         /// Sets [`Self::ring_size`].
         ring_size: usize
+    );
+    setter!(
+        /// Sets [`Self::history_frames`].
+        history_frames: usize
+    );
+    setter!(
+        /// Sets [`Self::history_age`].
+        history_age: Duration
     );
     setter!(
         /// Sets [`Self::max_request_head`].

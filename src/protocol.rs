@@ -33,6 +33,10 @@ pub mod close_code {
 /// Longest channel name accepted, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 256;
 
+/// The state `group_updated` announces for a group that was removed (Kafka's name for it):
+/// the group is no longer part of the current state new clients receive.
+pub const DEAD_STATE: &str = "Dead";
+
 /// A channel a client can subscribe to: `metrics`, `events`, `topic:<name>` or `group:<id>`.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Channel {
@@ -334,6 +338,21 @@ pub(crate) fn lagged_frame(dropped: u64, stamp: &Stamp) -> Box<[u8]> {
         dropped: u64,
     }
     reply_frame("lagged", Some(&Lagged { dropped }), None, stamp)
+}
+
+/// The `recovered` notice that ends a resume: whether every missed broadcast was given back,
+/// and how many were.
+pub(crate) fn recovered_frame(recovered: bool, replayed: u64, stamp: &Stamp) -> Box<[u8]> {
+    #[derive(Serialize)]
+    struct Recovered {
+        recovered: bool,
+        replayed: u64,
+    }
+    let data = Recovered {
+        recovered,
+        replayed,
+    };
+    reply_frame("recovered", Some(&data), None, stamp)
 }
 
 /// A close frame with a code and a short reason.

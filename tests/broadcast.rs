@@ -107,7 +107,7 @@ fn subscriptions_change_what_a_client_receives() {
 
     b.topic_created("b", 1).unwrap();
     let a = b.topic_created("a", 2).unwrap();
-    b.group_updated("other", "Empty", 0).unwrap();
+    let other = b.group_updated("other", "Empty", 0).unwrap();
     let g = b.group_updated("g", "Stable", 3).unwrap();
     b.publish(&Channel::topic("a"), "topic_detail", &json!({"p": 1}))
         .unwrap();
@@ -120,7 +120,8 @@ fn subscriptions_change_what_a_client_receives() {
     }
     assert_eq!(got, [a, g, d - 1, d]);
 
-    // Not delivered: the client left `events`. Then it subscribes again and gets the next one.
+    // Not delivered: the client left `events`. Then it subscribes again: it gets every group's
+    // current state (their last `group_updated`, with their `seq`), then the next broadcast.
     b.publish(&Channel::Events, "not_for_me", &0).unwrap();
     let shards = hub.cores().len() as u64;
     common::eventually("the broadcasts to be distributed", || {
@@ -128,6 +129,17 @@ fn subscriptions_change_what_a_client_receives() {
     });
     c.send_json(&json!({"type": "subscribe", "data": "events"}));
     assert_eq!(c.recv()["type"], "subscribed");
+    let states: Vec<Value> = (0..2).map(|_| c.recv()).collect();
+    assert_eq!(
+        states
+            .iter()
+            .map(|v| (&v["type"], &v["seq"]))
+            .collect::<Vec<_>>(),
+        [
+            (&json!("group_updated"), &json!(other)),
+            (&json!("group_updated"), &json!(g))
+        ]
+    );
     let end = b.publish(&Channel::Events, "end", &0).unwrap();
     assert_eq!(c.recv()["seq"], end);
 }

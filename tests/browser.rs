@@ -1,7 +1,10 @@
 //! In a real browser: headless Chromium, driven from Rust over the DevTools protocol, renders the
 //! server's own dashboard with live metrics from the demo source, and runs the seeds' JavaScript
 //! client and React hook unchanged against the server, receiving `metrics` and a
-//! `topic_created` the test triggers through REST.
+//! `topic_created` the test triggers through REST. A second test opens the dashboard through a
+//! TCP proxy (`common/proxy.rs`): every group's state is shown at once, and when the proxy cuts
+//! the connection and holds the reconnect while topics are created, the dashboard resumes with
+//! `?since=&epoch=` and shows what it missed, told it was recovered.
 //!
 //! Needs `chromium` and `npm ci` in `tests/browser` (looked for by build.rs); without them the
 //! test is ignored, saying so, unless `CI` is set, where it runs and fails. `.ci/run` installs
@@ -18,6 +21,7 @@ use common::browser::{
     browser_dir, dashboard_topic_row, file_url, prerequisites, start_browser, DASHBOARD_LIVE,
     DASHBOARD_TOPIC_ROWS, NPM_FILES,
 };
+use common::proxy::Proxy;
 use serde_json::json;
 
 /// The topic the test creates through REST.
@@ -156,4 +160,80 @@ fn the_dashboard_and_the_seeds_client_and_hook_run_in_headless_chromium() {
     let errors = cdp.eval(&seeds, "window.seen.errors").unwrap();
     assert_eq!(errors, json!([]), "errors in the seeds page");
     eprintln!("browser test took {:?}", started.elapsed());
+}
+
+/// The group the resume test creates through REST before the page opens.
+const GROUP: &str = "browser-group";
+
+/// Every row of the group table shows a state badge (none waits for a change), and the test's
+/// group shows `Stable` with 4 members.
+const EVERY_GROUP_STATE: &str = r#"(() => {
+    const rows = Array.from(document.querySelectorAll('#group-table tr[data-group]'));
+    const mine = document.querySelector('#group-table tr[data-group="browser-group"]');
+    return rows.length > 1 && rows.every(r => r.cells[1].querySelector('.badge') !== null)
+        && mine !== null && mine.cells[1].textContent === 'Stable'
+        && mine.cells[2].textContent === '4';
+})()"#;
+
+/// The dashboard resumed without a loss and logged every topic created meanwhile.
+fn resumed_with(topics: &[&str]) -> String {
+    let names = serde_json::to_string(topics).unwrap();
+    format!(
+        r#"(() => {{
+    const m = window.__monitor;
+    const created = new Set(m.events.filter(e => e.type === 'topic_created')
+        .map(e => e.data && e.data.name));
+    return m.state === 'live' && m.resumes.recovered >= 1 && m.resumes.failed === 0
+        && {names}.every(t => created.has(t))
+        && m.events.some(e => e.type === 'resync' && e.text.startsWith('resumed: '));
+}})()"#
+    )
+}
+
+#[test]
+#[cfg_attr(
+    not(any(has_browser, ci)),
+    ignore = "needs chromium and tests/browser/node_modules (.ci/run installs them)"
+)]
+fn the_dashboard_shows_group_states_at_once_and_resumes_after_a_dropped_connection() {
+    common::watchdog();
+    let chromium = prerequisites().unwrap_or_else(|why| panic!("{why}"));
+    let server = start_server();
+    let group = json!({"state": "Stable", "members": 4}).to_string();
+    let put = common::http(
+        server.addr,
+        "PUT",
+        &format!("/api/groups/{GROUP}"),
+        &[],
+        Some(&group),
+    );
+    assert_eq!(put.status, 200, "{}", put.body);
+    let proxy = Proxy::start(server.addr);
+    let mut browser = start_browser(&chromium);
+    let cdp = &mut browser.cdp;
+
+    let page = cdp.open(&format!("http://{}/", proxy.addr));
+    cdp.wait_until(&page, "the dashboard to go live", DASHBOARD_LIVE);
+    cdp.wait_until(&page, "every group's state at once", EVERY_GROUP_STATE);
+
+    // The network drops the connection and holds the reconnect while three topics come and
+    // the demo goes on; released, the dashboard resumes and shows them.
+    proxy.hold(true);
+    proxy.cut();
+    cdp.wait_until(
+        &page,
+        "the dashboard to notice",
+        "window.__monitor.state === 'reconnecting' || window.__monitor.state === 'connecting'",
+    );
+    let topics = ["missed-1", "missed-2", "missed-3"];
+    for t in topics {
+        let body = json!({"name": t, "partitions": 1}).to_string();
+        let r = common::http(server.addr, "POST", "/api/topics", &[], Some(&body));
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    proxy.hold(false);
+    cdp.wait_until(&page, "the resume", &resumed_with(&topics));
+    for t in topics {
+        cdp.wait_until(&page, "the missed topic's row", &dashboard_topic_row(t));
+    }
 }

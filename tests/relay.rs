@@ -352,3 +352,70 @@ fn a_redis_that_stops_answering_is_noticed_and_left() {
     assert_eq!(r.status, 202);
     assert_eq!(on_b.recv_type("back")["type"], "back");
 }
+
+/// Resuming on a relay-only instance: its history is the origin's stream, so a client that
+/// saw the origin's `seq` and `epoch` (here, on the relay-only instance itself) reconnects
+/// with them and gets exactly what it missed, then `recovered: true`; the group's state came
+/// along at its first connect. Its own epoch means nothing there: `recovered: false`.
+#[test]
+#[cfg_attr(
+    not(any(has_redis, ci)),
+    ignore = "needs redis-server (.ci/run installs it)"
+)]
+fn a_client_resumes_on_a_relay_only_instance_with_the_origins_seq_and_epoch() {
+    let redis = Redis::start();
+    let a = origin(&redis, "five", "60");
+    let b = relay_only(&redis, "five");
+    wait_subscribed(a.addr);
+    wait_subscribed(b.addr);
+    let mut witness = common::connect(b.addr);
+    let mut on_b = common::connect(b.addr);
+    let publish = |kind: &str, n: u64| {
+        let r = post(
+            a.addr,
+            "/api/monitoring/publish",
+            &json!({"type": kind, "data": n}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.json()["seq"].as_u64().unwrap()
+    };
+    let seen = publish("deploy", 0);
+    let got = on_b.recv_type("deploy");
+    assert_eq!(got["seq"], seen);
+    let epoch = got["epoch"].as_u64().unwrap();
+    drop(on_b);
+
+    let missed: Vec<u64> = (1..=3).map(|n| publish("deploy", n)).collect();
+    // B has them once its witness does.
+    while witness.recv_type("deploy")["seq"] != missed[2] {}
+
+    let mut r = common::connect_with_query(
+        b.addr,
+        TcpStream::connect(b.addr).unwrap(),
+        &format!("?since={seen}&epoch={epoch}"),
+    );
+    let mut got = Vec::new();
+    loop {
+        let v = r.recv();
+        if v["type"] == "recovered" {
+            assert_eq!(v["data"], json!({"recovered": true, "replayed": 3}));
+            break;
+        }
+        if v["type"] == "deploy" {
+            assert_eq!(v["epoch"], epoch, "the origin's epoch");
+            got.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(got, missed);
+
+    // The instance's own epoch is not the stream's.
+    let mut own = common::connect_with_query(
+        b.addr,
+        TcpStream::connect(b.addr).unwrap(),
+        &format!("?since={seen}&epoch={}", epoch + 1),
+    );
+    assert_eq!(
+        own.recv_type("recovered")["data"],
+        json!({"recovered": false, "replayed": 0})
+    );
+}

@@ -11,8 +11,7 @@ use crate::hub::Broadcaster;
 
 /// The state a group gets when it first appears through a commit.
 pub const INITIAL_STATE: &str = "Empty";
-/// The state announced when a group is removed (Kafka's name for it).
-pub const DEAD_STATE: &str = "Dead";
+pub use crate::protocol::DEAD_STATE;
 
 /// A group as listed: `GET /api/groups` answers with these.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -16,11 +16,21 @@ use crate::security::{self, Access, Denied};
 /// `Retry-After` of a 503, in seconds.
 const RETRY_AFTER: &str = "5";
 
+/// A client resuming a stream: `?since=<seq>&epoch=<epoch>` on the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Resume {
+    /// The last `seq` it saw.
+    pub(crate) since: u64,
+    /// The `epoch` of that `seq` (0 when not given: no stream has it, so the resume is told
+    /// `recovered: false`).
+    pub(crate) epoch: u64,
+}
+
 /// What to answer to a request head.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Head {
-    /// A valid WebSocket upgrade: the `101` answer.
-    Upgrade(String),
+    /// A valid WebSocket upgrade: the `101` answer, and the resume it asks for.
+    Upgrade(String, Option<Resume>),
     /// A refusal: a complete HTTP answer, after which the connection closes.
     Refuse(String),
     /// Not for the WebSocket endpoint: the HTTP server takes the connection.
@@ -76,6 +86,10 @@ pub(crate) fn answer(head: &[u8], cfg: &HubConfig, admit: impl FnOnce() -> bool)
             ))
         }
     }
+    let resume = match resume_of(request.uri()) {
+        Ok(resume) => resume,
+        Err(what) => return Head::Refuse(error_response(400, "Bad Request", what, &[])),
+    };
     match create_response(&request) {
         Ok(_) if !admit() => Head::Refuse(error_response(
             503,
@@ -90,7 +104,7 @@ pub(crate) fn answer(head: &[u8], cfg: &HubConfig, admit: impl FnOnce() -> bool)
                 let _ = write!(out, "{name}: {value}\r\n");
             }
             out.push_str("\r\n");
-            Head::Upgrade(out)
+            Head::Upgrade(out, resume)
         }
         Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => Head::Refuse(error_response(
             405,
@@ -108,6 +122,31 @@ pub(crate) fn answer(head: &[u8], cfg: &HubConfig, admit: impl FnOnce() -> bool)
         }
         Err(e) => Head::Refuse(error_response(400, "Bad Request", &e.to_string(), &[])),
     }
+}
+
+/// `since` and `epoch` from the query, when `since` is there.
+fn resume_of(uri: &http::Uri) -> Result<Option<Resume>, &'static str> {
+    let mut since = None;
+    let mut epoch = None;
+    for (key, value) in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        let slot = match key {
+            "since" => &mut since,
+            "epoch" => &mut epoch,
+            _ => continue,
+        };
+        *slot = Some(value.parse::<u64>().map_err(|_| {
+            "since and epoch must be unsigned integers (the last seq and epoch seen)"
+        })?);
+    }
+    Ok(since.map(|since| Resume {
+        since,
+        epoch: epoch.unwrap_or(0),
+    }))
 }
 
 fn parse(head: &[u8], max_headers: usize) -> Result<Request<()>, String> {
@@ -183,7 +222,7 @@ mod tests {
 
     fn status_with(head: &str, cfg: &HubConfig, admit: bool) -> u16 {
         match answer(head.as_bytes(), cfg, || admit) {
-            Head::Upgrade(r) | Head::Refuse(r) => r[9..12].parse().unwrap(),
+            Head::Upgrade(r, _) | Head::Refuse(r) => r[9..12].parse().unwrap(),
             Head::Http => 0,
         }
     }
@@ -210,12 +249,41 @@ mod tests {
 
     #[test]
     fn a_valid_upgrade_gets_101_with_the_rfc_accept_key() {
-        let Head::Upgrade(r) = answer(UPGRADE.as_bytes(), &HubConfig::default(), || true) else {
+        let Head::Upgrade(r, None) = answer(UPGRADE.as_bytes(), &HubConfig::default(), || true)
+        else {
             panic!("refused")
         };
         assert!(r.starts_with("HTTP/1.1 101 "));
         assert!(r.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(r.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_resume_is_read_from_the_query() {
+        let with = |query: &str| {
+            let head = UPGRADE.replace("?token=x", query);
+            answer(head.as_bytes(), &HubConfig::default(), || true)
+        };
+        let resume = |since, epoch| Some(Resume { since, epoch });
+        for (query, expected) in [
+            ("?since=5&epoch=77", resume(5, 77)),
+            ("?epoch=77&token=t&since=0", resume(0, 77)),
+            ("?since=5", resume(5, 0)),
+            ("?epoch=77", None),
+            ("", None),
+        ] {
+            match with(query) {
+                Head::Upgrade(_, r) => assert_eq!(r, expected, "{query}"),
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+        for query in ["?since=-1&epoch=1", "?since=5&epoch=x", "?since=&epoch=1"] {
+            let Head::Refuse(r) = with(query) else {
+                panic!("{query} accepted")
+            };
+            assert!(r.starts_with("HTTP/1.1 400 "), "{query}: {r}");
+            assert!(r.contains("since and epoch"), "{query}: {r}");
+        }
     }
 
     #[test]

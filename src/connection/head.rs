@@ -9,14 +9,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use futures_lite::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use super::handshake::{self, Head};
+use super::handshake::{self, Head, Resume};
 use super::{Conn, ConnShard};
 use crate::hub::shard::Phase;
 
 /// How a connection's first request went.
 pub(super) enum Opening {
-    /// Upgraded; the bytes after the head (frames the client sent early).
-    WebSocket(Vec<u8>),
+    /// Upgraded; the bytes after the head (frames the client sent early), and the resume the
+    /// client asked for.
+    WebSocket(Vec<u8>, Option<Box<Resume>>),
     /// Not for the WebSocket endpoint: everything read so far, for the HTTP server.
     Http(Vec<u8>),
     /// Answered with an error, or gone.
@@ -56,11 +57,11 @@ pub(super) async fn read(shard: &ConnShard, conn: &Conn) -> Opening {
         ok
     };
     match handshake::answer(&buf[..head_len], cfg, admit) {
-        Head::Upgrade(response) => {
+        Head::Upgrade(response, resume) => {
             if write_all(conn, response.as_bytes()).await.is_err() {
                 return Opening::Refused;
             }
-            Opening::WebSocket(buf.split_off(head_len))
+            Opening::WebSocket(buf.split_off(head_len), resume.map(Box::new))
         }
         Head::Refuse(response) => {
             debug!(shard = shard.id, "handshake refused");

@@ -27,8 +27,9 @@ use tracing::{error, trace};
 
 use crate::hub::fanout::ClientLink;
 use crate::hub::shard::{Client, Phase, Shard, Timing};
-use crate::protocol::{close_code, close_frame, Channel, PING_FRAME};
+use crate::protocol::{close_code, close_frame, recovered_frame, Channel, PING_FRAME};
 
+use self::handshake::Resume;
 use self::head::Opening;
 use self::reader::End;
 
@@ -393,8 +394,8 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
-    let tail = match head::read(shard, conn).await {
-        Opening::WebSocket(tail) => tail,
+    let (tail, resume) = match head::read(shard, conn).await {
+        Opening::WebSocket(tail, resume) => (tail, resume),
         Opening::Http(bytes) => {
             // Boxed by the handler: hyper's connection state is allocated only for HTTP
             // connections, so it does not grow the task every WebSocket client carries.
@@ -411,11 +412,7 @@ async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
     conn.last_ping.set(now);
     conn.set_phase(Phase::Open);
     if !shard.config.echo {
-        let mut fanout = shard.fanout.borrow_mut();
-        for channel in [Channel::Metrics, Channel::Events] {
-            fanout.subscribe(key, channel.clone());
-            fanout.greet(key, &channel);
-        }
+        greet(shard, conn, key, resume);
     }
     if shard.draining.get() {
         conn.close(close_code::GOING_AWAY, "server shutting down");
@@ -431,6 +428,39 @@ async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
     conn.reader_done.set(true);
     conn.link.wake_writer();
     writer.await;
+}
+
+/// A new WebSocket client's start: subscribed to `metrics` and `events`, it gets the last
+/// `metrics` snapshot, then either every group's current state or, when it resumes and the
+/// history reaches back to its `since`, the broadcasts it missed (see
+/// [`ClientLink::pump_replay`](crate::hub::fanout::ClientLink::pump_replay); the writer goes on
+/// with it). A resume the history cannot serve gets the state, then `recovered: false`.
+fn greet(shard: &ConnShard, conn: &Conn, key: usize, resume: Option<Box<Resume>>) {
+    let mut fanout = shard.fanout.borrow_mut();
+    for channel in [Channel::Metrics, Channel::Events] {
+        fanout.subscribe(key, channel.clone());
+        fanout.greet(key, &channel);
+    }
+    let history = &shard.shared.history;
+    let cursor = resume.map(|r| history.resume(r.since, r.epoch));
+    match cursor {
+        Some(Some(cursor)) => {
+            conn.link.start_replay(Some(cursor));
+            let stamp = shard.shared.stamp();
+            conn.link
+                .pump_replay(history, shard.config.client_queue, &stamp);
+        }
+        Some(None) => {
+            fanout.greet_state(key, &Channel::Events);
+            let stamp = shard.shared.stamp();
+            conn.link
+                .out
+                .borrow_mut()
+                .push_reply(recovered_frame(false, 0, &stamp));
+        }
+        None => fanout.greet_state(key, &Channel::Events),
+    }
+    conn.link.wake_writer();
 }
 
 #[cfg(test)]
@@ -473,7 +503,8 @@ mod tests {
                 size(&writer)
             );
             assert!(std::mem::size_of::<Conn>() <= 400);
-            assert!(size(&serve) <= 512, "serve future: {} B", size(&serve));
+            // 520: 512 until the resume (`?since=`) rode along with the upgrade.
+            assert!(size(&serve) <= 520, "serve future: {} B", size(&serve));
             assert!(size(&writer) <= 256, "writer future: {} B", size(&writer));
         });
     }

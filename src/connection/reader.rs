@@ -267,6 +267,7 @@ fn change(
     let fanout = shard.fanout.borrow();
     for channel in &added {
         fanout.greet(key, channel);
+        fanout.greet_state(key, channel);
     }
     failure
 }

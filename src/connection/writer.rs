@@ -44,6 +44,12 @@ async fn write_loop(shard: &ConnShard, conn: &Conn) {
             if conn.dead.get() {
                 return Poll::Ready(false);
             }
+            if conn.link.replaying() {
+                // A resume: the next frames from the history, as the queue has room.
+                let stamp = shard.shared.stamp();
+                conn.link
+                    .pump_replay(&shard.shared.history, shard.config.client_queue, &stamp);
+            }
             if conn.link.out.borrow().has_work() {
                 Poll::Ready(true)
             } else if conn.reader_done.get() {

@@ -58,6 +58,19 @@ pub(crate) fn text(probe: &HubProbe, exporters: &[Arc<dyn Exporter>]) -> String 
         "Open WebSocket clients.",
         s.connections as f64,
     );
+    let (frames, bytes) = probe.history();
+    metric(
+        "takhin_history_frames",
+        "gauge",
+        "Broadcasts held for clients that resume.",
+        frames as f64,
+    );
+    metric(
+        "takhin_history_bytes",
+        "gauge",
+        "Encoded bytes of the broadcasts held for clients that resume.",
+        bytes as f64,
+    );
     let counters = [
         (
             "takhin_connections_accepted_total",

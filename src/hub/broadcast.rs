@@ -13,8 +13,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::error::BroadcastError;
+use crate::hub::history::Origin;
 use crate::hub::shared::HubShared;
-use crate::protocol::{write_envelope_with, Channel, FrameBuf, Number, OP_TEXT};
+use crate::protocol::{write_envelope_with, Channel, FrameBuf, Number, DEAD_STATE, OP_TEXT};
 
 /// A complete server WebSocket frame (header and JSON payload), shared by every client that
 /// receives it.
@@ -26,17 +27,20 @@ struct FrameInner {
     start: usize,
     route: Route,
     seq: u64,
+    /// The `epoch` of the stream `seq` counts in (the origin's, for a relayed frame).
+    epoch: u64,
 }
 
 impl Frame {
     /// Writes the text frame's header in front of `fb`'s payload and shares it.
-    fn finish(fb: FrameBuf, route: Route, seq: u64) -> Self {
+    fn finish(fb: FrameBuf, route: Route, epoch: u64, seq: u64) -> Self {
         let (buf, start) = fb.finish(OP_TEXT);
         Self(Arc::new(FrameInner {
             buf,
             start,
             route,
             seq,
+            epoch,
         }))
     }
 
@@ -53,6 +57,11 @@ impl Frame {
     /// The frame's `seq`.
     pub fn seq(&self) -> u64 {
         self.0.seq
+    }
+
+    /// The `epoch` of the stream its `seq` counts in.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.0.epoch
     }
 
     /// The channel it is published on.
@@ -76,6 +85,17 @@ impl Frame {
         self.0.route.forget
     }
 
+    /// Whether the frame is the current state of its second channel (a `group_updated`: the
+    /// group's state and members), replayed to clients that connect or subscribe later.
+    pub(crate) fn sets_state(&self) -> bool {
+        self.0.route.sets_state
+    }
+
+    /// Whether the frame ends its second channel's state (a group announced `Dead`).
+    pub(crate) fn ends_state(&self) -> bool {
+        self.0.route.ends_state
+    }
+
     /// Only sets the channel's last value, delivering nothing (relayed last values loaded
     /// when an instance joins the relay).
     pub(crate) fn seed(&self) -> bool {
@@ -87,7 +107,15 @@ impl Frame {
     pub(crate) fn for_test(payload: &[u8]) -> Self {
         let mut fb = FrameBuf::with_capacity(payload.len());
         fb.payload().extend_from_slice(payload);
-        Self::finish(fb, Route::to(Channel::Events), 0)
+        Self::finish(fb, Route::to(Channel::Events), 0, 0)
+    }
+
+    /// Like [`Self::for_test`], with a given `seq`.
+    #[cfg(test)]
+    pub(crate) fn for_test_seq(payload: &[u8], seq: u64) -> Self {
+        let mut fb = FrameBuf::with_capacity(payload.len());
+        fb.payload().extend_from_slice(payload);
+        Self::finish(fb, Route::to(Channel::Events), 0, seq)
     }
 
     #[cfg(test)]
@@ -197,7 +225,9 @@ impl Broadcaster {
         self.send(route, "topic_deleted", &TopicDeleted { name })
     }
 
-    /// Announces `group_updated` on `events` and `group:<id>`.
+    /// Announces `group_updated` on `events` and `group:<id>`. The frame becomes the group's
+    /// current state, replayed with its `seq` to clients that connect (or subscribe to
+    /// `events` or the group) later, until a `Dead` one with 0 members ends it.
     pub fn group_updated(
         &self,
         group_id: &str,
@@ -209,11 +239,14 @@ impl Broadcaster {
             state,
             members,
         };
-        self.send(
-            Route::event(Channel::group(group_id)),
-            "group_updated",
-            &data,
-        )
+        // The group's current state for clients that come later; a removed group has none.
+        let dead = state == DEAD_STATE && members == 0;
+        let route = Route {
+            sets_state: !dead,
+            ends_state: dead,
+            ..Route::event(Channel::group(group_id))
+        };
+        self.send(route, "group_updated", &data)
     }
 
     /// Makes every core forget `channel`'s last value, delivering nothing to clients (the
@@ -299,7 +332,8 @@ impl Broadcaster {
         let payload = fb.payload();
         payload.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         payload.push(b'}');
-        let frame = Frame::finish(fb, route, seq);
+        let frame = Frame::finish(fb, route, shared.epoch, seq);
+        shared.history.record(&frame, Origin::Local);
         shared.push_to_cores(&frame);
         if let Some(tap) = shared.tap() {
             tap.tap(&frame);
@@ -314,11 +348,15 @@ impl Broadcaster {
     /// Fans out a frame another instance published, with its origin's `seq` and `epoch`
     /// (they are in `payload` as it came), through the same rings as a local broadcast. The
     /// tap does not see it.
-    pub(crate) fn inject(&self, payload: &[u8], seq: u64, route: Route) {
+    pub(crate) fn inject(&self, payload: &[u8], epoch: u64, seq: u64, route: Route) {
         let mut fb = FrameBuf::with_capacity(payload.len());
         fb.payload().extend_from_slice(payload);
-        let frame = Frame::finish(fb, route, seq);
+        let frame = Frame::finish(fb, route, epoch, seq);
+        // In step with the local broadcasters: the history sees every frame before a ring.
+        let order = self.shared.order();
+        self.shared.history.record(&frame, Origin::Relayed(epoch));
         self.shared.push_to_cores(&frame);
+        drop(order);
         self.shared.wake_all();
     }
 
@@ -340,8 +378,12 @@ pub(crate) struct Route {
     pub(crate) clears: bool,
     /// Not for clients: only forgets the last value of `channel`.
     pub(crate) forget: bool,
-    /// Not for clients: only sets the last value of `channel`.
+    /// Not for clients: only sets the last value of `channel` (or the state of `also`).
     pub(crate) seed: bool,
+    /// The frame is the current state of `also` (a group's last `group_updated`).
+    pub(crate) sets_state: bool,
+    /// The frame ends the state of `also` (a removed group).
+    pub(crate) ends_state: bool,
 }
 
 impl Route {
@@ -353,6 +395,8 @@ impl Route {
             clears: false,
             forget: false,
             seed: false,
+            sets_state: false,
+            ends_state: false,
         }
     }
 

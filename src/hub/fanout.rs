@@ -15,8 +15,9 @@ use std::task::Waker;
 use slab::Slab;
 
 use crate::hub::broadcast::Frame;
+use crate::hub::history::{Cursor, History};
 use crate::hub::queue::OutQueue;
-use crate::protocol::Channel;
+use crate::protocol::{recovered_frame, Channel, Stamp};
 
 /// What the fan-out needs of a client: its queue, its writer's waker, its channels.
 #[derive(Default)]
@@ -26,7 +27,36 @@ pub struct ClientLink {
     subs: RefCell<Vec<Channel>>,
     /// On the fan-out's list of clients to flush after the current batch.
     dirty: Cell<bool>,
+    /// A client that resumed: its replay, then what it holds back (taken out and put back
+    /// around each use: a `Cell` of one pointer, nothing for the others).
+    resume: Cell<Option<Box<Resumed>>>,
 }
+
+/// A client that resumed.
+#[derive(Debug)]
+struct Resumed {
+    /// While it runs, every frame is held back (the replay reads it from the history).
+    replay: Option<Replay>,
+    /// After: (epoch, seq) of the last frame of the history when the replay caught up. Frames
+    /// of that stream up to it are held back: they were replayed (or were not for this
+    /// client), and only those already in the shard's ring can still come.
+    floor: (u64, u64),
+}
+
+/// A resuming client's replay from the history (see [`ClientLink::pump_replay`]).
+#[derive(Debug)]
+struct Replay {
+    /// The next frame to read; `None` when the history could not give back everything after
+    /// the client's `since` (nothing is replayed then).
+    cursor: Option<Cursor>,
+    /// Frames queued so far.
+    replayed: u64,
+    /// Frames the history dropped before the replay read them.
+    lost: u64,
+}
+
+/// Frames one history read looks at, at most (the history's lock is held meanwhile).
+const REPLAY_READ: usize = 1024;
 
 impl std::fmt::Debug for ClientLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +93,96 @@ impl ClientLink {
     pub fn subscribed(&self, channel: &Channel) -> bool {
         self.subs.borrow().contains(channel)
     }
+
+    /// Whether a frame goes to this client: on one of its channels.
+    fn wants(&self, frame: &Frame) -> bool {
+        let subs = self.subs.borrow();
+        subs.contains(frame.channel()) || frame.also().is_some_and(|a| subs.contains(a))
+    }
+
+    /// Starts a resume: live frames wait (they are read from the history instead) until
+    /// [`Self::pump_replay`] has caught up. `cursor` is where the history resumes, `None`
+    /// when it cannot.
+    pub(crate) fn start_replay(&self, cursor: Option<Cursor>) {
+        self.resume.set(Some(Box::new(Resumed {
+            replay: Some(Replay {
+                cursor,
+                replayed: 0,
+                lost: 0,
+            }),
+            floor: (0, 0),
+        })));
+    }
+
+    /// Whether a frame is held back from this client: replayed already, or a replay runs
+    /// (which reads it from the history).
+    fn held_back(&self, frame: &Frame) -> bool {
+        let Some(r) = self.resume.take() else {
+            return false;
+        };
+        let (epoch, seq) = r.floor;
+        let held = r.replay.is_some() || (frame.seq() <= seq && frame.epoch() == epoch);
+        self.resume.set(Some(r));
+        held
+    }
+
+    /// Whether a replay runs.
+    pub(crate) fn replaying(&self) -> bool {
+        let r = self.resume.take();
+        let running = r.as_ref().is_some_and(|r| r.replay.is_some());
+        self.resume.set(r);
+        running
+    }
+
+    /// Moves the next frames of the replay on the client's channels from the history to its
+    /// queue, as far as the queue has room (`cap` broadcast frames: a replay never holds more
+    /// than a live client would). Once it reaches the history's end it ends the replay with
+    /// `recovered` and lets live frames through from the next `seq` on. Frames the history
+    /// dropped before the replay read them are told as `lagged` (and the replay is then not a
+    /// recovery). Returns whether the replay is still running.
+    pub(crate) fn pump_replay(&self, history: &History, cap: usize, stamp: &Stamp) -> bool {
+        let Some(mut resumed) = self.resume.take() else {
+            return false;
+        };
+        let running = self.pump(&mut resumed, history, cap, stamp);
+        self.resume.set(Some(resumed));
+        running
+    }
+
+    fn pump(&self, resumed: &mut Resumed, history: &History, cap: usize, stamp: &Stamp) -> bool {
+        let Some(replay) = resumed.replay.as_mut() else {
+            return false;
+        };
+        let mut out = self.out.borrow_mut();
+        if out.closing() {
+            return true;
+        }
+        let mut frames = Vec::new();
+        let last = match replay.cursor.as_mut() {
+            None => history.last(),
+            Some(cursor) => loop {
+                let room = cap.saturating_sub(out.shared_len());
+                if room == 0 {
+                    return true;
+                }
+                let read = history.read(cursor, REPLAY_READ, room, |f| self.wants(f), &mut frames);
+                replay.replayed += frames.len() as u64;
+                replay.lost += read.lost;
+                out.add_missed(read.lost);
+                for f in frames.drain(..) {
+                    out.push_shared(Rc::new(f), cap);
+                }
+                if read.caught_up {
+                    break read.last;
+                }
+            },
+        };
+        let recovered = replay.cursor.is_some() && replay.lost == 0;
+        out.push_reply(recovered_frame(recovered, replay.replayed, stamp));
+        resumed.floor = last;
+        resumed.replay = None;
+        false
+    }
 }
 
 /// How a subscribe went.
@@ -89,6 +209,15 @@ pub struct Delivery {
 struct ChannelSlot {
     subscribers: Vec<usize>,
     last: Option<Rc<Frame>>,
+    /// A group channel's current state: its last `group_updated` (see
+    /// [`Frame::sets_state`]).
+    state: Option<Rc<Frame>>,
+}
+
+impl ChannelSlot {
+    fn unused(&self) -> bool {
+        self.subscribers.is_empty() && self.last.is_none() && self.state.is_none()
+    }
 }
 
 /// A shard's clients and who subscribes to what.
@@ -193,6 +322,42 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         }
     }
 
+    /// Queues the current state that `channel` covers to a client that just subscribed (or
+    /// connected): every group's last `group_updated` for `events`, the group's own for
+    /// `group:<id>`, in `seq` order, each with its original `seq`. They fit in the queue
+    /// whatever its bound (there is one per group).
+    pub fn greet_state(&self, key: usize, channel: &Channel) {
+        let Some(client) = self.clients.get(key) else {
+            return;
+        };
+        let mut states: Vec<&Rc<Frame>> = match channel {
+            Channel::Events => self
+                .channels
+                .values()
+                .filter_map(|s| s.state.as_ref())
+                .collect(),
+            Channel::Group(_) => self
+                .channels
+                .get(channel)
+                .and_then(|s| s.state.as_ref())
+                .into_iter()
+                .collect(),
+            _ => return,
+        };
+        if states.is_empty() {
+            return;
+        }
+        states.sort_unstable_by_key(|f| f.seq());
+        let link = (**client).as_ref();
+        let mut out = link.out.borrow_mut();
+        let cap = self.queue_cap + states.len();
+        for frame in states {
+            out.push_shared(frame.clone(), cap);
+        }
+        drop(out);
+        link.wake_writer();
+    }
+
     /// Unsubscribes a client; returns whether it was subscribed.
     pub fn unsubscribe(&mut self, key: usize, channel: &Channel) -> bool {
         let Some(client) = self.clients.get(key) else {
@@ -222,7 +387,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
                     self.interest_version += 1;
                 }
             }
-            if slot.subscribers.is_empty() && slot.last.is_none() {
+            if slot.unused() {
                 self.channels.remove(channel);
             }
         }
@@ -262,8 +427,16 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             return delivery;
         }
         if frame.seed() {
-            let slot = self.channels.entry(primary.clone()).or_default();
-            slot.last = Some(Rc::new(frame.clone()));
+            match (frame.sets_state(), frame.also()) {
+                (true, Some(also)) => {
+                    let slot = self.channels.entry(also.clone()).or_default();
+                    slot.state = Some(Rc::new(frame.clone()));
+                }
+                _ => {
+                    let slot = self.channels.entry(primary.clone()).or_default();
+                    slot.last = Some(Rc::new(frame.clone()));
+                }
+            }
             return delivery;
         }
         let local = Rc::new(frame.clone());
@@ -303,6 +476,19 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
                 self.clear_last_value(also);
             }
         }
+        if let Some(also) = frame.also() {
+            if frame.sets_state() {
+                let slot = self.channels.entry(also.clone()).or_default();
+                slot.state = Some(local);
+            } else if frame.ends_state() {
+                if let Some(slot) = self.channels.get_mut(also) {
+                    slot.state = None;
+                    if slot.unused() {
+                        self.channels.remove(also);
+                    }
+                }
+            }
+        }
         delivery
     }
 
@@ -340,10 +526,15 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
     pub fn clear_last_value(&mut self, channel: &Channel) {
         if let Some(slot) = self.channels.get_mut(channel) {
             slot.last = None;
-            if slot.subscribers.is_empty() {
+            if slot.unused() {
                 self.channels.remove(channel);
             }
         }
+    }
+
+    /// A group channel's current state (its last `group_updated`), if any.
+    pub fn state(&self, channel: &Channel) -> Option<&Frame> {
+        self.channels.get(channel)?.state.as_deref()
     }
 }
 
@@ -358,6 +549,9 @@ fn push_all<C: AsRef<ClientLink>>(
 ) {
     for &key in keys {
         let link = (*clients[key]).as_ref();
+        if link.held_back(frame) {
+            continue;
+        }
         if skip_if_subscribed.is_some_and(|c| link.subscribed(c)) {
             continue;
         }
@@ -567,5 +761,141 @@ mod tests {
             rig.fanout.subscribe(a, Channel::topic("x")),
             Subscribed::Limit
         );
+    }
+
+    fn recovered(link: &ClientLink) -> Vec<String> {
+        let out = link.out.borrow();
+        out.slices(usize::MAX)
+            .filter(|b| b.windows(9).any(|w| w == b"recovered"))
+            .map(|b| String::from_utf8_lossy(&b[2..]).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn group_states_greet_new_clients_in_seq_order_until_the_group_is_dead() {
+        let mut rig = Rig::new(4);
+        rig.b.group_updated("g1", "Stable", 3).unwrap();
+        let g2 = rig.b.group_updated("g2", "Empty", 0).unwrap();
+        let g1 = rig.b.group_updated("g1", "PreparingRebalance", 2).unwrap();
+        rig.b.group_updated("g3", "Stable", 1).unwrap();
+        rig.b.group_updated("g3", "Dead", 0).unwrap();
+        for i in 0..6 {
+            rig.b.group_updated(&format!("x{i}"), "Stable", 1).unwrap();
+        }
+        rig.pump();
+        for i in 0..6 {
+            rig.b.group_updated(&format!("x{i}"), "Dead", 0).unwrap();
+        }
+        rig.pump();
+        let late = rig.client(&[Channel::Events]);
+        rig.fanout.greet_state(late, &Channel::Events);
+        assert_eq!(rig.seqs(late), [g2, g1]);
+        let one = rig.client(&[Channel::group("g1")]);
+        rig.fanout.greet_state(one, &Channel::group("g1"));
+        assert_eq!(rig.seqs(one), [g1]);
+        assert!(rig.fanout.state(&Channel::group("g3")).is_none());
+
+        // More groups than the queue holds: every state still fits.
+        let mut rig = Rig::new(2);
+        let seqs: Vec<u64> = (0..5)
+            .map(|i| rig.b.group_updated(&format!("g{i}"), "Stable", 1).unwrap())
+            .collect();
+        rig.pump();
+        let late = rig.client(&[Channel::Events]);
+        rig.fanout.greet_state(late, &Channel::Events);
+        assert_eq!(rig.seqs(late), seqs);
+    }
+
+    #[test]
+    fn a_replay_fills_the_queue_as_it_drains_then_hands_over_to_live_frames() {
+        let mut rig = Rig::new(2);
+        let since = rig.b.publish(&Channel::Events, "n", &0).unwrap();
+        let missed: Vec<u64> = (1..=5)
+            .map(|i| rig.b.publish(&Channel::Events, "n", &i).unwrap())
+            .collect();
+        // Another channel's frame is not replayed to this client.
+        rig.b.publish(&Channel::topic("t"), "n", &9).unwrap();
+        let c = rig.client(&[Channel::Events]);
+        let link = rig.fanout.get(c).unwrap().clone();
+        let cursor = rig.shared.history.resume(since, rig.shared.epoch);
+        link.start_replay(cursor);
+        let stamp = rig.shared.stamp();
+        // Two at a time, as the queue bound allows.
+        assert!(link.pump_replay(&rig.shared.history, 2, &stamp));
+        assert_eq!(rig.seqs(c), missed[..2]);
+        // Live frames are held back meanwhile: the replay reads them from the history.
+        let live = rig.b.publish(&Channel::Events, "n", &6).unwrap();
+        rig.pump();
+        assert_eq!(rig.seqs(c), missed[..2]);
+        let mut got = Vec::new();
+        while link.replaying() {
+            let mut out = link.out.borrow_mut();
+            got.extend(out.shared_seqs());
+            let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
+            out.advance(n);
+            drop(out);
+            link.pump_replay(&rig.shared.history, 2, &stamp);
+        }
+        got.extend(rig.seqs(c));
+        let mut expected = missed.clone();
+        expected.push(live);
+        assert_eq!(got, expected, "each once, in order");
+        let notice = recovered(&link);
+        assert_eq!(notice.len(), 1);
+        assert!(
+            notice[0].contains(r#""recovered":true,"replayed":6"#),
+            "{notice:?}"
+        );
+        let mut out = link.out.borrow_mut();
+        let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
+        out.advance(n);
+        drop(out);
+        // A frame replayed already, still in the ring, is not delivered again; a newer one is.
+        let newer = rig.b.publish(&Channel::Events, "n", &7).unwrap();
+        let replayed_again = rig.shared.history.last();
+        assert_eq!(replayed_again, (rig.shared.epoch, newer));
+        rig.pump();
+        assert_eq!(rig.seqs(c), [newer]);
+    }
+
+    #[test]
+    fn a_replay_overtaken_by_the_history_is_told_lagged_and_not_recovered() {
+        let shared = Arc::new(HubShared::with_history(
+            1,
+            1024,
+            crate::hub::history::HistoryLimits {
+                frames: 4,
+                age: std::time::Duration::from_secs(60),
+            },
+        ));
+        let b = Broadcaster::new(shared.clone());
+        let mut fanout: Fanout<ClientLink> = Fanout::new(2, 8);
+        let since = b.publish(&Channel::Events, "n", &0).unwrap();
+        for i in 1..4 {
+            b.publish(&Channel::Events, "n", &i).unwrap();
+        }
+        let key = fanout.insert(Rc::new(ClientLink::default()));
+        fanout.subscribe(key, Channel::Events);
+        let link = fanout.get(key).unwrap().clone();
+        link.start_replay(shared.history.resume(since, shared.epoch));
+        let stamp = shared.stamp();
+        assert!(link.pump_replay(&shared.history, 2, &stamp));
+        assert_eq!(link.out.borrow().shared_seqs(), [2, 3]);
+        // While the client reads nothing, the history moves on past the replay.
+        for i in 4..12 {
+            b.publish(&Channel::Events, "n", &i).unwrap();
+        }
+        let mut out = link.out.borrow_mut();
+        let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
+        out.advance(n);
+        drop(out);
+        while link.pump_replay(&shared.history, 2, &stamp) {
+            let mut out = link.out.borrow_mut();
+            let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
+            out.advance(n);
+        }
+        assert_eq!(link.out.borrow().dropped(), 5, "seq 4 to 8 were lost");
+        let notice = recovered(&link);
+        assert!(notice[0].contains(r#""recovered":false"#), "{notice:?}");
     }
 }

@@ -9,6 +9,7 @@
 pub(crate) mod broadcast;
 pub(crate) mod counters;
 pub(crate) mod fanout;
+pub(crate) mod history;
 pub(crate) mod queue;
 pub(crate) mod shard;
 pub(crate) mod shared;
@@ -57,7 +58,15 @@ impl Engine {
         config.assert_valid()?;
         let cores = config.core_ids()?;
         let (listeners, local_addr) = bind_all(&config, cores.len())?;
-        let shared = Arc::new(HubShared::new(cores.len(), config.ring_size));
+        let history = history::HistoryLimits {
+            frames: config.history_frames,
+            age: config.history_age,
+        };
+        let shared = Arc::new(HubShared::with_history(
+            cores.len(),
+            config.ring_size,
+            history,
+        ));
         let context = context(&shared);
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -259,6 +268,11 @@ impl HubProbe {
     /// Messages broadcast so far (the last `seq`).
     pub fn broadcasts(&self) -> u64 {
         self.shared.last_seq()
+    }
+
+    /// The broadcast history: frames held and their encoded bytes.
+    pub fn history(&self) -> (usize, usize) {
+        (self.shared.history.len(), self.shared.history.bytes())
     }
 
     pub(crate) fn broadcast_histogram(&self) -> ([u64; 12], u64, f64) {

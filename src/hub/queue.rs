@@ -79,6 +79,11 @@ impl OutQueue {
         dropped
     }
 
+    /// Broadcast frames queued.
+    pub(crate) fn shared_len(&self) -> usize {
+        self.shared
+    }
+
     /// Appends a reply for this client; returns the reply bytes now waiting.
     pub(crate) fn push_reply(&mut self, bytes: Box<[u8]>) -> usize {
         if self.close.is_none() && !self.closed {

@@ -14,6 +14,7 @@ use crossbeam::utils::CachePadded;
 
 use crate::hub::broadcast::Frame;
 use crate::hub::counters::{DurationHistogram, ShardStats};
+use crate::hub::history::{History, HistoryLimits};
 use crate::protocol::{Channel, Stamp};
 
 /// Sees every frame this hub broadcasts, in `seq` order, as it is handed to the cores (the
@@ -58,6 +59,8 @@ pub struct HubShared {
     pub(crate) tick_seconds: DurationHistogram,
     /// Sees every local broadcast once attached (the relay).
     tap: OnceLock<Arc<dyn FrameTap>>,
+    /// Recent broadcasts, for clients that resume.
+    pub(crate) history: History,
 }
 
 impl fmt::Debug for HubShared {
@@ -71,6 +74,10 @@ impl fmt::Debug for HubShared {
 
 impl HubShared {
     pub(crate) fn new(shards: usize, ring_size: usize) -> Self {
+        Self::with_history(shards, ring_size, HistoryLimits::default())
+    }
+
+    pub(crate) fn with_history(shards: usize, ring_size: usize, history: HistoryLimits) -> Self {
         let stamp = now_stamp(0);
         Self {
             links: (0..shards)
@@ -90,6 +97,7 @@ impl HubShared {
             broadcast_seconds: DurationHistogram::default(),
             tick_seconds: DurationHistogram::default(),
             tap: OnceLock::new(),
+            history: History::new(history, stamp.unix_us),
         }
     }
 

@@ -14,6 +14,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
 pub mod browser;
+pub mod proxy;
 pub mod tansu;
 mod watchdog;
 
@@ -61,9 +62,15 @@ pub fn connect_stream(addr: SocketAddr, stream: TcpStream) -> Client {
 
 /// Connects without the registration ping, so the first message read is the server's.
 pub fn connect_quiet(addr: SocketAddr, stream: TcpStream) -> Client {
+    connect_with_query(addr, stream, "")
+}
+
+/// [`connect_quiet`] with a query string on the endpoint (`?since=...&epoch=...`).
+pub fn connect_with_query(addr: SocketAddr, stream: TcpStream, query: &str) -> Client {
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     stream.set_nodelay(true).unwrap();
-    let (ws, _) = tungstenite::client(ws_url(addr), stream).expect("handshake");
+    let url = format!("{}{query}", ws_url(addr));
+    let (ws, _) = tungstenite::client(url, stream).expect("handshake");
     Client { ws }
 }
 

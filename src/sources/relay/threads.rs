@@ -113,6 +113,15 @@ pub(super) fn publisher_loop(link: &RelayLink, here: &Here) {
                             let also = also.to_string();
                             pipe.command(&[b"HDEL", last.as_bytes(), also.as_bytes()]);
                         }
+                        // A group's current state, under `state:<group channel>`.
+                        if let Some(also) = frame.also() {
+                            let key = format!("state:{also}");
+                            if frame.sets_state() {
+                                pipe.command(&[b"HSET", last.as_bytes(), key.as_bytes(), &msg]);
+                            } else if frame.ends_state() {
+                                pipe.command(&[b"HDEL", last.as_bytes(), key.as_bytes()]);
+                            }
+                        }
                         events |= *frame.channel() == Channel::Events;
                         frames_sent += 1;
                     }
@@ -208,7 +217,8 @@ pub(super) fn subscriber_loop(link: &RelayLink, here: &Here) {
                     if let Reply::Bulk(Some(msg)) = v {
                         if let Some(r) = decode(msg) {
                             if r.epoch != here.broadcaster.epoch() {
-                                here.broadcaster.inject(r.payload, r.seq, r.route(true));
+                                here.broadcaster
+                                    .inject(r.payload, r.epoch, r.seq, r.route(true));
                             }
                         }
                     }
@@ -259,7 +269,8 @@ pub(super) fn subscriber_loop(link: &RelayLink, here: &Here) {
                 if chan == frames.as_bytes() {
                     if let Some(r) = decode(msg) {
                         if r.epoch != here.broadcaster.epoch() {
-                            here.broadcaster.inject(r.payload, r.seq, r.route(false));
+                            here.broadcaster
+                                .inject(r.payload, r.epoch, r.seq, r.route(false));
                             link.stats.received_total.fetch_add(1, Relaxed);
                         }
                     }

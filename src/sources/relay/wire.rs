@@ -22,12 +22,14 @@ pub(crate) fn encode(frame: &Frame, epoch: u64) -> Vec<u8> {
     out
 }
 
-/// The route's flags: `r`etain, `c`lears, `f`orget.
+/// The route's flags: `r`etain, `c`lears, `f`orget, `s`ets state, e`x`its state.
 fn flags(frame: &Frame) -> String {
     [
         (frame.retain(), 'r'),
         (frame.clears(), 'c'),
         (frame.forget(), 'f'),
+        (frame.sets_state(), 's'),
+        (frame.ends_state(), 'x'),
     ]
     .into_iter()
     .filter_map(|(on, c)| on.then_some(c))
@@ -57,6 +59,8 @@ impl Relayed<'_> {
             clears: flag('c'),
             forget: flag('f'),
             seed,
+            sets_state: flag('s'),
+            ends_state: flag('x'),
         }
     }
 }
