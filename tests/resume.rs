@@ -170,6 +170,27 @@ fn a_client_that_resumes_gets_exactly_what_it_missed_then_recovered() {
         got.last().unwrap()["data"],
         json!({"recovered": true, "replayed": 0})
     );
+
+    // Counted for operators, with what the history holds.
+    let stats = hub.stats();
+    assert_eq!(
+        (
+            stats.resumes_total,
+            stats.resumes_recovered_total,
+            stats.replayed_total
+        ),
+        (2, 2, 5)
+    );
+    let text = common::http(addr, "GET", "/metrics", &[], None).body;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert_eq!(value("takhin_resumes_recovered_total"), 2.0);
+    // Events and published messages are held; snapshots are not.
+    assert_eq!(value("takhin_history_frames"), 7.0);
+    assert!(value("takhin_history_bytes") > 7.0 * 100.0);
 }
 
 #[test]

@@ -25,7 +25,7 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use glommio::net::TcpStream;
 use tracing::{error, trace};
 
-use crate::hub::fanout::ClientLink;
+use crate::hub::fanout::{ClientLink, Pumped};
 use crate::hub::shard::{Client, Phase, Shard, Timing};
 use crate::protocol::{close_code, close_frame, recovered_frame, Channel, PING_FRAME};
 
@@ -443,12 +443,13 @@ fn greet(shard: &ConnShard, conn: &Conn, key: usize, resume: Option<Box<Resume>>
     }
     let history = &shard.shared.history;
     let cursor = resume.map(|r| history.resume(r.since, r.epoch));
+    if cursor.is_some() {
+        shard.stats().resumes_total.fetch_add(1, Relaxed);
+    }
     match cursor {
         Some(Some(cursor)) => {
             conn.link.start_replay(Some(cursor));
-            let stamp = shard.shared.stamp();
-            conn.link
-                .pump_replay(history, shard.config.client_queue, &stamp);
+            pump_replay(shard, conn);
         }
         Some(None) => {
             fanout.greet_state(key, &Channel::Events);
@@ -461,6 +462,27 @@ fn greet(shard: &ConnShard, conn: &Conn, key: usize, resume: Option<Box<Resume>>
         None => fanout.greet_state(key, &Channel::Events),
     }
     conn.link.wake_writer();
+}
+
+/// Moves a resuming client's replay on (see
+/// [`ClientLink::pump_replay`](crate::hub::fanout::ClientLink::pump_replay)) and counts how it
+/// ended.
+fn pump_replay(shard: &ConnShard, conn: &Conn) {
+    let stamp = shard.shared.stamp();
+    let pumped = conn
+        .link
+        .pump_replay(&shard.shared.history, shard.config.client_queue, &stamp);
+    if let Pumped::Ended {
+        recovered,
+        replayed,
+    } = pumped
+    {
+        let stats = shard.stats();
+        stats.replayed_total.fetch_add(replayed, Relaxed);
+        if recovered {
+            stats.resumes_recovered_total.fetch_add(1, Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]

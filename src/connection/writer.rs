@@ -46,9 +46,7 @@ async fn write_loop(shard: &ConnShard, conn: &Conn) {
             }
             if conn.link.replaying() {
                 // A resume: the next frames from the history, as the queue has room.
-                let stamp = shard.shared.stamp();
-                conn.link
-                    .pump_replay(&shard.shared.history, shard.config.client_queue, &stamp);
+                super::pump_replay(shard, conn);
             }
             if conn.link.out.borrow().has_work() {
                 Poll::Ready(true)

@@ -128,6 +128,21 @@ pub(crate) fn text(probe: &HubProbe, exporters: &[Arc<dyn Exporter>]) -> String 
             s.lagged_total,
         ),
         (
+            "takhin_resumes_total",
+            "Clients that connected with since and epoch to resume.",
+            s.resumes_total,
+        ),
+        (
+            "takhin_resumes_recovered_total",
+            "Resumes that gave back every missed broadcast.",
+            s.resumes_recovered_total,
+        ),
+        (
+            "takhin_replayed_total",
+            "Broadcasts replayed from the history to resuming clients.",
+            s.replayed_total,
+        ),
+        (
             "takhin_protocol_errors_total",
             "Clients closed for protocol or limit violations.",
             s.protocol_errors_total,

@@ -65,6 +65,12 @@ counters! {
     write_timeouts_total,
     /// Connection tasks that panicked (only that connection was closed).
     panics_total,
+    /// Clients that connected with `?since=&epoch=` to resume.
+    resumes_total,
+    /// Resumes that ended `recovered: true` (every missed broadcast given back).
+    resumes_recovered_total,
+    /// Broadcasts replayed from the history to resuming clients.
+    replayed_total,
     /// Broadcasts taken from the ring by this shard's distributor.
     broadcasts_total,
     /// Metrics ticks run (counted on shard 0's counters).

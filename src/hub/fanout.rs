@@ -55,6 +55,22 @@ struct Replay {
     lost: u64,
 }
 
+/// What [`ClientLink::pump_replay`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// No replay runs.
+    Idle,
+    /// The replay goes on once the queue drains.
+    Running,
+    /// The replay ended now, with its `recovered` notice queued.
+    Ended {
+        /// Whether every missed broadcast was given back.
+        recovered: bool,
+        /// Broadcasts replayed.
+        replayed: u64,
+    },
+}
+
 /// Frames one history read looks at, at most (the history's lock is held meanwhile).
 const REPLAY_READ: usize = 1024;
 
@@ -139,23 +155,23 @@ impl ClientLink {
     /// than a live client would). Once it reaches the history's end it ends the replay with
     /// `recovered` and lets live frames through from the next `seq` on. Frames the history
     /// dropped before the replay read them are told as `lagged` (and the replay is then not a
-    /// recovery). Returns whether the replay is still running.
-    pub(crate) fn pump_replay(&self, history: &History, cap: usize, stamp: &Stamp) -> bool {
+    /// recovery).
+    pub(crate) fn pump_replay(&self, history: &History, cap: usize, stamp: &Stamp) -> Pumped {
         let Some(mut resumed) = self.resume.take() else {
-            return false;
+            return Pumped::Idle;
         };
-        let running = self.pump(&mut resumed, history, cap, stamp);
+        let pumped = self.pump(&mut resumed, history, cap, stamp);
         self.resume.set(Some(resumed));
-        running
+        pumped
     }
 
-    fn pump(&self, resumed: &mut Resumed, history: &History, cap: usize, stamp: &Stamp) -> bool {
+    fn pump(&self, resumed: &mut Resumed, history: &History, cap: usize, stamp: &Stamp) -> Pumped {
         let Some(replay) = resumed.replay.as_mut() else {
-            return false;
+            return Pumped::Idle;
         };
         let mut out = self.out.borrow_mut();
         if out.closing() {
-            return true;
+            return Pumped::Running;
         }
         let mut frames = Vec::new();
         let last = match replay.cursor.as_mut() {
@@ -163,7 +179,7 @@ impl ClientLink {
             Some(cursor) => loop {
                 let room = cap.saturating_sub(out.shared_len());
                 if room == 0 {
-                    return true;
+                    return Pumped::Running;
                 }
                 let read = history.read(cursor, REPLAY_READ, room, |f| self.wants(f), &mut frames);
                 replay.replayed += frames.len() as u64;
@@ -178,10 +194,14 @@ impl ClientLink {
             },
         };
         let recovered = replay.cursor.is_some() && replay.lost == 0;
-        out.push_reply(recovered_frame(recovered, replay.replayed, stamp));
+        let replayed = replay.replayed;
+        out.push_reply(recovered_frame(recovered, replayed, stamp));
         resumed.floor = last;
         resumed.replay = None;
-        false
+        Pumped::Ended {
+            recovered,
+            replayed,
+        }
     }
 }
 
@@ -821,7 +841,10 @@ mod tests {
         link.start_replay(cursor);
         let stamp = rig.shared.stamp();
         // Two at a time, as the queue bound allows.
-        assert!(link.pump_replay(&rig.shared.history, 2, &stamp));
+        assert_eq!(
+            link.pump_replay(&rig.shared.history, 2, &stamp),
+            Pumped::Running
+        );
         assert_eq!(rig.seqs(c), missed[..2]);
         // Live frames are held back meanwhile: the replay reads them from the history.
         let live = rig.b.publish(&Channel::Events, "n", &6).unwrap();
@@ -879,7 +902,10 @@ mod tests {
         let link = fanout.get(key).unwrap().clone();
         link.start_replay(shared.history.resume(since, shared.epoch));
         let stamp = shared.stamp();
-        assert!(link.pump_replay(&shared.history, 2, &stamp));
+        assert_eq!(
+            link.pump_replay(&shared.history, 2, &stamp),
+            Pumped::Running
+        );
         assert_eq!(link.out.borrow().shared_seqs(), [2, 3]);
         // While the client reads nothing, the history moves on past the replay.
         for i in 4..12 {
@@ -889,7 +915,7 @@ mod tests {
         let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
         out.advance(n);
         drop(out);
-        while link.pump_replay(&shared.history, 2, &stamp) {
+        while link.pump_replay(&shared.history, 2, &stamp) == Pumped::Running {
             let mut out = link.out.borrow_mut();
             let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
             out.advance(n);

@@ -86,6 +86,13 @@ pub struct Options {
     /// Per-client outbound queue, in frames [default: 256].
     #[arg(long, env = "TAKHIN_CLIENT_QUEUE")]
     pub(crate) client_queue: Option<usize>,
+    /// Broadcasts kept for clients that resume with ?since=&epoch= (events and published
+    /// messages; 0 keeps none) [default: 32768].
+    #[arg(long, env = "TAKHIN_HISTORY_FRAMES")]
+    pub(crate) history_frames: Option<usize>,
+    /// How long a broadcast stays in that history, in seconds [default: 300].
+    #[arg(long, env = "TAKHIN_HISTORY_SECONDS")]
+    pub(crate) history_seconds: Option<f64>,
     /// Kernel send buffer per WebSocket client, in bytes (SO_SNDBUF) [default: the kernel's
     /// autotuning, up to 4 MiB for a client that reads slowly].
     #[arg(long, env = "TAKHIN_SEND_BUFFER")]
@@ -202,6 +209,12 @@ impl Options {
         }
         if self.send_buffer.is_some() {
             c = c.send_buffer(self.send_buffer);
+        }
+        if let Some(n) = self.history_frames {
+            c = c.history_frames(n);
+        }
+        if let Some(s) = self.history_seconds {
+            c = c.history_age(secs(s, "history age")?);
         }
         if let Some(s) = self.ping_interval {
             c = c.ping_interval(secs(s, "ping interval")?);
