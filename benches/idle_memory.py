@@ -23,24 +23,15 @@ def rss_kib(pid):
     raise SystemExit(f"no VmRSS for pid {pid}")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pid", type=int, required=True, help="server process id")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--path", default="/api/monitoring/ws")
-    ap.add_argument("--connections", "-n", type=int, default=5000)
-    ap.add_argument("--hold", type=float, default=3.0, help="seconds to hold before measuring")
-    args = ap.parse_args()
-
-    before = rss_kib(args.pid)
+def open_idle(host, port, path, n):
+    """N WebSocket connections, handshake done, non-blocking and registered for reading."""
     sel = selectors.DefaultSelector()
     socks = []
-    for _ in range(args.connections):
-        s = socket.create_connection((args.host, args.port))
+    for _ in range(n):
+        s = socket.create_connection((host, port))
         key = base64.b64encode(os.urandom(16)).decode()
         s.sendall(
-            f"GET {args.path} HTTP/1.1\r\nHost: {args.host}\r\nConnection: Upgrade\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n"
             f"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n".encode()
         )
         socks.append(s)
@@ -55,13 +46,36 @@ def main():
             raise SystemExit(f"handshake refused: {head[:40]!r}")
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)
-    deadline = time.monotonic() + args.hold
-    while time.monotonic() < deadline:
-        for key, _ in sel.select(timeout=0.1):
+    return sel, socks
+
+
+def pump(sel, seconds):
+    """Reads whatever the server pushes to the idle connections for `seconds` (at least one
+    pass), so that socket buffers do not grow."""
+    deadline = time.monotonic() + seconds
+    while True:
+        for key, _ in sel.select(timeout=0.1 if seconds else 0):
             try:
                 key.fileobj.recv(65536)
             except BlockingIOError:
                 pass
+        if time.monotonic() >= deadline:
+            return
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pid", type=int, required=True, help="server process id")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--path", default="/api/monitoring/ws")
+    ap.add_argument("--connections", "-n", type=int, default=5000)
+    ap.add_argument("--hold", type=float, default=3.0, help="seconds to hold before measuring")
+    args = ap.parse_args()
+
+    before = rss_kib(args.pid)
+    sel, socks = open_idle(args.host, args.port, args.path, args.connections)
+    pump(sel, args.hold)
     after = rss_kib(args.pid)
     per = (after - before) * 1024 / args.connections
     print(f"connections {args.connections}  rss before {before} KiB  after {after} KiB  "

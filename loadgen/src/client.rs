@@ -50,6 +50,16 @@ pub fn handshake_request(
     req.into_bytes()
 }
 
+/// `path` (which may hold a query already) with our server's resume query:
+/// `since=<last seq received>` and, when one was seen, `epoch=<the stream's epoch>`.
+pub fn resume_path(path: &str, since: u64, epoch: Option<u64>) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    match epoch {
+        Some(epoch) => format!("{path}{sep}since={since}&epoch={epoch}"),
+        None => format!("{path}{sep}since={since}"),
+    }
+}
+
 /// Why an upgrade failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandshakeError {
@@ -257,6 +267,15 @@ mod tests {
             *b ^= [1, 2, 3, 4][i & 3];
         }
         assert_eq!(payload, vec![b'a'; 300]);
+    }
+
+    #[test]
+    fn resume_paths_keep_the_query() {
+        assert_eq!(
+            resume_path("/api/monitoring/ws", 41, Some(7)),
+            "/api/monitoring/ws?since=41&epoch=7"
+        );
+        assert_eq!(resume_path("/ws?token=t", 0, None), "/ws?token=t&since=0");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::opts::Opts;
 use crate::stats::Window;
 use crate::sys;
-use crate::worker::{self, Mode, Plan, Shared};
+use crate::worker::{self, Mode, Phase, Plan, Shared};
 
 /// One line a child prints: its state and the window since the last line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,12 +28,17 @@ pub(crate) struct ChildLine {
     pub(crate) window: Window,
     /// Last line: the child's CPU seconds.
     pub(crate) done: Option<f64>,
+    /// Resume: the [`Phase`] every thread of the child has reached (`window` holds what it
+    /// counted getting there).
+    #[serde(default)]
+    pub(crate) phase: u8,
 }
 
 #[derive(Debug, Default)]
 struct Remote {
     open: AtomicUsize,
     failed: AtomicUsize,
+    phase: AtomicU8,
     done: AtomicBool,
     cpu_s: Mutex<f64>,
 }
@@ -105,6 +110,7 @@ impl Fleet {
                 slow_read_rate: opts.slow_read_rate,
                 mode,
                 connect_rate: my_rate / threads as f64,
+                reconnect_rate: opts.reconnect_rate / procs as f64 / threads as f64,
                 source_addrs: source_addrs.clone(),
                 source_offset: t + opts.child.unwrap_or(0) * threads,
                 subscribe_message: subscribe_message.clone(),
@@ -152,6 +158,7 @@ impl Fleet {
                 r.open.store(msg.open, Ordering::Relaxed);
                 r.failed.store(msg.failed, Ordering::Relaxed);
                 window.lock().unwrap().add(&msg.window);
+                r.phase.store(msg.phase, Ordering::Release);
                 if let Some(cpu) = msg.done {
                     *r.cpu_s.lock().unwrap() = cpu;
                 }
@@ -173,6 +180,37 @@ impl Fleet {
                 let _ = s.write_all(b"catchup\n");
             }
         }
+    }
+
+    /// Resume: orders every thread and child to `phase` (see [`Phase`]).
+    pub(crate) fn order(&mut self, phase: Phase) {
+        for (shared, _) in &self.workers {
+            shared.order.store(phase as u8, Ordering::Release);
+        }
+        let line: &[u8] = match phase {
+            Phase::Holding | Phase::Resumed => return,
+            Phase::Away => b"away\n",
+            Phase::Back => b"back\n",
+        };
+        for (_, stdin, _, _) in &mut self.children {
+            if let Some(s) = stdin {
+                let _ = s.write_all(line);
+            }
+        }
+    }
+
+    /// Resume: the phase every thread and child has reached; what they counted on the way is
+    /// in the windows harvested from now on.
+    pub(crate) fn phase(&self) -> Phase {
+        let local = self
+            .workers
+            .iter()
+            .map(|(s, _)| s.phase.load(Ordering::Acquire));
+        let remote = self
+            .children
+            .iter()
+            .map(|c| c.2.phase.load(Ordering::Acquire));
+        Phase::from_u8(local.chain(remote).min().unwrap_or(0))
     }
 
     /// Upgraded connections open now.
@@ -310,40 +348,53 @@ fn child_args(index: usize, connections: usize, slow: usize) -> Vec<String> {
 }
 
 /// A child's main loop: run the fleet, print a line every 250 ms, stop on "stop" or EOF on
-/// stdin (or when a churn run is over).
+/// stdin (or when a churn run is over); "catchup", "away" and "back" are passed on to the
+/// threads.
 pub(crate) fn run_child(fleet: Fleet) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let shared: Vec<Arc<Shared>> = fleet.workers.iter().map(|(w, _)| w.clone()).collect();
     thread::spawn(move || {
         for line in std::io::stdin().lines() {
-            match line.as_deref() {
-                Ok("catchup") => shared
-                    .iter()
-                    .for_each(|w| w.catch_up.store(true, Ordering::Relaxed)),
+            let phase = match line.as_deref() {
+                Ok("catchup") => {
+                    shared
+                        .iter()
+                        .for_each(|w| w.catch_up.store(true, Ordering::Relaxed));
+                    continue;
+                }
+                Ok("away") => Phase::Away,
+                Ok("back") => Phase::Back,
                 _ => break,
-            }
+            };
+            shared
+                .iter()
+                .for_each(|w| w.order.store(phase as u8, Ordering::Release));
         }
         s.store(true, Ordering::Relaxed);
     });
     let out = std::io::stdout();
     while !stop.load(Ordering::Relaxed) && !fleet.finished() {
         thread::sleep(Duration::from_millis(250));
+        // The phase before the window: a thread flushes its window before it says it got there.
+        let phase = fleet.phase() as u8;
         let line = ChildLine {
             open: fleet.open(),
             failed: fleet.failed(),
             window: fleet.harvest(),
             done: None,
+            phase,
         };
         writeln!(out.lock(), "{}", serde_json::to_string(&line)?)?;
     }
-    let failed = fleet.failed();
+    let (failed, phase) = (fleet.failed(), fleet.phase() as u8);
     let (window, _) = fleet.stop()?;
     let line = ChildLine {
         open: 0,
         failed,
         window,
         done: Some(sys::own_cpu_seconds()),
+        phase,
     };
     writeln!(out.lock(), "{}", serde_json::to_string(&line)?)?;
     Ok(())

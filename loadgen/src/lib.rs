@@ -8,7 +8,7 @@
 //! - `fleet`: the threads of this process plus child loadgen processes, as one.
 //! - `publisher`: blocking publishing connections on a fixed schedule.
 //! - [`stats`]: windows of counts and histograms, and the report.
-//! - `run`: the scenarios (fanout, metrics, idle, churn, ramp) and `merge`.
+//! - `run`: the scenarios (fanout, metrics, idle, churn, ramp, resume) and `merge`.
 //!
 //! Every subscriber thread reads with one receive buffer, parses frames in place and reads the
 //! clock once per `read`, so a loadgen thread costs far less per delivery than a server: the

@@ -30,6 +30,12 @@ pub enum Command {
     Idle(Opts),
     /// Connect and disconnect at --rate per second: handshake latency, failures by cause.
     Churn(Opts),
+    /// N subscribers drop, miss --missed messages, resume at once: time to `recovered`, replays.
+    ///
+    /// Our server only. Each reconnects with `?since=<last seq>&epoch=`; the report gives the
+    /// time from reconnect to `recovered`, the verdicts, what was replayed, duplicates, and the
+    /// server's CPU during the storm.
+    Resume(Opts),
     /// Merge the `--json` reports of several loadgen processes into one report.
     Merge {
         /// Files holding a report each (the last JSON line of `loadgen ... --json`).
@@ -73,7 +79,8 @@ pub struct Opts {
     /// Message size in bytes (the JSON object loadgen publishes; at least 56).
     #[arg(long, default_value_t = 256)]
     pub size: usize,
-    /// How long to measure (publishing, holding, churning), e.g. 10s, 500ms, 2m.
+    /// How long to measure (publishing, holding, churning), e.g. 10s, 500ms, 2m. Resume: how
+    /// long the reconnections may take to be answered (after --handshake-timeout).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Event-loop threads in this process (default: one per usable CPU).
@@ -127,7 +134,8 @@ pub struct Opts {
     /// or 127.0.0.1-127.0.0.N when more than 25,000 subscribers target a loopback address.
     #[arg(long)]
     pub source_addrs: Option<String>,
-    /// After publishing, wait at most this long for messages still in flight.
+    /// After publishing, wait at most this long for messages still in flight (resume: for the
+    /// messages that mark the stream before the drop and after the storm).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub drain: Duration,
     /// A text message each subscriber sends once connected (e.g. a subscribe).
@@ -139,6 +147,14 @@ pub struct Opts {
     /// Metrics: the server's tick interval, the reference for jitter.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub metrics_interval: Duration,
+    /// Resume: messages published while the subscribers are away (all on `events`, which every
+    /// subscriber receives, so each should get exactly this many replayed).
+    #[arg(long, default_value_t = 1000)]
+    pub missed: u64,
+    /// Resume: reconnections per second (all processes together); 0 = all at once (at most 256
+    /// upgrades in flight per thread).
+    #[arg(long, default_value_t = 0.0)]
+    pub reconnect_rate: f64,
     /// Largest message accepted from the server.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_message: usize,

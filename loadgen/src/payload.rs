@@ -7,7 +7,7 @@
 //! place. A subscriber finds `"lg":` with a SIMD substring search and reads two integers; the
 //! frame may be the bare message (peers) or our server's envelope around it.
 
-use memchr::memmem::Finder;
+use memchr::memmem::{Finder, FinderRev};
 
 /// Width of each number field: a u64 has at most 20 digits.
 const FIELD: usize = 20;
@@ -95,6 +95,9 @@ pub struct Scanner {
     metrics: Finder<'static>,
     ts_us: Finder<'static>,
     seq: Finder<'static>,
+    last_seq: FinderRev<'static>,
+    last_epoch: FinderRev<'static>,
+    replayed: Finder<'static>,
 }
 
 impl Default for Scanner {
@@ -107,6 +110,9 @@ impl Default for Scanner {
             metrics: Finder::new(b"\"type\":\"metrics\""),
             ts_us: Finder::new(b"\"tsUs\":"),
             seq: Finder::new(b"\"seq\":"),
+            last_seq: FinderRev::new(b"\"seq\":"),
+            last_epoch: FinderRev::new(b"\"epoch\":"),
+            replayed: Finder::new(b"\"replayed\":"),
         }
     }
 }
@@ -136,6 +142,37 @@ impl Scanner {
         let seq_at = self.seq.find(frame)? + 6;
         Some((number(&frame[seq_at..])?.0, number(&frame[ts_at..])?.0))
     }
+
+    /// The `seq` of our server's envelope (broadcasts carry one, replies do not). The envelope's
+    /// fields follow `data`, so the last `"seq":` is the envelope's whatever `data` holds.
+    pub fn envelope_seq(&self, frame: &[u8]) -> Option<u64> {
+        let at = self.last_seq.rfind(frame)? + 6;
+        number(&frame[at..]).map(|(n, _)| n)
+    }
+
+    /// The `epoch` of our server's envelope (every frame carries it).
+    pub fn epoch(&self, frame: &[u8]) -> Option<u64> {
+        let at = self.last_epoch.rfind(frame)? + 8;
+        number(&frame[at..]).map(|(n, _)| n)
+    }
+
+    /// Our server's `recovered` notice, which ends a resume: `(recovered, replayed)`.
+    pub fn recovered(&self, frame: &[u8]) -> Option<(bool, u64)> {
+        if kind(frame)? != b"recovered" {
+            return None;
+        }
+        let at = self.replayed.find(frame)? + 11;
+        let replayed = number(&frame[at..])?.0;
+        let recovered = memchr::memmem::find(frame, b"\"recovered\":true").is_some();
+        Some((recovered, replayed))
+    }
+}
+
+/// The `type` of our server's envelope, which it always writes first: `{"type":"NAME",…`.
+pub fn kind(frame: &[u8]) -> Option<&[u8]> {
+    let rest = frame.strip_prefix(b"{\"type\":\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
 }
 
 /// The unsigned integer at the start of `s` (after optional spaces), and the bytes it took.
@@ -197,5 +234,24 @@ mod tests {
         let metrics =
             br#"{"type":"metrics","data":{"x":1},"timestamp":1,"epoch":2,"tsUs":1234,"seq":5}"#;
         assert_eq!(scanner.metrics(metrics), Some((5, 1234)));
+    }
+
+    #[test]
+    fn scanner_reads_the_envelope_and_the_recovered_notice() {
+        let scanner = Scanner::default();
+        // A `seq` inside `data` does not hide the envelope's.
+        let frame =
+            br#"{"type":"x","data":{"seq":1,"epoch":2},"timestamp":1,"seq":77,"epoch":9,"tsUs":3}"#;
+        assert_eq!(scanner.envelope_seq(frame), Some(77));
+        assert_eq!(scanner.epoch(frame), Some(9));
+        assert_eq!(kind(frame), Some(&b"x"[..]));
+        let reply = br#"{"type":"pong","timestamp":1,"epoch":9,"tsUs":3}"#;
+        assert_eq!(scanner.envelope_seq(reply), None);
+        assert_eq!(scanner.recovered(reply), None);
+        let ok = br#"{"type":"recovered","data":{"recovered":true,"replayed":1000},"timestamp":1,"epoch":9,"tsUs":3}"#;
+        assert_eq!(scanner.recovered(ok), Some((true, 1000)));
+        let not = br#"{"type":"recovered","data":{"recovered":false,"replayed":0},"timestamp":1,"epoch":9,"tsUs":3}"#;
+        assert_eq!(scanner.recovered(not), Some((false, 0)));
+        assert_eq!(kind(b"[1]"), None);
     }
 }

@@ -75,13 +75,31 @@ impl Publisher {
     /// Publishes at `rate` messages per second (0: as fast as answered) for `duration`, or
     /// until `stop` is set.
     pub(crate) fn run(&mut self, rate: f64, duration: Duration, stop: &AtomicBool) -> Published {
-        let start = sys::mono_ns() + 1_000_000;
-        let end = start + duration.as_nanos() as u64;
         let limit = if rate > 0.0 {
             (duration.as_secs_f64() * rate).round() as u64
         } else {
             u64::MAX
         };
+        self.schedule(rate, duration, limit, stop)
+    }
+
+    /// Publishes `count` messages as fast as the server answers (within an hour), or until
+    /// `stop` is set; returns once every request has had its answer.
+    pub(crate) fn send(&mut self, count: u64, stop: &AtomicBool) -> Published {
+        self.schedule(0.0, Duration::from_secs(3600), count, stop)
+    }
+
+    /// Publishes at most `limit` messages at `rate` per second (0: as fast as answered) within
+    /// `duration`, or until `stop` is set.
+    fn schedule(
+        &mut self,
+        rate: f64,
+        duration: Duration,
+        limit: u64,
+        stop: &AtomicBool,
+    ) -> Published {
+        let start = sys::mono_ns() + 1_000_000;
+        let end = start + duration.as_nanos() as u64;
         let next = AtomicU64::new(0);
         // One past the highest index actually attempted: an index taken by a thread that then
         // stops (time is up) is not a sequence number subscribers should expect.

@@ -1,9 +1,16 @@
 //! The scenarios: each starts a fleet, measures, and builds the [`Report`].
+//!
+//! `resume` is the storm after an outage: the subscribers connect, one message marks the end
+//! of what they all saw, they drop at once, `--missed` messages are published (and accepted)
+//! while they are away, then they all reconnect at once with `?since=<last seq>&epoch=`. Each
+//! client's time from its reconnect to its `recovered` notice, what was replayed, frames sent
+//! twice, and the server's CPU over the storm are measured; one last message checks that every
+//! resumed client is live again.
 
 use std::io::{IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::thread;
 use std::time::Duration;
 
@@ -12,9 +19,9 @@ use anyhow::{bail, Context, Result};
 use crate::fleet::{self, Fleet};
 use crate::opts::{Command, Opts};
 use crate::publisher::{self, Publisher};
-use crate::stats::{Percentiles, Report, Step, Window};
+use crate::stats::{Percentiles, Report, ResumeReport, ResumeWindow, Step, Window};
 use crate::sys;
-use crate::worker::Mode;
+use crate::worker::{Mode, Phase};
 
 /// How often the controller gathers counts and redraws the progress line.
 const TICK: Duration = Duration::from_millis(250);
@@ -33,6 +40,7 @@ pub fn run(command: Command) -> Result<i32> {
         Command::Metrics(o) => (o, "metrics"),
         Command::Idle(o) => (o, "idle"),
         Command::Churn(o) => (o, "churn"),
+        Command::Resume(o) => (o, "resume"),
     };
     if opts.child.is_some() {
         let fleet = start_fleet(&opts, scenario)?;
@@ -44,6 +52,7 @@ pub fn run(command: Command) -> Result<i32> {
         "fanout" => ctl.fanout()?,
         "metrics" => ctl.metrics()?,
         "idle" => ctl.idle()?,
+        "resume" => ctl.resume()?,
         _ => ctl.churn()?,
     };
     report.failures.extend(check(&opts, &report));
@@ -67,6 +76,13 @@ fn start_fleet(opts: &Opts, scenario: &str) -> Result<Fleet> {
             Some(opts.metrics_interval.as_micros() as u64),
         ),
         "churn" => Fleet::start(opts, Mode::Churn, churn_total(opts), opts.rate, None),
+        "resume" => Fleet::start(
+            opts,
+            Mode::Resume,
+            opts.subscribers,
+            opts.connect_rate,
+            None,
+        ),
         _ => Fleet::start(opts, Mode::Hold, opts.subscribers, opts.connect_rate, None),
     }
 }
@@ -107,6 +123,49 @@ fn check(opts: &Opts, r: &Report) -> Vec<String> {
     if r.publish_errors > 0 {
         out.push(format!("{} publish requests failed", r.publish_errors));
     }
+    if let Some(x) = &r.resume {
+        out.extend(check_resume(x));
+    }
+    out
+}
+
+/// What a resume storm failed to do: every client must recover exactly what it missed, once.
+fn check_resume(x: &ResumeReport) -> Vec<String> {
+    let mut out = Vec::new();
+    if x.not_recovered > 0 {
+        out.push(format!(
+            "{} of {} resumes were answered recovered:false (does the server's history hold \
+             --missed {} broadcasts? --history-frames, 32,768 by default)",
+            x.not_recovered, x.reconnected, x.missed
+        ));
+    }
+    if x.unanswered > 0 {
+        out.push(format!(
+            "{} of {} reconnections failed or ended without a recovered notice",
+            x.unanswered, x.reconnected
+        ));
+    }
+    // Checked when every resume recovered: a `recovered: false` replays nothing, and says so.
+    let got = &x.replayed_messages;
+    if x.recovered > 0 && x.not_recovered == 0 && (got.min != x.missed || got.max != x.missed) {
+        out.push(format!(
+            "clients got {} to {} of the {} messages they missed replayed",
+            got.min, got.max, x.missed
+        ));
+    }
+    if x.duplicates > 0 {
+        out.push(format!(
+            "{} frames were sent twice or out of order",
+            x.duplicates
+        ));
+    }
+    let resumed = x.recovered + x.not_recovered;
+    if x.live_after < resumed {
+        out.push(format!(
+            "only {} of {resumed} resumed clients received the message published after the storm",
+            x.live_after
+        ));
+    }
     out
 }
 
@@ -129,6 +188,16 @@ fn warnings(opts: &Opts, r: &Report) -> Vec<String> {
     if let Some(server) = r.server_cpu_s {
         if r.loadgen_cpu_s > server && busy > 0.7 {
             out.push("loadgen used more CPU than the server".into());
+        }
+    }
+    if let Some(x) = &r.resume {
+        let (min, max) = (x.replayed.min, x.replayed.max);
+        if x.recovered > 0 && (min != x.missed || max != x.missed) {
+            out.push(format!(
+                "the server replayed {min} to {max} broadcasts per client for {} missed \
+                 messages: something else was broadcast on the clients' channels meanwhile",
+                x.missed
+            ));
         }
     }
     out
@@ -289,7 +358,7 @@ impl<'a> Controller<'a> {
         Ok(report)
     }
 
-    /// Publishes in a thread while this one ticks.
+    /// Publishes at `rate` for `d` in a thread while this one ticks.
     fn publish(
         &mut self,
         fleet: &Fleet,
@@ -297,17 +366,31 @@ impl<'a> Controller<'a> {
         rate: f64,
         d: Duration,
     ) -> publisher::Published {
+        self.in_background(fleet, publisher, "publishing", |p, stop| {
+            p.run(rate, d, stop)
+        })
+    }
+
+    /// Runs `job` with the publisher in a thread while this one ticks under `label`.
+    fn in_background(
+        &mut self,
+        fleet: &Fleet,
+        publisher: &mut Publisher,
+        label: &str,
+        job: impl FnOnce(&mut Publisher, &AtomicBool) -> publisher::Published + Send,
+    ) -> publisher::Published {
         let stop = self.stop.clone();
         let done = AtomicBool::new(false);
         thread::scope(|s| {
-            let handle = s.spawn(|| {
-                let p = publisher.run(rate, d, &stop);
+            let (stop, done) = (&stop, &done);
+            let handle = s.spawn(move || {
+                let p = job(publisher, stop);
                 done.store(true, Ordering::Release);
                 p
             });
             while !done.load(Ordering::Acquire) {
                 thread::sleep(TICK);
-                self.tick(fleet, "publishing");
+                self.tick(fleet, label);
             }
             handle.join().expect("publisher thread")
         })
@@ -472,6 +555,159 @@ impl<'a> Controller<'a> {
         Ok(report)
     }
 
+    /// The resume storm: connect, mark the stream, drop every subscriber at once, publish
+    /// --missed messages, reconnect them all at once with `?since=&epoch=`, then check that each
+    /// gets the next live message.
+    fn resume(&mut self) -> Result<Report> {
+        let o = self.opts;
+        let mut report = self.report();
+        report.rate = o.reconnect_rate;
+        let target = o.publish_target()?;
+        publisher::check(&target, o.size)?;
+        report.publish_url = Some(target.url.clone());
+        let mut publisher = Publisher::new(target, o.size, o.publishers);
+        let baseline = o
+            .our_metrics_addr()
+            .and_then(|a| scrape(a, "takhin_connections"));
+        let mut fleet = start_fleet(o, "resume")?;
+        report.connected = self.connect(&fleet);
+        let t0 = sys::mono_ns();
+        let outcome = if report.connected == 0 {
+            Err(anyhow::anyhow!("no subscriber connected"))
+        } else {
+            self.storm(&mut fleet, &mut publisher, baseline, &mut report)
+        };
+        let elapsed = (sys::mono_ns() - t0) as f64 / 1e9;
+        self.end_progress();
+        let (w, child_cpu) = fleet.stop()?;
+        self.total.add(&w);
+        let mut storm = match outcome {
+            Ok(storm) => storm,
+            Err(e) => bail!("{e:#} (errors: {:?})", self.total.errors),
+        };
+        self.fill(&mut report, elapsed, child_cpu);
+        storm.set_counts(self.resumes());
+        report.resume = Some(storm);
+        Ok(report)
+    }
+
+    /// The steps of [`Self::resume`] once the subscribers are connected; `baseline` is the
+    /// server's count of WebSocket clients before they were.
+    fn storm(
+        &mut self,
+        fleet: &mut Fleet,
+        publisher: &mut Publisher,
+        baseline: Option<f64>,
+        report: &mut Report,
+    ) -> Result<ResumeReport> {
+        let o = self.opts;
+        let mut storm = ResumeReport::default();
+        // One message every subscriber must see: their last frames, hence their `since`, agree.
+        let connected = report.connected as u64;
+        let marked = self.mark(fleet, publisher, connected, "marking")?;
+        report.published += 1;
+        if marked < connected {
+            report.failures.push(format!(
+                "only {marked} of {connected} subscribers received the message published before \
+                 the drop"
+            ));
+        }
+        fleet.order(Phase::Away);
+        if !self.reach(fleet, Phase::Away, Duration::from_secs(10), "dropping") {
+            report
+                .failures
+                .push("the subscribers had not all dropped after 10 s".into());
+        }
+        self.settle(fleet, baseline);
+        let away = self.resumes().away;
+        let missed = self.in_background(fleet, publisher, "publishing", |p, stop| {
+            p.send(o.missed, stop)
+        });
+        storm.missed = missed.sent;
+        report.published += missed.sent;
+        report.publish_errors += missed.error_count();
+        // Every missed message has been accepted (202) before anyone comes back.
+        let server = ServerCpu::start(o.server_pid);
+        let start = sys::mono_ns();
+        fleet.order(Phase::Back);
+        let limit = o.handshake_timeout + o.duration;
+        let done = self.reach(fleet, Phase::Resumed, limit, "resuming");
+        // The CPU time from the first reconnect until every thread said its reconnections had
+        // ended (a few ms after the last `recovered`; up to 250 ms with --processes).
+        let seen = sys::mono_ns();
+        server.finish(
+            report,
+            (seen - start) as f64 / 1e9,
+            self.resumes().replayed_total,
+        );
+        let last = self.resumes().last_ns;
+        let end = if done && last > start { last } else { seen };
+        storm.storm_s = ((end - start) as f64 / 1e6).round() / 1e3;
+        if !done {
+            report.failures.push(format!(
+                "{} of {away} reconnections still waited for their recovered notice after {:?}",
+                away.saturating_sub(self.resumes().ended()),
+                limit
+            ));
+        }
+        // Live again: the next message reaches every client that resumed, after its replay.
+        let resumed = self.resumes().recovered + self.resumes().not_recovered;
+        storm.live_after = self.mark(fleet, publisher, resumed, "live")?;
+        report.published += 1;
+        Ok(storm)
+    }
+
+    /// Publishes one message and waits (at most --drain) until `want` subscribers received
+    /// it; returns how many did.
+    fn mark(
+        &mut self,
+        fleet: &Fleet,
+        publisher: &mut Publisher,
+        want: u64,
+        label: &str,
+    ) -> Result<u64> {
+        let before = self.total.deliveries;
+        publisher.probe()?;
+        self.hold(fleet, self.opts.drain, label, |c| {
+            c.total.deliveries - before >= want
+        });
+        Ok(self.total.deliveries - before)
+    }
+
+    /// Waits (at most `limit`) until every thread and child has reached `phase`, then takes
+    /// in what they counted getting there; returns whether they all did. Polls every 2 ms (an
+    /// atomic per thread), so the storm's end is seen when it happens, not at the next tick.
+    fn reach(&mut self, fleet: &Fleet, phase: Phase, limit: Duration, label: &str) -> bool {
+        let end = sys::mono_ns() + limit.as_nanos() as u64;
+        let mut last_tick = sys::mono_ns();
+        while fleet.phase() < phase && sys::mono_ns() < end && !self.stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(2));
+            if sys::mono_ns() - last_tick >= TICK.as_nanos() as u64 {
+                last_tick = sys::mono_ns();
+                self.tick(fleet, label);
+            }
+        }
+        self.tick(fleet, label);
+        fleet.phase() >= phase
+    }
+
+    /// Waits (at most 5 s) until our server's /metrics counts no more WebSocket clients than
+    /// `baseline`, as before the run: the drop's teardown is then not in the storm's CPU time.
+    fn settle(&mut self, fleet: &Fleet, baseline: Option<f64>) {
+        let (Some(addr), Some(baseline)) = (self.opts.our_metrics_addr(), baseline) else {
+            return;
+        };
+        self.hold(fleet, Duration::from_secs(5), "settling", |_| {
+            scrape(addr, "takhin_connections").map_or(true, |n| n <= baseline)
+        });
+    }
+
+    /// The resume counts gathered so far.
+    fn resumes(&self) -> &ResumeWindow {
+        static NONE: LazyLock<ResumeWindow> = LazyLock::new(ResumeWindow::default);
+        self.total.resume.as_ref().unwrap_or(&NONE)
+    }
+
     /// Copies the totals into the report.
     fn fill(&self, r: &mut Report, elapsed: f64, child_cpu: f64) {
         r.set_totals(&self.total, elapsed);
@@ -622,6 +858,7 @@ pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
             )?;
             writeln!(out, "  handshake    {}", pct(&r.handshake_us))?;
         }
+        "resume" => print_resume(&mut out, r)?,
         _ => {}
     }
     for s in &r.steps {
@@ -657,14 +894,16 @@ pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
         writeln!(out, "  server fds   {b} before, {a} after")?;
     }
     if let Some(cpu) = r.server_cpu_s {
+        let (during, per) = match r.scenario.as_str() {
+            "resume" => (" during the storm", "replayed frames"),
+            _ => ("", "deliveries"),
+        };
         writeln!(
             out,
-            "  server CPU   {cpu:.2} s ({:.0}% of a core){}",
+            "  server CPU   {cpu:.2} s{during} ({:.0}% of a core){}",
             r.server_cpu_pct.unwrap_or(0.0),
             r.server_cpu_s_per_million
-                .map_or(String::new(), |m| format!(
-                    ", {m:.2} s per million deliveries"
-                ))
+                .map_or(String::new(), |m| format!(", {m:.2} s per million {per}"))
         )?;
     }
     writeln!(out, "  loadgen CPU  {:.2} s", r.loadgen_cpu_s)?;
@@ -680,6 +919,40 @@ pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
     if json {
         writeln!(out, "{}", serde_json::to_string(r)?)?;
     }
+    Ok(())
+}
+
+/// The resume storm's lines of the summary.
+fn print_resume(out: &mut impl Write, r: &Report) -> Result<()> {
+    let Some(x) = &r.resume else { return Ok(()) };
+    writeln!(
+        out,
+        "  missed       {} messages of {} B published while away, to {} ({} requests failed)",
+        x.missed,
+        r.size,
+        r.publish_url.as_deref().unwrap_or("?"),
+        r.publish_errors
+    )?;
+    writeln!(
+        out,
+        "  reconnected  {}: recovered {}, recovered:false {}, unanswered {}; storm {:.3} s",
+        x.reconnected, x.recovered, x.not_recovered, x.unanswered, x.storm_s
+    )?;
+    writeln!(out, "  recovered in {}", pct(&x.recover_us))?;
+    let (s, m) = (&x.replayed, &x.replayed_messages);
+    writeln!(
+        out,
+        "  replayed     per client min {}  median {}  max {} (server's count); loadgen \
+         messages min {}  median {}  max {}",
+        s.min, s.median, s.max, m.min, m.median, m.max
+    )?;
+    writeln!(out, "  duplicates   {}", x.duplicates)?;
+    writeln!(
+        out,
+        "  live after   {} of {} resumed clients received the next message",
+        x.live_after,
+        x.recovered + x.not_recovered
+    )?;
     Ok(())
 }
 
@@ -712,6 +985,11 @@ fn merge(files: &[std::path::PathBuf], json: bool) -> Result<i32> {
                 m.loadgen_cpu_s += r.loadgen_cpu_s;
                 m.publish_url = m.publish_url.or(r.publish_url);
                 m.failures.extend(r.failures);
+                if let (Some(a), Some(b)) = (&mut m.resume, &r.resume) {
+                    a.missed = a.missed.max(b.missed);
+                    a.live_after += b.live_after;
+                    a.storm_s = a.storm_s.max(b.storm_s);
+                }
                 m
             }
         });
@@ -721,6 +999,9 @@ fn merge(files: &[std::path::PathBuf], json: bool) -> Result<i32> {
     m.set_totals(&total, elapsed);
     if m.scenario == "fanout" {
         m.set_loss();
+    }
+    if let (Some(storm), Some(w)) = (&mut m.resume, &total.resume) {
+        storm.set_counts(w);
     }
     print_report(&m, json)?;
     Ok(if m.failures.is_empty() { 0 } else { 2 })

@@ -49,6 +49,9 @@ pub struct Window {
     pub jitter: Histogram<u64>,
     /// Metrics: per tick (`seq`), its `tsUs` and the latest arrival seen, in Unix µs.
     pub ticks: BTreeMap<u64, (u64, u64)>,
+    /// Resume: what the reconnections saw (absent in other scenarios).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumeWindow>,
 }
 
 impl Default for Window {
@@ -68,6 +71,7 @@ impl Default for Window {
             frame_size: histogram(),
             jitter: histogram(),
             ticks: BTreeMap::new(),
+            resume: None,
         }
     }
 }
@@ -94,6 +98,14 @@ impl Window {
             let e = self.ticks.entry(*seq).or_insert((*ts, *last));
             e.1 = e.1.max(*last);
         }
+        if let Some(r) = &other.resume {
+            self.resume_mut().add(r);
+        }
+    }
+
+    /// The resume counts, created on first use.
+    pub fn resume_mut(&mut self) -> &mut ResumeWindow {
+        self.resume.get_or_insert_with(ResumeWindow::default)
     }
 
     /// Counts one failure or loss of a connection.
@@ -127,6 +139,184 @@ impl Window {
             jitter: d,
             ..Self::default()
         };
+    }
+}
+
+/// What the connections of a resume run counted: one `recovered` notice (or its absence) per
+/// client that reconnected.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeWindow {
+    /// Connections dropped for the storm, each to reconnect with its `since` and `epoch`.
+    pub away: u64,
+    /// Resumes answered `recovered: true`.
+    pub recovered: u64,
+    /// Resumes answered `recovered: false`.
+    pub not_recovered: u64,
+    /// Reconnections that failed, or ended, before their `recovered` notice.
+    pub unanswered: u64,
+    /// Frames sent twice or out of order: after `recovered`, a `seq` not above the highest one
+    /// the client had (its `since`, then the replayed frames); in a replay that recovered, a
+    /// `seq` not above the previous one.
+    pub duplicates: u64,
+    /// The server's `replayed` count, smallest and largest (exact; the histogram rounds).
+    pub replayed_min: Option<u64>,
+    /// See `replayed_min`.
+    pub replayed_max: Option<u64>,
+    /// Loadgen messages a client received before its `recovered`, smallest and largest.
+    pub messages_min: Option<u64>,
+    /// See `messages_min`.
+    pub messages_max: Option<u64>,
+    /// The server's `replayed` counts added up.
+    pub replayed_total: u64,
+    /// Latest arrival of a `recovered` notice, `CLOCK_MONOTONIC` ns.
+    pub last_ns: u64,
+    /// From a client's reconnect (its connect call) to its `recovered` notice, µs.
+    #[serde(with = "hist_b64")]
+    pub recover_us: Histogram<u64>,
+    /// The server's `replayed` count per client.
+    #[serde(with = "hist_b64")]
+    pub replayed: Histogram<u64>,
+    /// Loadgen messages per client before its `recovered`.
+    #[serde(with = "hist_b64")]
+    pub messages: Histogram<u64>,
+}
+
+impl Default for ResumeWindow {
+    fn default() -> Self {
+        Self {
+            away: 0,
+            recovered: 0,
+            not_recovered: 0,
+            unanswered: 0,
+            duplicates: 0,
+            replayed_min: None,
+            replayed_max: None,
+            messages_min: None,
+            messages_max: None,
+            replayed_total: 0,
+            last_ns: 0,
+            recover_us: histogram(),
+            replayed: histogram(),
+            messages: histogram(),
+        }
+    }
+}
+
+impl ResumeWindow {
+    /// Adds `other` into this window.
+    pub fn add(&mut self, other: &Self) {
+        self.away += other.away;
+        self.recovered += other.recovered;
+        self.not_recovered += other.not_recovered;
+        self.unanswered += other.unanswered;
+        self.duplicates += other.duplicates;
+        self.replayed_min = min_of(self.replayed_min, other.replayed_min);
+        self.replayed_max = self.replayed_max.max(other.replayed_max);
+        self.messages_min = min_of(self.messages_min, other.messages_min);
+        self.messages_max = self.messages_max.max(other.messages_max);
+        self.replayed_total += other.replayed_total;
+        self.last_ns = self.last_ns.max(other.last_ns);
+        self.recover_us.add(&other.recover_us).expect("same bounds");
+        self.replayed.add(&other.replayed).expect("same bounds");
+        self.messages.add(&other.messages).expect("same bounds");
+    }
+
+    /// One client's `recovered` notice, `latency_us` after its reconnect began; `messages`
+    /// loadgen messages came before it.
+    pub fn notice(&mut self, recovered: bool, replayed: u64, messages: u64, latency_us: u64) {
+        if recovered {
+            self.recovered += 1;
+        } else {
+            self.not_recovered += 1;
+        }
+        self.replayed_total += replayed;
+        let _ = self.recover_us.record(latency_us.max(1));
+        let _ = self.replayed.record(replayed);
+        let _ = self.messages.record(messages);
+        self.replayed_min = min_of(self.replayed_min, Some(replayed));
+        self.replayed_max = self.replayed_max.max(Some(replayed));
+        self.messages_min = min_of(self.messages_min, Some(messages));
+        self.messages_max = self.messages_max.max(Some(messages));
+    }
+
+    /// Reconnections that ended one way or the other.
+    pub fn ended(&self) -> u64 {
+        self.recovered + self.not_recovered + self.unanswered
+    }
+}
+
+/// The smaller of two optional values (`None` counts as no value, not as the smallest).
+fn min_of(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Smallest, median and largest of a count per client.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Spread {
+    /// Smallest.
+    pub min: u64,
+    /// Median (within 0.1 %).
+    pub median: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+impl Spread {
+    fn of(min: Option<u64>, h: &Histogram<u64>, max: Option<u64>) -> Self {
+        Self {
+            min: min.unwrap_or(0),
+            median: if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(0.5)
+            },
+            max: max.unwrap_or(0),
+        }
+    }
+}
+
+/// What a resume storm measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResumeReport {
+    /// Messages published (and accepted) while the subscribers were away.
+    pub missed: u64,
+    /// Subscribers that disconnected and reconnected with `since` and `epoch`.
+    pub reconnected: u64,
+    /// Resumes answered `recovered: true`.
+    pub recovered: u64,
+    /// Resumes answered `recovered: false`.
+    pub not_recovered: u64,
+    /// Reconnections that failed or ended before their `recovered` notice.
+    pub unanswered: u64,
+    /// From a client's reconnect to its `recovered` notice, µs.
+    pub recover_us: Percentiles,
+    /// The server's `replayed` count per client.
+    pub replayed: Spread,
+    /// Loadgen messages each client received before its `recovered` (should be `missed`).
+    pub replayed_messages: Spread,
+    /// Frames sent twice or out of order (must be 0).
+    pub duplicates: u64,
+    /// Resumed clients that received the message published after the storm.
+    pub live_after: u64,
+    /// Seconds from the reconnections' start to the last `recovered` notice.
+    pub storm_s: f64,
+}
+
+impl ResumeReport {
+    /// Fills the counts of the clients' windows in (`missed`, `live_after`, `storm_s` are the
+    /// controller's).
+    pub fn set_counts(&mut self, w: &ResumeWindow) {
+        self.reconnected = w.away;
+        self.recovered = w.recovered;
+        self.not_recovered = w.not_recovered;
+        self.unanswered = w.unanswered;
+        self.duplicates = w.duplicates;
+        self.recover_us = Percentiles::of(&w.recover_us);
+        self.replayed = Spread::of(w.replayed_min, &w.replayed, w.replayed_max);
+        self.replayed_messages = Spread::of(w.messages_min, &w.messages, w.messages_max);
     }
 }
 
@@ -218,7 +408,7 @@ pub struct Step {
 /// A run's figures; printed for people and, with `--json`, as one JSON line.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
-    /// fanout, metrics, idle or churn.
+    /// fanout, metrics, idle, churn or resume.
     pub scenario: String,
     /// Subscribe URL.
     pub target: String,
@@ -232,7 +422,8 @@ pub struct Report {
     pub processes: usize,
     /// Message size, bytes.
     pub size: usize,
-    /// Rate asked for (messages or connections per second; 0 = as fast as possible).
+    /// Rate asked for (messages or connections per second, resume: reconnections per second;
+    /// 0 = as fast as possible).
     pub rate: f64,
     /// Seconds measured.
     pub duration_s: f64,
@@ -300,6 +491,8 @@ pub struct Report {
     pub server_rss_per_conn: Option<f64>,
     /// Server open file descriptors before and after (with --server-pid).
     pub server_fds: Option<(usize, usize)>,
+    /// Resume: the storm's figures.
+    pub resume: Option<ResumeReport>,
     /// Histograms for `loadgen merge`.
     pub window: Option<Window>,
     /// What makes the figures doubtful (loadgen near 100% CPU).
@@ -370,5 +563,32 @@ mod tests {
             (taken.deliveries, sum.deliveries, sum.latency.len()),
             (6, 0, 0)
         );
+        assert!(taken.resume.is_none() && !text.contains("resume"));
+    }
+
+    #[test]
+    fn resume_counts_survive_json_and_add_up() {
+        let mut a = Window::default();
+        a.resume_mut().away = 2;
+        a.resume_mut().notice(true, 20, 20, 1500);
+        a.resume_mut().notice(false, 0, 0, 900);
+        let mut b = Window::default();
+        b.resume_mut().away = 1;
+        b.resume_mut().unanswered = 1;
+        let back: Window = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        b.add(&back);
+        let r = b.resume.as_ref().unwrap();
+        assert_eq!((r.away, r.ended(), r.recovered), (3, 3, 1));
+        let mut report = ResumeReport::default();
+        report.set_counts(r);
+        assert_eq!(
+            report.replayed,
+            Spread {
+                min: 0,
+                median: 0,
+                max: 20
+            }
+        );
+        assert_eq!((report.recover_us.count, report.recover_us.max), (2, 1500));
     }
 }

@@ -4,12 +4,17 @@
 //!
 //! Per delivery the loop does a substring search for the stamp, two integer parses, a histogram
 //! record and a sequence check; it reads the clock once per `read`, not once per frame.
+//!
+//! In a resume run the loop also follows the controller's [`Phase`]: it drops every connection
+//! at once (remembering each one's last `seq` and `epoch`), then opens as many again, each with
+//! `?since=&epoch=`, and counts what each one gets up to its `recovered` notice and after it.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +53,35 @@ pub(crate) enum Mode {
     Hold,
     /// Close at once and open the next one (churn).
     Churn,
+    /// Stay connected, then drop and resume when the controller says so (resume).
+    Resume,
+}
+
+/// Where a resume run stands; the controller orders each step and the threads acknowledge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// Connected, each connection remembering the last `seq` and the `epoch` it saw.
+    Holding = 0,
+    /// Every connection dropped at once.
+    Away = 1,
+    /// As many connections opened again, each resuming where its predecessor stopped.
+    Back = 2,
+    /// Every reconnection has ended: its `recovered` notice came, or it failed (not ordered:
+    /// a thread gets there by itself).
+    Resumed = 3,
+}
+
+impl Phase {
+    /// The phase stored as `n` (an unknown value is `Holding`).
+    pub(crate) fn from_u8(n: u8) -> Self {
+        match n {
+            1 => Self::Away,
+            2 => Self::Back,
+            3 => Self::Resumed,
+            _ => Self::Holding,
+        }
+    }
 }
 
 /// What one thread is asked to do.
@@ -65,6 +99,8 @@ pub(crate) struct Plan {
     pub(crate) mode: Mode,
     /// New connections per second from this thread.
     pub(crate) connect_rate: f64,
+    /// Resume: reconnections per second from this thread (0: as fast as it can).
+    pub(crate) reconnect_rate: f64,
     /// Source addresses to bind, round robin (empty: the kernel's choice).
     pub(crate) source_addrs: Vec<IpAddr>,
     /// Where in `source_addrs` this thread starts.
@@ -92,6 +128,10 @@ pub(crate) struct Shared {
     pub(crate) done: AtomicBool,
     /// Slow subscribers should read at full speed from now on (the run is draining).
     pub(crate) catch_up: AtomicBool,
+    /// Resume: the [`Phase`] the controller asks for.
+    pub(crate) order: AtomicU8,
+    /// Resume: the [`Phase`] this thread has reached (its window flushed first).
+    pub(crate) phase: AtomicU8,
 }
 
 /// Runs a thread's loop until `stop` is set (or, churning, until all connections were made).
@@ -137,6 +177,34 @@ struct Conn {
     /// Arrival (Unix µs) of the last metrics tick; 0 before the snapshot, then
     /// [`SNAPSHOT_SEEN`] until the first tick.
     last_metrics: u64,
+    /// Resume runs only: where this connection stands in the stream.
+    resume: Option<Box<ResumeConn>>,
+}
+
+/// What a connection of a resume run knows of the stream.
+#[derive(Debug, Default)]
+struct ResumeConn {
+    /// A reconnection that has not had its `recovered` notice yet.
+    replaying: bool,
+    /// Received `recovered` (the frames since are live).
+    live: bool,
+    /// The highest envelope `seq` received (before the drop: the next `since`; while
+    /// replaying: `since`, then the highest replayed one, `metrics` snapshots aside).
+    seq: Option<u64>,
+    /// The stream's `epoch`, from the frames.
+    epoch: Option<u64>,
+    /// Loadgen messages received before `recovered`.
+    messages: u64,
+    /// Replayed frames whose `seq` was not above the one before (duplicates if the resume
+    /// recovered; a `recovered: false` legitimately sends older state first).
+    suspect: u64,
+}
+
+/// What a dropped connection hands its successor: the `since` and `epoch` to resume with.
+#[derive(Debug, Clone, Copy)]
+struct Returning {
+    since: Option<u64>,
+    epoch: Option<u64>,
 }
 
 struct Worker {
@@ -147,8 +215,18 @@ struct Worker {
     rbuf: Vec<u8>,
     scanner: Scanner,
     window: Window,
-    /// Connections started so far.
+    /// Connections started so far (in this phase).
     started: usize,
+    /// Connections to start in this phase.
+    quota: usize,
+    /// New connections per second in this phase.
+    rate: f64,
+    /// Resume: the phase reached.
+    phase: Phase,
+    /// Resume: one entry per connection dropped, for its reconnection.
+    returning: Vec<Returning>,
+    /// Resume: reconnections that ended (answered `recovered`, or failed).
+    ended: usize,
     in_flight: usize,
     next_id: u64,
     /// (deadline, token, id) of connections upgrading or closing, in deadline order.
@@ -174,6 +252,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     fn new(plan: Plan, shared: Arc<Shared>) -> io::Result<Self> {
         let now = sys::mono_ns();
+        let (quota, rate) = (plan.connections, plan.connect_rate);
         Ok(Self {
             plan,
             shared,
@@ -183,6 +262,11 @@ impl Worker {
             scanner: Scanner::default(),
             window: Window::default(),
             started: 0,
+            quota,
+            rate,
+            phase: Phase::Holding,
+            returning: Vec::new(),
+            ended: 0,
             in_flight: 0,
             next_id: 0,
             deadlines: VecDeque::new(),
@@ -202,16 +286,18 @@ impl Worker {
                 return Ok(());
             }
             let now = sys::mono_ns();
+            if self.plan.mode == Mode::Resume {
+                self.follow_order(now);
+                self.check_resumed(now);
+            }
             self.open_more(now);
-            if self.plan.mode == Mode::Churn
-                && self.started >= self.plan.connections
-                && self.conns.is_empty()
+            if self.plan.mode == Mode::Churn && self.started >= self.quota && self.conns.is_empty()
             {
                 return Ok(());
             }
             let timeout = if !self.again.is_empty() {
                 Duration::ZERO
-            } else if self.started < self.plan.connections || !self.slow_tokens.is_empty() {
+            } else if self.started < self.quota || !self.slow_tokens.is_empty() {
                 Duration::from_millis(5)
             } else {
                 Duration::from_millis(50)
@@ -256,23 +342,44 @@ impl Worker {
     /// Starts connections up to the paced count and the in-flight cap.
     fn open_more(&mut self, now: u64) {
         let elapsed = (now - self.start) as f64 / 1e9;
-        let paced = if self.plan.connect_rate > 0.0 {
-            (elapsed * self.plan.connect_rate) as usize + 1
+        let paced = if self.rate > 0.0 {
+            (elapsed * self.rate) as usize + 1
         } else {
             usize::MAX
         };
-        let target = paced.min(self.plan.connections);
+        let target = paced.min(self.quota);
         while self.started < target && self.in_flight < MAX_IN_FLIGHT {
             let slow = self.plan.mode == Mode::Hold && self.started < self.plan.slow;
+            let resume = self.resume_state(self.started);
             self.started += 1;
-            if let Err(e) = self.connect(slow, now) {
+            if let Err(e) = self.connect(slow, resume, now) {
+                if self.phase == Phase::Back {
+                    self.window.resume_mut().unanswered += 1;
+                    self.ended += 1;
+                }
                 self.window.error(cause(&e));
                 self.shared.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    fn connect(&mut self, slow: bool, now: u64) -> io::Result<()> {
+    /// What the `i`th connection of this phase starts with in a resume run: nothing known yet
+    /// before the drop, its predecessor's `since` and `epoch` after it.
+    fn resume_state(&self, i: usize) -> Option<Box<ResumeConn>> {
+        if self.plan.mode != Mode::Resume {
+            return None;
+        }
+        let mut state = ResumeConn::default();
+        if self.phase == Phase::Back {
+            let from = self.returning.get(i).copied()?;
+            state.replaying = true;
+            state.seq = Some(from.since.unwrap_or(0));
+            state.epoch = from.epoch;
+        }
+        Some(Box::new(state))
+    }
+
+    fn connect(&mut self, slow: bool, resume: Option<Box<ResumeConn>>, now: u64) -> io::Result<()> {
         let addr = self.plan.target.addr;
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
@@ -312,6 +419,7 @@ impl Worker {
             fragments: None,
             next_seq: NO_SEQ,
             last_metrics: 0,
+            resume,
         });
         if slow {
             self.slow_tokens.push(token);
@@ -338,8 +446,15 @@ impl Worker {
             }
             conn.state = State::Upgrading;
             let target = &self.plan.target;
-            let req =
-                client::handshake_request(&target.host, &target.path, &conn.key, &target.headers);
+            let path = match conn.resume.as_deref() {
+                Some(r) if r.replaying => Cow::Owned(client::resume_path(
+                    &target.path,
+                    r.seq.unwrap_or(0),
+                    r.epoch,
+                )),
+                _ => Cow::Borrowed(target.path.as_str()),
+            };
+            let req = client::handshake_request(&target.host, &path, &conn.key, &target.headers);
             conn.out.extend_from_slice(&req);
             let _ = now;
         }
@@ -538,6 +653,9 @@ impl Worker {
     }
 
     fn message(&mut self, token: usize, payload: &[u8], now: u64, unix: u64) {
+        if self.plan.mode == Mode::Resume {
+            return self.resume_message(token, payload, now);
+        }
         let w = &mut self.window;
         if let Some((seq, t)) = self.scanner.stamp(payload) {
             w.deliveries += 1;
@@ -584,6 +702,131 @@ impl Worker {
         } else {
             w.other_frames += 1;
         }
+    }
+
+    /// A message on a connection of a resume run: before the drop it only moves the `seq` to
+    /// resume from; after the reconnection it is replayed (up to `recovered`) or live.
+    fn resume_message(&mut self, token: usize, payload: &[u8], now: u64) {
+        let w = &mut self.window;
+        let sc = &self.scanner;
+        let conn = &mut self.conns[token];
+        let Some(r) = conn.resume.as_deref_mut() else {
+            return;
+        };
+        if let Some(epoch) = sc.epoch(payload) {
+            r.epoch = Some(epoch);
+        }
+        if r.replaying {
+            if let Some((recovered, replayed)) = sc.recovered(payload) {
+                r.replaying = false;
+                r.live = true;
+                self.ended += 1;
+                let waited_us = now.saturating_sub(conn.started) / 1000;
+                let rw = w.resume_mut();
+                rw.notice(recovered, replayed, r.messages, waited_us);
+                rw.last_ns = rw.last_ns.max(now);
+                if recovered {
+                    rw.duplicates += r.suspect;
+                } else {
+                    // The client's view is stale (a new epoch may even restart the seqs):
+                    // the first live frame sets where it stands.
+                    r.seq = None;
+                }
+                w.other_frames += 1;
+                return;
+            }
+        }
+        if let Some(dropped) = sc.lagged(payload) {
+            w.lagged += 1;
+            w.lagged_dropped += dropped;
+            return;
+        }
+        let seq = sc.envelope_seq(payload);
+        if r.replaying {
+            // The snapshot sent on every connect is state, not history: its seq proves nothing.
+            if crate::payload::kind(payload) != Some(b"metrics") {
+                if let Some(seq) = seq {
+                    if r.seq.is_some_and(|s| seq <= s) {
+                        r.suspect += 1;
+                    } else {
+                        r.seq = Some(seq);
+                    }
+                }
+            }
+            match sc.stamp(payload) {
+                Some(_) => r.messages += 1,
+                None => w.other_frames += 1,
+            }
+            return;
+        }
+        if let Some(seq) = seq {
+            match r.seq {
+                Some(s) if r.live && seq <= s => w.resume_mut().duplicates += 1,
+                _ => r.seq = Some(r.seq.map_or(seq, |s| s.max(seq))),
+            }
+        }
+        match sc.stamp(payload) {
+            Some((_, t)) => {
+                w.deliveries += 1;
+                let _ = w.latency.record((now.saturating_sub(t) / 1000).max(1));
+            }
+            None => w.other_frames += 1,
+        }
+    }
+
+    /// Resume: takes the step the controller ordered, then says so, its window flushed first
+    /// so that the controller's next harvest holds what the step counted.
+    fn follow_order(&mut self, now: u64) {
+        let order = Phase::from_u8(self.shared.order.load(Ordering::Acquire));
+        if order <= self.phase {
+            return;
+        }
+        if self.phase == Phase::Holding {
+            self.go_away();
+        }
+        if order == Phase::Back {
+            self.come_back(now);
+        }
+        self.phase = order;
+        self.flush();
+        self.last_flush = now;
+        self.shared.phase.store(order as u8, Ordering::Release);
+    }
+
+    /// Resume: says so (window flushed first) once every reconnection of this thread ended.
+    fn check_resumed(&mut self, now: u64) {
+        if self.phase == Phase::Back && self.started >= self.quota && self.ended >= self.quota {
+            self.phase = Phase::Resumed;
+            self.flush();
+            self.last_flush = now;
+            self.shared
+                .phase
+                .store(Phase::Resumed as u8, Ordering::Release);
+        }
+    }
+
+    /// Drops every connection at once; each open one leaves its `since` and `epoch` behind.
+    fn go_away(&mut self) {
+        for (_, conn) in &self.conns {
+            if let (State::Open, Some(r)) = (conn.state, conn.resume.as_deref()) {
+                self.returning.push(Returning {
+                    since: r.seq,
+                    epoch: r.epoch,
+                });
+            }
+        }
+        self.window.resume_mut().away += self.returning.len() as u64;
+        self.close_all();
+        self.quota = 0;
+        self.started = 0;
+    }
+
+    /// Reconnects one connection per dropped one, at the reconnect rate.
+    fn come_back(&mut self, now: u64) {
+        self.quota = self.returning.len();
+        self.started = 0;
+        self.rate = self.plan.reconnect_rate;
+        self.start = now;
     }
 
     fn read_slow(&mut self, now: u64) {
@@ -670,6 +913,10 @@ impl Worker {
         }
         let mut conn = self.conns.remove(token);
         let _ = self.poll.registry().deregister(&mut conn.sock);
+        if conn.resume.as_deref().is_some_and(|r| r.replaying) {
+            self.window.resume_mut().unanswered += 1;
+            self.ended += 1;
+        }
         match conn.state {
             State::Open => {
                 self.shared.open.fetch_sub(1, Ordering::Relaxed);

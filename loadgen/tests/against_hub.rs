@@ -467,6 +467,86 @@ fn listen_only_counts_another_loadgens_stream() {
     );
 }
 
+#[test]
+fn a_resume_storm_gives_every_client_exactly_what_it_missed() {
+    let _serial = serial(false);
+    let hub = hub(HubConfig::default());
+    let pid = std::process::id().to_string();
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "resume",
+            "--subscribers",
+            "50",
+            "--missed",
+            "20",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+    let x = &r["resume"];
+    assert_eq!(n(&r, "connected"), 50);
+    assert_eq!((n(x, "missed"), n(x, "reconnected")), (20, 50), "{x}");
+    assert_eq!(
+        (n(x, "recovered"), n(x, "not_recovered"), n(x, "unanswered")),
+        (50, 0, 0),
+        "{x}"
+    );
+    let exactly_missed = serde_json::json!({"min": 20, "median": 20, "max": 20});
+    assert_eq!(x["replayed"], exactly_missed, "the server's count");
+    assert_eq!(
+        x["replayed_messages"], exactly_missed,
+        "what loadgen received"
+    );
+    assert_eq!(n(x, "duplicates"), 0);
+    assert_eq!(n(x, "live_after"), 50, "every client is live again");
+    assert_eq!(n(&x["recover_us"], "count"), 50);
+    assert!(n(&x["recover_us"], "p50") > 0 && x["storm_s"].as_f64().unwrap() > 0.0);
+    assert!(r["server_cpu_s"].as_f64().is_some());
+    // The marker, the missed messages and the live one.
+    assert_eq!(n(&r, "published"), 22);
+    // The hub counted the same resumes and replays.
+    let stats = hub.stats();
+    assert_eq!(
+        (stats.resumes_total, stats.resumes_recovered_total),
+        (50, 50)
+    );
+    assert_eq!(stats.replayed_total, 50 * 20);
+}
+
+#[test]
+fn a_resume_the_history_cannot_serve_fails_the_run() {
+    let _serial = serial(false);
+    // The history holds 5 broadcasts: 20 missed ones cannot all be given back. Over two
+    // processes: the child drops and comes back on the coordinator's word.
+    let hub = hub(HubConfig::default().history_frames(5));
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "resume",
+            "--subscribers",
+            "10",
+            "--missed",
+            "20",
+            "--processes",
+            "2",
+        ],
+    );
+    assert_eq!(code, 2, "{}", String::from_utf8_lossy(&out.stdout));
+    let x = &r["resume"];
+    assert_eq!((n(&r, "processes"), n(x, "reconnected")), (2, 10));
+    assert_eq!((n(x, "recovered"), n(x, "not_recovered")), (0, 10), "{x}");
+    assert_eq!(n(x, "live_after"), 10, "live again all the same");
+    assert!(
+        r["failures"][0]
+            .as_str()
+            .unwrap()
+            .contains("recovered:false"),
+        "{r}"
+    );
+}
+
 /// Waits until the hub at `addr` reports `n` WebSocket clients in /metrics.
 fn eventually_connections(addr: &SocketAddr, n: u64) {
     eventually("the listeners to connect", || {

@@ -527,11 +527,15 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
     }
 
     /// Tells every client that `n` broadcasts were lost before reaching this shard (its ring
-    /// overflowed): each gets `lagged` before its next frame. Which channels the lost frames
+    /// overflowed): each gets `lagged` before its next frame (but a client whose replay runs,
+    /// which reads them from the history). Which channels the lost frames
     /// were for is unknown, so the count is an upper bound for a given client.
     pub fn mark_all_missed(&self, n: u64) {
         for (_, client) in self.clients.iter() {
             let link = (**client).as_ref();
+            if link.replaying() {
+                continue; // its replay reads them from the history
+            }
             link.out.borrow_mut().add_missed(n);
             link.wake_writer();
         }
