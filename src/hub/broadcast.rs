@@ -318,13 +318,13 @@ impl Broadcaster {
         payload.pop();
         payload.extend_from_slice(b",\"seq\":");
         payload.reserve(21);
-        let seq = self.enqueue(fb, route);
+        let seq = self.enqueue(fb, route, stamp.unix_us);
         self.shared.broadcast_seconds.observe(started.elapsed());
         Ok(seq)
     }
 
     /// Stamps `seq`, finishes the frame and pushes it to every ring, in one ordered section.
-    fn enqueue(&self, mut fb: FrameBuf, route: Route) -> u64 {
+    fn enqueue(&self, mut fb: FrameBuf, route: Route, now_us: u64) -> u64 {
         let shared = &*self.shared;
         let mut last = shared.order();
         *last += 1;
@@ -333,7 +333,7 @@ impl Broadcaster {
         payload.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         payload.push(b'}');
         let frame = Frame::finish(fb, route, shared.epoch, seq);
-        shared.history.record(&frame, Origin::Local);
+        shared.history.record(&frame, Origin::Local, now_us);
         shared.push_to_cores(&frame);
         if let Some(tap) = shared.tap() {
             tap.tap(&frame);
@@ -352,9 +352,12 @@ impl Broadcaster {
         let mut fb = FrameBuf::with_capacity(payload.len());
         fb.payload().extend_from_slice(payload);
         let frame = Frame::finish(fb, route, epoch, seq);
+        let now_us = crate::hub::history::unix_us();
         // In step with the local broadcasters: the history sees every frame before a ring.
         let order = self.shared.order();
-        self.shared.history.record(&frame, Origin::Relayed(epoch));
+        self.shared
+            .history
+            .record(&frame, Origin::Relayed(epoch), now_us);
         self.shared.push_to_cores(&frame);
         drop(order);
         self.shared.wake_all();

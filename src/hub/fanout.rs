@@ -27,6 +27,9 @@ pub struct ClientLink {
     subs: RefCell<Vec<Channel>>,
     /// On the fan-out's list of clients to flush after the current batch.
     dirty: Cell<bool>,
+    /// Whether the client resumed (then `resume` says what it holds back): one byte read per
+    /// delivery for every other client.
+    resumed: Cell<bool>,
     /// A client that resumed: its replay, then what it holds back (taken out and put back
     /// around each use: a `Cell` of one pointer, nothing for the others).
     resume: Cell<Option<Box<Resumed>>>,
@@ -120,6 +123,7 @@ impl ClientLink {
     /// [`Self::pump_replay`] has caught up. `cursor` is where the history resumes, `None`
     /// when it cannot.
     pub(crate) fn start_replay(&self, cursor: Option<Cursor>) {
+        self.resumed.set(true);
         self.resume.set(Some(Box::new(Resumed {
             replay: Some(Replay {
                 cursor,
@@ -133,6 +137,9 @@ impl ClientLink {
     /// Whether a frame is held back from this client: replayed already, or a replay runs
     /// (which reads it from the history).
     fn held_back(&self, frame: &Frame) -> bool {
+        if !self.resumed.get() {
+            return false;
+        }
         let Some(r) = self.resume.take() else {
             return false;
         };
@@ -144,6 +151,9 @@ impl ClientLink {
 
     /// Whether a replay runs.
     pub(crate) fn replaying(&self) -> bool {
+        if !self.resumed.get() {
+            return false;
+        }
         let r = self.resume.take();
         let running = r.as_ref().is_some_and(|r| r.replay.is_some());
         self.resume.set(r);

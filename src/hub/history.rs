@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_FRAMES};
 use crate::hub::broadcast::Frame;
@@ -65,8 +65,8 @@ struct Ring {
     epoch: u64,
     /// Whether it is this hub's own (then relayed frames of other origins are not recorded).
     local: bool,
-    /// (recorded at, frame), oldest first.
-    frames: VecDeque<(Instant, Frame)>,
+    /// (recorded at, in Unix µs, frame), oldest first.
+    frames: VecDeque<(u64, Frame)>,
     /// The ordinal of `frames[0]` (of the next frame when empty).
     base: u64,
     /// The highest `seq` of a frame dropped from the front (or never seen: a relay-only
@@ -113,9 +113,10 @@ impl History {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes in a frame as it is broadcast (under the broadcast order lock, before it reaches
-    /// any ring): held when clients could not get it back otherwise.
-    pub(crate) fn record(&self, frame: &Frame, origin: Origin) {
+    /// Takes in a frame as it is broadcast at `now_us` (Unix µs: the broadcast's own stamp, so
+    /// no clock is read here), under the broadcast order lock, before it reaches any ring: held
+    /// when clients could not get it back otherwise.
+    pub(crate) fn record(&self, frame: &Frame, origin: Origin, now_us: u64) {
         if frame.forget() || frame.seed() {
             // Not for clients (a relay's reloaded last values are old frames, not the stream).
             return;
@@ -150,17 +151,15 @@ impl History {
         if !kept {
             return;
         }
-        let now = Instant::now();
-        r.frames.push_back((now, frame.clone()));
-        let limits = self.limits;
-        r.expire(now, limits);
+        r.frames.push_back((now_us, frame.clone()));
+        r.expire(now_us, self.limits);
     }
 
     /// Where a client that last saw `since` of stream `epoch` resumes, or `None` when the
     /// history cannot give back everything after it (another stream, or dropped already).
     pub(crate) fn resume(&self, since: u64, epoch: u64) -> Option<Cursor> {
         let mut r = self.ring();
-        r.expire(Instant::now(), self.limits);
+        r.expire(unix_us(), self.limits);
         if epoch != r.epoch || since < r.dropped_to || since > r.last_seq {
             return None;
         }
@@ -182,7 +181,7 @@ impl History {
         out: &mut Vec<Frame>,
     ) -> Read {
         let mut r = self.ring();
-        r.expire(Instant::now(), self.limits);
+        r.expire(unix_us(), self.limits);
         let mut read = Read::default();
         if cursor.0 < r.base {
             read.lost = r.base - cursor.0;
@@ -226,10 +225,18 @@ impl History {
     }
 }
 
+/// The wall clock in Unix µs (as frames are stamped).
+pub(crate) fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 impl Ring {
-    fn expire(&mut self, now: Instant, limits: HistoryLimits) {
+    fn expire(&mut self, now_us: u64, limits: HistoryLimits) {
+        let age_us = u64::try_from(limits.age.as_micros()).unwrap_or(u64::MAX);
         while let Some((at, frame)) = self.frames.front() {
-            let old = now.saturating_duration_since(*at) > limits.age;
+            let old = now_us.saturating_sub(*at) > age_us;
             if self.frames.len() <= limits.frames && !old {
                 break;
             }
@@ -356,19 +363,27 @@ mod tests {
     fn a_relayed_stream_is_followed_from_where_it_was_joined() {
         let (shared, b) = hub(HistoryLimits::default());
         let relayed = |seq: u64| Frame::for_test_seq(b"{}", seq);
-        shared.history.record(&relayed(50), Origin::Relayed(7));
-        shared.history.record(&relayed(51), Origin::Relayed(7));
+        shared
+            .history
+            .record(&relayed(50), Origin::Relayed(7), unix_us());
+        shared
+            .history
+            .record(&relayed(51), Origin::Relayed(7), unix_us());
         assert_eq!(shared.history.resume(48, 7), None, "before the join");
         let mut c = shared.history.resume(49, 7).unwrap();
         assert_eq!(seqs(&shared, &mut c, 100).0, [50, 51]);
         // The origin restarted: a new stream.
-        shared.history.record(&relayed(1), Origin::Relayed(8));
+        shared
+            .history
+            .record(&relayed(1), Origin::Relayed(8), unix_us());
         assert_eq!(shared.history.resume(50, 7), None);
         let mut c = shared.history.resume(0, 8).unwrap();
         assert_eq!(seqs(&shared, &mut c, 100).0, [1]);
         // A local broadcast makes this hub an origin: relayed frames are not its stream.
         let own = b.publish(&Channel::Events, "n", &1).unwrap();
-        shared.history.record(&relayed(2), Origin::Relayed(8));
+        shared
+            .history
+            .record(&relayed(2), Origin::Relayed(8), unix_us());
         let mut c = shared.history.resume(0, shared.epoch).unwrap();
         assert_eq!(seqs(&shared, &mut c, 100).0, [own]);
     }
