@@ -355,8 +355,9 @@ fn a_redis_that_stops_answering_is_noticed_and_left() {
 
 /// Resuming on a relay-only instance: its history is the origin's stream, so a client that
 /// saw the origin's `seq` and `epoch` (here, on the relay-only instance itself) reconnects
-/// with them and gets exactly what it missed, then `recovered: true`; the group's state came
-/// along at its first connect. Its own epoch means nothing there: `recovered: false`.
+/// with them and gets exactly what it missed, then `recovered: true`. A group's current state
+/// reaches new clients of every instance, one that joins later included (through the last
+/// values in Redis). The instance's own epoch means nothing there: `recovered: false`.
 #[test]
 #[cfg_attr(
     not(any(has_redis, ci)),
@@ -407,6 +408,23 @@ fn a_client_resumes_on_a_relay_only_instance_with_the_origins_seq_and_epoch() {
         }
     }
     assert_eq!(got, missed);
+
+    // A group's state reaches every instance's new clients, and an instance that joins later
+    // loads it with the last values.
+    let group = json!({"state": "Stable", "members": 2}).to_string();
+    let put = common::http(a.addr, "PUT", "/api/groups/billing", &[], Some(&group));
+    assert_eq!(put.status, 200, "{}", put.body);
+    let state = witness.recv_type("group_updated");
+    let c = relay_only(&redis, "five");
+    wait_subscribed(c.addr);
+    for addr in [b.addr, c.addr] {
+        let mut fresh = common::connect(addr);
+        fresh.send_json(&json!({"type": "subscribe", "data": "group:billing"}));
+        fresh.recv_type("subscribed");
+        let got = fresh.recv();
+        assert_eq!(got["type"], "group_updated", "{got}");
+        assert_eq!((&got["seq"], &got["data"]), (&state["seq"], &state["data"]));
+    }
 
     // The instance's own epoch is not the stream's.
     let mut own = common::connect_with_query(
