@@ -262,6 +262,7 @@ fn broadcasts_during_a_replay_come_once_after_the_older_ones() {
     let b = hub.broadcaster();
     let events = Channel::Events;
     let mut c = common::connect(addr);
+    b.group_updated("orders-app", "Stable", 3).unwrap();
     let since = b.publish(&events, "start", &0).unwrap();
     let epoch = c.recv_type("start")["epoch"].as_u64().unwrap();
     drop(c);
@@ -275,19 +276,27 @@ fn broadcasts_during_a_replay_come_once_after_the_older_ones() {
         .set_recv_buffer_size(32 << 10)
         .unwrap();
     let mut r = common::connect_with_query(addr, stream, &format!("?since={since}&epoch={epoch}"));
+    // During the replay: a subscribe to the group (its state, older than `since`, must not
+    // jump ahead of the replay), live events, and a newer snapshot.
+    r.send_json(&json!({"type": "subscribe", "data": "group:orders-app"}));
     expected.extend((0..5).map(|i| b.publish(&events, "live", &i).unwrap()));
+    let snapshot = b.metrics(&json!({"n": 1})).unwrap();
 
     let got = until_recovered(&mut r);
     let seqs: Vec<u64> = got[..got.len() - 1]
         .iter()
+        .filter(|v| v["type"] != "subscribed")
         .map(|v| v["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, expected, "in seq order, each once");
+    assert!(got.iter().any(|v| v["type"] == "subscribed"));
     assert_eq!(
         got.last().unwrap()["data"],
         json!({"recovered": true, "replayed": 55})
     );
-    // Nothing is sent twice after it: the next frame is the next broadcast.
+    // The snapshot held back during the replay comes right after it; then nothing is sent
+    // twice: the next frame is the next broadcast.
+    assert_eq!(kinds(&[r.recv()]), [kind_seq("metrics", snapshot)]);
     let after = b.publish(&events, "after", &0).unwrap();
     assert_eq!(kinds(&[r.recv()]), [kind_seq("after", after)]);
 }

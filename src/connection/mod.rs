@@ -437,9 +437,10 @@ async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
 /// with it). A resume the history cannot serve gets the state, then `recovered: false`.
 fn greet(shard: &ConnShard, conn: &Conn, key: usize, resume: Option<Box<Resume>>) {
     let mut fanout = shard.fanout.borrow_mut();
+    let mut greeted = 0;
     for channel in [Channel::Metrics, Channel::Events] {
         fanout.subscribe(key, channel.clone());
-        fanout.greet(key, &channel);
+        greeted = greeted.max(fanout.greet(key, &channel).unwrap_or(0));
     }
     let history = &shard.shared.history;
     let cursor = resume.map(|r| history.resume(r.since, r.epoch));
@@ -448,7 +449,8 @@ fn greet(shard: &ConnShard, conn: &Conn, key: usize, resume: Option<Box<Resume>>
     }
     match cursor {
         Some(Some(cursor)) => {
-            conn.link.start_replay(Some(cursor));
+            conn.link.start_replay(cursor, greeted);
+            drop(fanout);
             pump_replay(shard, conn);
         }
         Some(None) => {
@@ -475,8 +477,10 @@ fn pump_replay(shard: &ConnShard, conn: &Conn) {
     if let Pumped::Ended {
         recovered,
         replayed,
+        greeted,
     } = pumped
     {
+        shard.fanout.borrow().greet_newer(&conn.link, greeted);
         let stats = shard.stats();
         stats.replayed_total.fetch_add(replayed, Relaxed);
         if recovered {

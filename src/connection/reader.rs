@@ -265,9 +265,13 @@ fn change(
         failure = failure.or(queue_reply(shard, conn, e));
     }
     let fanout = shard.fanout.borrow();
+    // During a replay the channels' state comes with it, in order.
+    let replaying = conn.link.replaying();
     for channel in &added {
         fanout.greet(key, channel);
-        fanout.greet_state(key, channel);
+        if !replaying {
+            fanout.greet_state(key, channel);
+        }
     }
     failure
 }

@@ -38,7 +38,8 @@ pub struct ClientLink {
 /// A client that resumed.
 #[derive(Debug)]
 struct Resumed {
-    /// While it runs, every frame is held back (the replay reads it from the history).
+    /// While it runs, every frame of the stream it follows is held back (the replay reads it
+    /// from the history).
     replay: Option<Replay>,
     /// After: (epoch, seq) of the last frame of the history when the replay caught up. Frames
     /// of that stream up to it are held back: they were replayed (or were not for this
@@ -56,6 +57,10 @@ struct Replay {
     replayed: u64,
     /// Frames the history dropped before the replay read them.
     lost: u64,
+    /// The stream's `epoch`, and the `seq` of the newest snapshot sent when the client
+    /// connected (newer ones held back meanwhile are sent when the replay ends).
+    epoch: u64,
+    greeted: u64,
 }
 
 /// What [`ClientLink::pump_replay`] did.
@@ -65,12 +70,15 @@ pub(crate) enum Pumped {
     Idle,
     /// The replay goes on once the queue drains.
     Running,
-    /// The replay ended now, with its `recovered` notice queued.
+    /// Ended now, with its `recovered` notice queued.
     Ended {
         /// Whether every missed broadcast was given back.
         recovered: bool,
         /// Broadcasts replayed.
         replayed: u64,
+        /// Snapshots newer than this `seq` were held back during the replay: send the
+        /// channels' last values that are (see [`Fanout::greet_newer`]).
+        greeted: u64,
     },
 }
 
@@ -119,16 +127,18 @@ impl ClientLink {
         subs.contains(frame.channel()) || frame.also().is_some_and(|a| subs.contains(a))
     }
 
-    /// Starts a resume: live frames wait (they are read from the history instead) until
-    /// [`Self::pump_replay`] has caught up. `cursor` is where the history resumes, `None`
-    /// when it cannot.
-    pub(crate) fn start_replay(&self, cursor: Option<Cursor>) {
+    /// Starts a resume from `cursor`: live frames of its stream wait (they are read from the
+    /// history instead) until [`Self::pump_replay`] has caught up. `greeted`: the `seq` of
+    /// the newest snapshot the client was sent on connecting.
+    pub(crate) fn start_replay(&self, cursor: Cursor, greeted: u64) {
         self.resumed.set(true);
         self.resume.set(Some(Box::new(Resumed {
             replay: Some(Replay {
-                cursor,
+                epoch: cursor.epoch,
+                cursor: Some(cursor),
                 replayed: 0,
                 lost: 0,
+                greeted,
             }),
             floor: (0, 0),
         })));
@@ -143,8 +153,10 @@ impl ClientLink {
         let Some(r) = self.resume.take() else {
             return false;
         };
-        let (epoch, seq) = r.floor;
-        let held = r.replay.is_some() || (frame.seq() <= seq && frame.epoch() == epoch);
+        let held = match &r.replay {
+            Some(replay) => frame.epoch() == replay.epoch,
+            None => frame.epoch() == r.floor.0 && frame.seq() <= r.floor.1,
+        };
         self.resume.set(Some(r));
         held
     }
@@ -204,13 +216,20 @@ impl ClientLink {
             },
         };
         let recovered = replay.cursor.is_some() && replay.lost == 0;
-        let replayed = replay.replayed;
+        let (replayed, greeted) = (replay.replayed, replay.greeted);
         out.push_reply(recovered_frame(recovered, replayed, stamp));
-        resumed.floor = last;
+        // Of the stream followed: one that changed under the replay (its origin restarted)
+        // has nothing more to hold back.
+        resumed.floor = if last.0 == replay.epoch {
+            last
+        } else {
+            (replay.epoch, u64::MAX)
+        };
         resumed.replay = None;
         Pumped::Ended {
             recovered,
             replayed,
+            greeted,
         }
     }
 }
@@ -340,8 +359,9 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         Subscribed::Added
     }
 
-    /// Queues the channel's last value, if it has one, to a client that just subscribed.
-    pub fn greet(&self, key: usize, channel: &Channel) {
+    /// Queues the channel's last value, if it has one, to a client that just subscribed;
+    /// returns its `seq`.
+    pub fn greet(&self, key: usize, channel: &Channel) -> Option<u64> {
         let last = self.channels.get(channel).and_then(|s| s.last.as_ref());
         if let (Some(client), Some(last)) = (self.clients.get(key), last) {
             let link = (**client).as_ref();
@@ -349,6 +369,25 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
                 .borrow_mut()
                 .push_shared(last.clone(), self.queue_cap);
             link.wake_writer();
+            return Some(last.seq());
+        }
+        None
+    }
+
+    /// Queues to a client whose replay just ended the last values of its channels newer than
+    /// `greeted` (held back while it ran), in `seq` order.
+    pub(crate) fn greet_newer(&self, link: &ClientLink, greeted: u64) {
+        let subs = link.subs.borrow();
+        let mut newer: Vec<&Rc<Frame>> = subs
+            .iter()
+            .filter_map(|c| self.channels.get(c)?.last.as_ref())
+            .filter(|f| f.seq() > greeted)
+            .collect();
+        drop(subs);
+        newer.sort_unstable_by_key(|f| f.seq());
+        let mut out = link.out.borrow_mut();
+        for frame in newer {
+            out.push_shared(frame.clone(), self.queue_cap);
         }
     }
 
@@ -851,8 +890,8 @@ mod tests {
         rig.b.publish(&Channel::topic("t"), "n", &9).unwrap();
         let c = rig.client(&[Channel::Events]);
         let link = rig.fanout.get(c).unwrap().clone();
-        let cursor = rig.shared.history.resume(since, rig.shared.epoch);
-        link.start_replay(cursor);
+        let cursor = rig.shared.history.resume(since, rig.shared.epoch).unwrap();
+        link.start_replay(cursor, 0);
         let stamp = rig.shared.stamp();
         // Two at a time, as the queue bound allows.
         assert_eq!(
@@ -914,7 +953,7 @@ mod tests {
         let key = fanout.insert(Rc::new(ClientLink::default()));
         fanout.subscribe(key, Channel::Events);
         let link = fanout.get(key).unwrap().clone();
-        link.start_replay(shared.history.resume(since, shared.epoch));
+        link.start_replay(shared.history.resume(since, shared.epoch).unwrap(), 0);
         let stamp = shared.stamp();
         assert_eq!(
             link.pump_replay(&shared.history, 2, &stamp),

@@ -76,14 +76,19 @@ struct Ring {
     last_seq: u64,
 }
 
-/// Where a resuming client starts: the ordinal of the first frame after its `since`.
+/// Where a resuming client is: the ordinal of the next frame to read, in the stream of
+/// `epoch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Cursor(pub(crate) u64);
+pub(crate) struct Cursor {
+    pub(crate) next: u64,
+    pub(crate) epoch: u64,
+}
 
 /// What [`History::read`] gave.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Read {
-    /// Frames the history dropped before the cursor got to them.
+    /// Frames the history dropped before the cursor got to them (1 when the stream itself
+    /// changed: how many is not known).
     pub(crate) lost: u64,
     /// Whether the cursor reached the end: then `last` is the stream's last frame.
     pub(crate) caught_up: bool,
@@ -117,11 +122,12 @@ impl History {
     /// no clock is read here), under the broadcast order lock, before it reaches any ring: held
     /// when clients could not get it back otherwise.
     pub(crate) fn record(&self, frame: &Frame, origin: Origin, now_us: u64) {
-        if frame.forget() || frame.seed() {
-            // Not for clients (a relay's reloaded last values are old frames, not the stream).
+        if frame.seed() {
+            // A relay's reloaded last values: old frames, not the stream.
             return;
         }
-        let kept = !frame.retain();
+        // State (snapshots) and frames for no client are not held, but count in the stream.
+        let kept = !(frame.retain() || frame.forget());
         let mut r = self.ring();
         match origin {
             Origin::Local if !r.local => {
@@ -136,15 +142,19 @@ impl History {
             }
             Origin::Local => {}
             Origin::Relayed(_) if r.local => return,
-            Origin::Relayed(epoch) if epoch != r.epoch || r.last_seq == 0 => {
-                // Joining the origin's stream, or the origin restarted: what came before this
-                // frame is not here.
+            Origin::Relayed(epoch)
+                if epoch != r.epoch || r.last_seq == 0 || frame.seq() > r.last_seq + 1 =>
+            {
+                // Joining the origin's stream, the origin restarted, or frames went missing
+                // on the way (the origin relays every frame it broadcasts, so its `seq`s come
+                // one by one): what came before this frame is not here.
                 r.epoch = epoch;
                 r.base += r.frames.len() as u64;
                 r.frames.clear();
                 r.dropped_to = frame.seq().saturating_sub(1);
                 r.last_seq = 0;
             }
+            Origin::Relayed(_) if frame.seq() <= r.last_seq => return, // seen already
             Origin::Relayed(_) => {}
         }
         r.last_seq = r.last_seq.max(frame.seq());
@@ -164,7 +174,10 @@ impl History {
             return None;
         }
         let skip = r.frames.partition_point(|(_, f)| f.seq() <= since);
-        Some(Cursor(r.base + skip as u64))
+        Some(Cursor {
+            next: r.base + skip as u64,
+            epoch: r.epoch,
+        })
     }
 
     /// Appends to `out` the frames from `cursor` on for which `wanted` holds, looking at most
@@ -182,25 +195,34 @@ impl History {
     ) -> Read {
         let mut r = self.ring();
         r.expire(unix_us(), self.limits);
-        let mut read = Read::default();
-        if cursor.0 < r.base {
-            read.lost = r.base - cursor.0;
-            cursor.0 = r.base;
+        let mut read = Read {
+            last: (r.epoch, r.last_seq),
+            ..Read::default()
+        };
+        if cursor.epoch != r.epoch {
+            // The stream the cursor followed is gone (its origin restarted): nothing more of
+            // it will come.
+            read.lost = 1;
+            read.caught_up = true;
+            return read;
         }
-        let from = usize::try_from(cursor.0 - r.base).unwrap_or(usize::MAX);
+        if cursor.next < r.base {
+            read.lost = r.base - cursor.next;
+            cursor.next = r.base;
+        }
+        let from = usize::try_from(cursor.next - r.base).unwrap_or(usize::MAX);
         let mut taken = 0;
         for (_, frame) in r.frames.range(from.min(r.frames.len())..).take(scan) {
             if taken == take {
                 break;
             }
-            cursor.0 += 1;
+            cursor.next += 1;
             if wanted(frame) {
                 out.push(frame.clone());
                 taken += 1;
             }
         }
-        read.caught_up = cursor.0 == r.base + r.frames.len() as u64;
-        read.last = (r.epoch, r.last_seq);
+        read.caught_up = cursor.next == r.base + r.frames.len() as u64;
         read
     }
 
@@ -362,29 +384,36 @@ mod tests {
     #[test]
     fn a_relayed_stream_is_followed_from_where_it_was_joined() {
         let (shared, b) = hub(HistoryLimits::default());
-        let relayed = |seq: u64| Frame::for_test_seq(b"{}", seq);
-        shared
-            .history
-            .record(&relayed(50), Origin::Relayed(7), unix_us());
-        shared
-            .history
-            .record(&relayed(51), Origin::Relayed(7), unix_us());
-        assert_eq!(shared.history.resume(48, 7), None, "before the join");
-        let mut c = shared.history.resume(49, 7).unwrap();
+        let history = &shared.history;
+        let relay = |seq: u64, epoch: u64| {
+            let f = Frame::for_test_seq(b"{}", seq);
+            history.record(&f, Origin::Relayed(epoch), unix_us());
+        };
+        relay(50, 7);
+        relay(51, 7);
+        assert_eq!(history.resume(48, 7), None, "before the join");
+        let mut c = history.resume(49, 7).unwrap();
         assert_eq!(seqs(&shared, &mut c, 100).0, [50, 51]);
-        // The origin restarted: a new stream.
-        shared
-            .history
-            .record(&relayed(1), Origin::Relayed(8), unix_us());
-        assert_eq!(shared.history.resume(50, 7), None);
-        let mut c = shared.history.resume(0, 8).unwrap();
+        // A frame seen again is not taken twice.
+        relay(51, 7);
+        assert_eq!(history.len(), 2);
+        // Frames lost on the way (52, 53): a gap the history cannot cover.
+        relay(54, 7);
+        assert_eq!(history.resume(51, 7), None, "across the gap");
+        let mut c = history.resume(53, 7).unwrap();
+        assert_eq!(seqs(&shared, &mut c, 100).0, [54]);
+        // The origin restarted: a new stream, and a cursor of the old one ends.
+        let mut old = history.resume(53, 7).unwrap();
+        relay(1, 8);
+        assert_eq!(history.resume(50, 7), None);
+        let (got, read) = seqs(&shared, &mut old, 100);
+        assert_eq!((got, read.lost, read.caught_up), (vec![], 1, true));
+        let mut c = history.resume(0, 8).unwrap();
         assert_eq!(seqs(&shared, &mut c, 100).0, [1]);
         // A local broadcast makes this hub an origin: relayed frames are not its stream.
         let own = b.publish(&Channel::Events, "n", &1).unwrap();
-        shared
-            .history
-            .record(&relayed(2), Origin::Relayed(8), unix_us());
-        let mut c = shared.history.resume(0, shared.epoch).unwrap();
+        relay(2, 8);
+        let mut c = history.resume(0, shared.epoch).unwrap();
         assert_eq!(seqs(&shared, &mut c, 100).0, [own]);
     }
 }

@@ -75,8 +75,19 @@ pub(super) fn publisher_loop(link: &RelayLink, here: &Here) {
     let commands = format!("{}:commands", link.config.prefix);
     let mut complaints = Complaints::new(0);
     let mut backoff = BACKOFF_FIRST;
+    // An origin starting clears the last values (and group states) an earlier run left.
+    let mut stale = link.role == RelayRole::Origin;
     while !link.stop.load(Relaxed) {
-        let mut conn = match Conn::open(&link.config.addr) {
+        let opened = Conn::open(&link.config.addr).and_then(|mut c| {
+            if stale {
+                let mut out = Vec::new();
+                Conn::command(&mut out, &[b"DEL", last.as_bytes()]);
+                c.send(&out)?;
+                c.wait_reply(Duration::from_secs(5))?;
+            }
+            Ok(c)
+        });
+        let mut conn = match opened {
             Ok(c) => c,
             Err(e) => {
                 complaints.complain(link, "relay: cannot reach Redis (publishing)", &e);
@@ -87,6 +98,7 @@ pub(super) fn publisher_loop(link: &RelayLink, here: &Here) {
                 continue;
             }
         };
+        stale = false;
         link.set_up(0, true);
         backoff = BACKOFF_FIRST;
         let mut last_state: Option<Instant> = None;
