@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One recorded run of every loadgen scenario against our server, as quoted in BENCHMARKS.md
-# ("Fan-out over real sockets (loadgen)"). The server is pinned to CPU 0 (one shard), loadgen
+# ("Fan-out over real sockets (loadgen)", and "A resume storm" for the last one). The server is pinned to CPU 0 (one shard), loadgen
 # to CPU 1. Every run is bounded; the server is stopped by its PID at the end.
 #
 #   benches/loadgen_scenarios.sh [OUT_DIR]      # default /tmp/loadgen-scenarios
@@ -49,5 +49,11 @@ stop_server
 
 start_server --metrics-interval 3600
 run idle idle --subscribers 10000 --duration 10s
+stop_server
+
+# State and recovery (BENCHMARKS.md, "A resume storm"): a fresh server, so that its history
+# holds only this run's messages.
+start_server
+run resume resume --subscribers 1000 --missed 1000
 stop_server
 echo "reports in $OUT"
