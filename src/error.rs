@@ -9,8 +9,17 @@ pub enum Error {
     /// The configuration was refused; fix it and start again.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
-    /// Binding a listener or starting an executor failed (address in use, locked-memory limit
-    /// too low for io_uring: raise `ulimit -l`).
+    /// Another process listens on the port already: another hub (one hub per port and host,
+    /// so that it keeps all its clients) or another program.
+    #[error("{addr}: address in use ({by}); stop it, or choose another --listen")]
+    AddressInUse {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// "another takhin-monitor serves this port" or the socket's error.
+        by: String,
+    },
+    /// Binding a listener or starting an executor failed (locked-memory limit too low for
+    /// io_uring: raise `ulimit -l`).
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
     /// A shard's executor failed to start or ended with an error.

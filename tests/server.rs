@@ -177,3 +177,79 @@ fn a_flood_of_invalid_json_is_counted_and_logged_at_most_once_a_second() {
         lines.len()
     );
 }
+
+/// A free loopback port, for tests that must name one.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The binary with `args`, which must exit by itself within the read timeout: its status and
+/// stderr.
+fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + common::READ_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the binary did not exit by itself");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
+/// A second hub asked to listen on a port a hub serves exits at start with status 1 and
+/// "address in use", instead of joining the port (SO_REUSEPORT) and taking part of the new
+/// clients: every client connecting afterwards reaches the first. A port another program
+/// holds is refused the same way.
+#[test]
+fn a_second_instance_on_the_same_port_exits_and_the_first_keeps_every_client() {
+    common::watchdog();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let first = spawn(&["--listen", &listen, "--cores", "1", "--source", "none"]);
+    let (status, stderr) = run_to_exit(&["--listen", &listen, "--cores", "1"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("address in use"), "{stderr}");
+    assert!(
+        stderr.contains("another takhin-monitor serves port"),
+        "{stderr}"
+    );
+    // On another address of the same port too: one hub per port on a host.
+    let (status, stderr) = run_to_exit(&["--listen", &format!("0.0.0.0:{port}"), "--cores", "2"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+
+    let _clients: Vec<_> = (0..20).map(|_| common::connect(first.addr)).collect();
+    let metrics = common::http(first.addr, "GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.lines().any(|l| l == "takhin_connections 20"),
+        "every client on the first: {metrics}"
+    );
+
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = other.local_addr().unwrap().to_string();
+    let (status, stderr) = run_to_exit(&["--listen", &taken, "--cores", "1"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("address in use"), "{stderr}");
+}

@@ -43,6 +43,8 @@ pub(crate) struct Engine {
     local_addr: SocketAddr,
     cores: Vec<usize>,
     threads: Vec<ExecutorJoinHandle<()>>,
+    /// Held while the hub runs: no other hub serves its port (see `instance_lock`).
+    _instance: Option<std::os::unix::net::UnixListener>,
 }
 
 impl Engine {
@@ -57,6 +59,7 @@ impl Engine {
     ) -> Result<Self, Error> {
         config.assert_valid()?;
         let cores = config.core_ids()?;
+        let instance = instance_lock(config.listen)?;
         let (listeners, local_addr) = bind_all(&config, cores.len())?;
         let history = history::HistoryLimits {
             frames: config.history_frames,
@@ -75,6 +78,7 @@ impl Engine {
             local_addr,
             cores: cores.clone(),
             threads: Vec::new(),
+            _instance: instance,
         };
         for (id, (&core, fd)) in cores.iter().zip(listeners).enumerate() {
             let (config, shared, ready) = (config.clone(), shared.clone(), ready_tx.clone());
@@ -181,7 +185,13 @@ fn bind_all(config: &HubConfig, n: usize) -> Result<(Vec<RawFd>, SocketAddr), Er
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
-        socket.bind(&addr.into())?;
+        socket.bind(&addr.into()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => Error::AddressInUse {
+                addr,
+                by: e.to_string(),
+            },
+            _ => Error::Io(e),
+        })?;
         socket.listen(config.listen_backlog)?;
         if addr.port() == 0 {
             let bound = socket.local_addr()?.as_socket();
@@ -190,6 +200,33 @@ fn bind_all(config: &HubConfig, n: usize) -> Result<(Vec<RawFd>, SocketAddr), Er
         fds.push(socket.into_raw_fd());
     }
     Ok((fds, addr))
+}
+
+/// One hub per port on this host: the shards' listeners share their port through
+/// SO_REUSEPORT, which a second process of the same user could join, silently taking part of
+/// the new connections. Before binding, the hub takes an abstract Unix socket named after the
+/// port (no file; the kernel frees it when the process ends, however it ends); a second hub
+/// asking for the same port finds it taken and stops with [`Error::AddressInUse`]. Port 0 asks
+/// the kernel for a free port, which no other hub has.
+fn instance_lock(addr: SocketAddr) -> Result<Option<std::os::unix::net::UnixListener>, Error> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+    if addr.port() == 0 {
+        return Ok(None);
+    }
+    let name = format!("takhin-monitor/port/{}", addr.port());
+    let lock = UnixAddr::from_abstract_name(name.as_bytes())?;
+    match UnixListener::bind_addr(&lock) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::AddressInUse {
+            addr,
+            by: format!(
+                "another takhin-monitor serves port {} on this host",
+                addr.port()
+            ),
+        }),
+        Err(e) => Err(Error::Io(e)),
+    }
 }
 
 /// A `Clone + Send` way to begin a graceful shutdown from another thread (a signal handler
