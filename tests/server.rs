@@ -253,3 +253,66 @@ fn a_second_instance_on_the_same_port_exits_and_the_first_keeps_every_client() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("address in use"), "{stderr}");
 }
+
+/// The connection limit follows the open-files limit: with 400 files and no
+/// `--max-connections`, 144 clients (256 descriptors kept back); the next upgrade gets 503 with
+/// `Retry-After` while `/healthz`, `/readyz` and `/metrics` keep answering. A larger
+/// `--max-connections` is refused at start with the reason.
+#[test]
+fn the_connection_limit_follows_the_open_files_limit() {
+    let server = common::spawn_server_with_files(&["--listen", "127.0.0.1:0", "--cores", "1"], 400);
+    assert_eq!(
+        server.log_lines("at most 144 clients").len(),
+        1,
+        "the start line names the limit"
+    );
+    let _clients: Vec<_> = (0..144).map(|_| common::connect(server.addr)).collect();
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET /api/monitoring/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let head = common::read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{head}"
+    );
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let a = common::http(server.addr, "GET", path, &[], None);
+        assert_eq!(a.status, 200, "{path} at the limit: {a:?}");
+    }
+    drop(server);
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--max-connections",
+        "1000",
+    ]);
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches only the struct passed.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 400,
+                    rlim_max: 400,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at most 144 clients"), "{stderr}");
+}

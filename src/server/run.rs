@@ -28,20 +28,54 @@ fn raise_fd_limit() -> u64 {
     }
 }
 
+/// Descriptors kept out of the connection limit: each core's listener, io_uring and event
+/// descriptors, health checks, `/metrics` scrapes and REST calls, the relay's and the Kafka
+/// source's sockets, logs.
+const FD_RESERVE: u64 = 256;
+
+/// The WebSocket clients the open-files limit leaves room for: `max_files` less
+/// [`FD_RESERVE`]. A `--max-connections` above it is refused (the hub would run out of
+/// descriptors with clients connected and stop answering even its health checks); without
+/// one, the limit is the smaller of the default and this.
+fn fit_connections(
+    configured: Option<usize>,
+    default: usize,
+    max_files: u64,
+) -> anyhow::Result<usize> {
+    if max_files == 0 {
+        return Ok(configured.unwrap_or(default)); // the limit could not be read
+    }
+    let room = usize::try_from(max_files.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    match configured {
+        Some(n) if n > room => anyhow::bail!(
+            "--max-connections {n} is above what the open-files limit allows: {max_files} files, \
+             {FD_RESERVE} kept for listeners, health checks, REST and the relay, so at most \
+             {room} clients; raise the limit (ulimit -n, systemd LimitNOFILE) or lower \
+             --max-connections"
+        ),
+        Some(n) => Ok(n),
+        None => Ok(default.min(room).max(1)),
+    }
+}
+
 /// Runs the server until SIGINT or SIGTERM: the hub, its source, the relay and the ticker.
 pub fn run(opt: Options) -> anyhow::Result<()> {
-    let config = opt.build_config()?;
+    let mut config = opt.build_config()?;
     let interval = secs(opt.metrics_interval.unwrap_or(2.0), "metrics interval")?;
     let source = opt.source.unwrap_or(SourceKind::None);
     let max_files = raise_fd_limit();
+    config.max_connections =
+        fit_connections(opt.max_connections, config.max_connections, max_files)?;
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let max_clients = config.max_connections;
     let hub = Hub::start(config).context("starting the hub")?;
     info!(
         "listening on ws://{addr}/api/monitoring/ws, dashboard at http://{addr}/ \
-         (cores {:?}, source {:?}, open files {})",
+         (cores {:?}, source {:?}, open files {}, at most {} clients)",
         hub.cores(),
         source,
         max_files,
+        max_clients,
         addr = hub.local_addr(),
     );
 
@@ -118,4 +152,35 @@ fn origin_relay(hub: &HubHandle, opt: &Options) -> anyhow::Result<Option<Relay>>
         .start_relay(config, RelayRole::Origin)
         .context("starting the relay")?;
     Ok(Some(relay))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_fits_the_open_files_limit() {
+        // Without --max-connections: the default, or what the files leave room for.
+        assert_eq!(fit_connections(None, 100_000, 1 << 20).unwrap(), 100_000);
+        assert_eq!(
+            fit_connections(None, 100_000, 20_000).unwrap(),
+            20_000 - 256
+        );
+        assert_eq!(fit_connections(None, 100_000, 100).unwrap(), 1);
+        assert_eq!(
+            fit_connections(None, 100_000, 0).unwrap(),
+            100_000,
+            "unknown"
+        );
+        // With it: kept when it fits, refused with the reason when it does not.
+        assert_eq!(
+            fit_connections(Some(5_000), 100_000, 20_000).unwrap(),
+            5_000
+        );
+        let e = fit_connections(Some(50_000), 100_000, 20_000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 19744 clients"), "{e}");
+        assert!(e.contains("ulimit -n"), "{e}");
+    }
 }

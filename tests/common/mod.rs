@@ -364,12 +364,38 @@ impl Drop for ServerProcess {
 
 /// Starts the binary with `args` and `env`, and waits for the line that says where it listens.
 pub fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_takhin-monitor"));
+    cmd.args(args).envs(env.iter().copied());
+    spawn_command(cmd)
+}
+
+/// [`spawn_server`] with the open-files limit (soft and hard) set to `files`.
+pub fn spawn_server_with_files(args: &[&str], files: u64) -> ServerProcess {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_takhin-monitor"));
+    cmd.args(args);
+    // SAFETY: setrlimit is async-signal-safe and touches only the struct passed.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    spawn_command(cmd)
+}
+
+/// Starts `cmd` (the binary) and waits for the line that says where it listens.
+pub fn spawn_command(mut cmd: std::process::Command) -> ServerProcess {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     watchdog();
-    let child = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
-        .args(args)
-        .envs(env.iter().copied())
+    let child = cmd
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -389,7 +415,9 @@ pub fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
             .expect("the server logs where it listens")
             .unwrap();
         if let Some(rest) = line.split("listening on ws://").nth(1) {
-            break rest.split('/').next().unwrap().parse().unwrap();
+            let addr = rest.split('/').next().unwrap().parse().unwrap();
+            server.log.lock().unwrap().push(line);
+            break addr;
         }
     };
     // Keep draining the log so the server never blocks on a full pipe.
