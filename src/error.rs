@@ -99,6 +99,9 @@ pub enum BroadcastError {
     /// The message type is empty.
     #[error("message type must not be empty")]
     EmptyType,
+    /// A batch with no message: there is nothing to publish.
+    #[error("a batch of messages must hold at least one")]
+    EmptyBatch,
 }
 
 /// A relay address that is not `redis://HOST:PORT[/prefix]`.

@@ -161,6 +161,82 @@ fn publish_broadcasts_the_message_as_given() {
     );
 }
 
+/// An array publish: every message broadcast in order with consecutive `seq`s, the reply
+/// giving the range; one bad message refuses the whole array (nothing is sent), and an empty
+/// array is refused. Requests pipelined on one keep-alive connection are each answered, in
+/// order.
+#[test]
+fn an_array_publish_broadcasts_every_message_in_order_and_pipelining_works() {
+    let hub = served(common::config());
+    let addr = hub.local_addr();
+    let mut c = connect(addr);
+    c.send_json(&json!({"type": "subscribe", "data": "topic:t"}));
+    c.recv_type("subscribed");
+    let batch =
+        r#"[{"type":"a","data":1},{"type":"b","channel":"topic:t"},{"type":"c","data":{"x":[2]}}]"#;
+    let a = http(addr, "POST", "/api/monitoring/publish", &[], Some(batch));
+    assert_eq!(a.status, 202, "{a:?}");
+    let reply = a.json();
+    let first = reply["seq"].as_u64().unwrap();
+    assert_eq!(
+        reply,
+        json!({"seq": first, "lastSeq": first + 2, "count": 3})
+    );
+    let got: Vec<(serde_json::Value, serde_json::Value)> = (0..3)
+        .map(|_| {
+            let v = c.recv();
+            (v["type"].clone(), v["seq"].clone())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!("a"), json!(first)),
+            (json!("b"), json!(first + 1)),
+            (json!("c"), json!(first + 2))
+        ]
+    );
+
+    for bad in [
+        r#"[{"type":"ok"},{"type":"x","channel":"nope"}]"#,
+        r#"[{"type":"ok"},{"type":""}]"#,
+        r#"[{"type":"ok"},{"data":1}]"#,
+        "[]",
+        "[1]",
+    ] {
+        let a = http(addr, "POST", "/api/monitoring/publish", &[], Some(bad));
+        assert_eq!(a.status, 400, "{bad}: {a:?}");
+        assert!(a.json()["error"].is_string(), "{bad}");
+    }
+
+    // Three publishes written at once on one connection, then read: three answers, in order.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
+    let mut requests = Vec::new();
+    for kind in ["p1", "p2", "p3"] {
+        let body = format!(r#"{{"type":"{kind}"}}"#);
+        requests.extend_from_slice(
+            format!(
+                "POST /api/monitoring/publish HTTP/1.1\r\nHost: x\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    std::io::Write::write_all(&mut s, &requests).unwrap();
+    let seqs: Vec<u64> = (0..3)
+        .map(|_| {
+            let a = common::read_answer(&mut s);
+            assert_eq!(a.status, 202, "{a:?}");
+            a.json()["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2]);
+    // Nothing of the refused arrays went out: the next frame is p1.
+    assert_eq!(c.recv()["type"], "p1");
+}
+
 #[test]
 fn request_bodies_are_capped_with_413() {
     let hub = served(common::config().max_request_body(1024));

@@ -9,8 +9,9 @@ use hyper::StatusCode;
 use serde::Serialize;
 
 use crate::broker::{GroupCoordinator, TopicError, TopicManager};
-use crate::http::routes::{ApiRequest, Endpoint, PublishMessage};
+use crate::http::routes::{ApiRequest, Endpoint, Publish, PublishMessage};
 use crate::hub::Broadcaster;
+use serde_json::value::RawValue;
 
 /// Answers [`ApiRequest`]s. Called on a shard (HTTP) or on the relay's thread (forwarded
 /// requests): it must not block for long.
@@ -47,6 +48,15 @@ struct Status {
 #[derive(Serialize)]
 struct Published {
     seq: u64,
+}
+
+/// The answer to an array publish: the `seq` range, first to last, and the count.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublishedBatch {
+    seq: u64,
+    last_seq: u64,
+    count: usize,
 }
 
 impl Reply {
@@ -182,10 +192,32 @@ impl Api for LocalApi {
 
 /// Broadcasts a publish as given (the data is passed through, not re-encoded): 202 with its
 /// `seq`.
-pub(crate) fn publish(broadcaster: &Broadcaster, msg: &PublishMessage) -> Reply {
-    let data = msg.data.as_deref().map(|d| d.get());
-    match broadcaster.publish_raw(&msg.channel, &msg.kind, data) {
-        Ok(seq) => Reply::json(StatusCode::ACCEPTED, &Published { seq }),
-        Err(e) => Reply::error(StatusCode::BAD_REQUEST, &e.to_string()),
-    }
+/// The message's `data` as JSON text.
+fn data(m: &PublishMessage) -> Option<&str> {
+    m.data.as_deref().map(RawValue::get)
+}
+
+pub(crate) fn publish(broadcaster: &Broadcaster, publish: &Publish) -> Reply {
+    let sent = match publish {
+        Publish::One(m) => broadcaster
+            .publish_raw(&m.channel, &m.kind, data(m))
+            .map(|seq| Reply::json(StatusCode::ACCEPTED, &Published { seq })),
+        Publish::Many(ms) => {
+            let batch: Vec<_> = ms
+                .iter()
+                .map(|m| (&m.channel, m.kind.as_str(), data(m)))
+                .collect();
+            broadcaster
+                .publish_raw_batch(&batch)
+                .map(|(seq, last_seq)| {
+                    let reply = PublishedBatch {
+                        seq,
+                        last_seq,
+                        count: ms.len(),
+                    };
+                    Reply::json(StatusCode::ACCEPTED, &reply)
+                })
+        }
+    };
+    sent.unwrap_or_else(|e| Reply::error(StatusCode::BAD_REQUEST, &e.to_string()))
 }

@@ -219,7 +219,7 @@ impl Endpoint {
                 }
             }
             Self::DeleteGroup(id) => ApiRequest::DeleteGroup(id),
-            Self::Publish => ApiRequest::Publish(PublishMessage::parse(body)?),
+            Self::Publish => ApiRequest::Publish(Publish::parse(body)?),
         };
         request.check()?;
         Ok(request)
@@ -244,6 +244,9 @@ pub(crate) enum BadRequest {
     /// A publish whose type is empty or over 256 bytes.
     #[error("type must be 1 to 256 bytes")]
     TypeLength,
+    /// A publish of an empty array.
+    #[error("an array of messages must hold at least one")]
+    EmptyBatch,
     /// A forwarded request whose envelope does not parse.
     #[error("unreadable forwarded request: {0}")]
     Forwarded(serde_json::Error),
@@ -270,7 +273,46 @@ pub(crate) enum ApiRequest {
         members: u32,
     },
     DeleteGroup(String),
-    Publish(PublishMessage),
+    Publish(Publish),
+}
+
+/// What `POST /api/monitoring/publish` takes: one message, or an array of them (broadcast in
+/// order with consecutive `seq`s).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Publish {
+    One(PublishMessage),
+    Many(Vec<PublishMessage>),
+}
+
+impl Publish {
+    /// Every message, in order.
+    pub(crate) fn messages(&self) -> &[PublishMessage] {
+        match self {
+            Self::One(m) => std::slice::from_ref(m),
+            Self::Many(ms) => ms,
+        }
+    }
+
+    /// Parses one `{"type", "data"?, "channel"?}` or an array of them.
+    fn parse(body: &[u8]) -> Result<Self, BadRequest> {
+        let array = body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'[');
+        if !array {
+            return PublishMessage::parse(body).map(Self::One);
+        }
+        let wires: Vec<Wire> = serde_json::from_slice(body).map_err(BadRequest::Message)?;
+        if wires.is_empty() {
+            return Err(BadRequest::EmptyBatch);
+        }
+        wires
+            .into_iter()
+            .map(PublishMessage::from_wire)
+            .collect::<Result<_, _>>()
+            .map(Self::Many)
+    }
 }
 
 /// A request forwarded through the relay, as every version of the relay reads it.
@@ -303,10 +345,10 @@ impl ApiRequest {
                 json(serde_json::json!({ "state": state, "members": members })),
             ),
             Self::DeleteGroup(id) => ("DELETE", format!("/api/groups/{id}"), String::new()),
-            Self::Publish(msg) => (
+            Self::Publish(publish) => (
                 "POST",
                 "/api/monitoring/publish".to_owned(),
-                serde_json::to_string(msg).unwrap_or_default(),
+                serde_json::to_string(publish).unwrap_or_default(),
             ),
         };
         let envelope = Forwarded { method, path, body };
@@ -344,7 +386,11 @@ impl ApiRequest {
                     Err(BadRequest::GroupLimits)
                 }
             }
-            Self::Publish(msg) if msg.kind.is_empty() || msg.kind.len() > MAX_TYPE_LEN => {
+            Self::Publish(p)
+                if p.messages()
+                    .iter()
+                    .any(|m| m.kind.is_empty() || m.kind.len() > MAX_TYPE_LEN) =>
+            {
                 Err(BadRequest::TypeLength)
             }
             _ => Ok(()),
@@ -380,18 +426,24 @@ fn channel_name<S: serde::Serializer>(c: &Channel, s: S) -> Result<S::Ok, S::Err
     s.collect_str(c)
 }
 
+/// A publish message as it comes.
+#[derive(Deserialize)]
+#[serde(rename = "Publish")]
+struct Wire {
+    #[serde(rename = "type")]
+    kind: String,
+    data: Option<Box<RawValue>>,
+    channel: Option<String>,
+}
+
 impl PublishMessage {
     /// Parses `{"type", "data"?, "channel"?}`; the channel defaults to `events`.
     fn parse(body: &[u8]) -> Result<Self, BadRequest> {
-        #[derive(Deserialize)]
-        #[serde(rename = "Publish")]
-        struct Wire {
-            #[serde(rename = "type")]
-            kind: String,
-            data: Option<Box<RawValue>>,
-            channel: Option<String>,
-        }
         let wire: Wire = serde_json::from_slice(body).map_err(BadRequest::Message)?;
+        Self::from_wire(wire)
+    }
+
+    fn from_wire(wire: Wire) -> Result<Self, BadRequest> {
         let channel = match wire.channel.as_deref().map(Channel::parse) {
             None => Channel::Events,
             Some(Ok(c)) => c,
@@ -489,7 +541,7 @@ mod tests {
             "group id or state out of range"
         );
         let publish = Endpoint::Publish.request(br#"{"type":"t","data":{"a": 1}}"#);
-        let Ok(ApiRequest::Publish(msg)) = publish else {
+        let Ok(ApiRequest::Publish(Publish::One(msg))) = publish else {
             panic!("{publish:?}")
         };
         assert_eq!(msg.channel, Channel::Events);
@@ -562,5 +614,35 @@ mod tests {
         );
         let nowhere = br#"{"method":"GET","path":"/healthz","body":""}"#;
         assert!(ApiRequest::from_forwarded(nowhere).is_err());
+    }
+
+    #[test]
+    fn an_array_publish_parses_and_forwards_whole() {
+        let body = br#" [{"type":"a","data":[1]},{"type":"b","channel":"topic:t"}]"#;
+        let Ok(ApiRequest::Publish(Publish::Many(ms))) = Endpoint::Publish.request(body) else {
+            panic!("not an array publish")
+        };
+        assert_eq!(ms.len(), 2);
+        assert_eq!(
+            (ms[1].kind.as_str(), &ms[1].channel),
+            ("b", &Channel::topic("t"))
+        );
+        let forwarded = ApiRequest::Publish(Publish::Many(ms)).forwarded();
+        let Ok(ApiRequest::Publish(Publish::Many(back))) =
+            ApiRequest::from_forwarded(forwarded.as_bytes())
+        else {
+            panic!("{forwarded}")
+        };
+        let kinds: Vec<&str> = back.iter().map(|m| m.kind.as_str()).collect();
+        assert_eq!(kinds, ["a", "b"]);
+        assert_eq!(back[0].data.as_deref().map(RawValue::get), Some("[1]"));
+        assert!(matches!(
+            Endpoint::Publish.request(b"[]"),
+            Err(BadRequest::EmptyBatch)
+        ));
+        assert!(matches!(
+            Endpoint::Publish.request(br#"[{"type":""}]"#),
+            Err(BadRequest::TypeLength)
+        ));
     }
 }

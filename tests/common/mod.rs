@@ -314,6 +314,11 @@ pub fn http_on(
         req.push_str(b);
     }
     s.write_all(req.as_bytes()).unwrap();
+    read_answer(s)
+}
+
+/// Reads one HTTP answer (head and `Content-Length` body) from `s`.
+pub fn read_answer(s: &mut TcpStream) -> HttpAnswer {
     let head = read_head(s);
     let mut lines = head.split("\r\n");
     let status = lines
