@@ -11,13 +11,8 @@ pub enum Error {
     Config(#[from] ConfigError),
     /// Another process listens on the port already: another hub (one hub per port and host,
     /// so that it keeps all its clients) or another program.
-    #[error("{addr}: address in use ({by}); stop it, or choose another --listen")]
-    AddressInUse {
-        /// The address asked for.
-        addr: std::net::SocketAddr,
-        /// "another takhin-monitor serves this port" or the socket's error.
-        by: String,
-    },
+    #[error("{0}; stop it, or choose another --listen")]
+    AddressInUse(Box<str>),
     /// Binding a listener or starting an executor failed (locked-memory limit too low for
     /// io_uring: raise `ulimit -l`).
     #[error("I/O error: {0}")]

@@ -186,10 +186,9 @@ fn bind_all(config: &HubConfig, n: usize) -> Result<(Vec<RawFd>, SocketAddr), Er
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.bind(&addr.into()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => Error::AddressInUse {
-                addr,
-                by: e.to_string(),
-            },
+            std::io::ErrorKind::AddrInUse => {
+                Error::AddressInUse(format!("{addr}: address in use ({e})").into())
+            }
             _ => Error::Io(e),
         })?;
         socket.listen(config.listen_backlog)?;
@@ -218,13 +217,13 @@ fn instance_lock(addr: SocketAddr) -> Result<Option<std::os::unix::net::UnixList
     let lock = UnixAddr::from_abstract_name(name.as_bytes())?;
     match UnixListener::bind_addr(&lock) {
         Ok(l) => Ok(Some(l)),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::AddressInUse {
-            addr,
-            by: format!(
-                "another takhin-monitor serves port {} on this host",
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::AddressInUse(
+            format!(
+                "{addr}: address in use (another takhin-monitor serves port {} on this host)",
                 addr.port()
-            ),
-        }),
+            )
+            .into(),
+        )),
         Err(e) => Err(Error::Io(e)),
     }
 }
