@@ -98,6 +98,15 @@ pub struct Opts {
     /// Publishing connections (HTTP keep-alive), each sending its share of the rate.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
+    /// Messages per publish request: over 1, each request is one JSON array of that many
+    /// messages, each stamped and counted on its own (our publish API only). --rate stays
+    /// messages per second: requests per second are rate / batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Publish requests in flight on each publishing connection: written without waiting for
+    /// the previous answer, the answers read in order, each checked (http:// only).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
     /// New subscriber connections per second while connecting (all processes together).
     #[arg(long, default_value_t = 5000.0)]
     pub connect_rate: f64,

@@ -6,6 +6,9 @@
 //! fields padded with spaces (legal JSON whitespace), so stamping a message rewrites 40 bytes in
 //! place. A subscriber finds `"lg":` with a SIMD substring search and reads two integers; the
 //! frame may be the bare message (peers) or our server's envelope around it.
+//!
+//! A publish request carries one message, or several as one JSON array ([`Batch`], our
+//! publish API only), each stamped on its own: the hub broadcasts each as its own frame.
 
 use memchr::memmem::{Finder, FinderRev};
 
@@ -74,6 +77,63 @@ impl Message {
 
     /// The bytes as last stamped.
     pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// The body of one publish request: one message, or a JSON array of messages (our publish
+/// API's batch, `[{"type":"loadgen","data":MESSAGE},…]`), each with its own stamp fields
+/// rewritten in place for every request.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    buf: Vec<u8>,
+    /// Where each message's `seq` and `t` fields start.
+    fields: Vec<(usize, usize)>,
+}
+
+impl Batch {
+    /// A body of `count` messages of `size` bytes (at least one): a JSON array when `array`
+    /// (our publish API answers an array with its count, even an array of one), else the bare
+    /// message (`count` must then be 1).
+    pub fn new(size: usize, wrap: Wrap, count: usize, array: bool) -> Self {
+        let count = count.max(1);
+        debug_assert!(array || count == 1, "several messages need an array");
+        let msg = Message::new(size, wrap);
+        let mut buf = Vec::with_capacity((msg.buf.len() + 1) * count + 1);
+        let mut fields = Vec::with_capacity(count);
+        if array {
+            buf.push(b'[');
+        }
+        for i in 0..count {
+            if i > 0 {
+                buf.push(b',');
+            }
+            fields.push((buf.len() + msg.seq_at, buf.len() + msg.t_at));
+            buf.extend_from_slice(&msg.buf);
+        }
+        if array {
+            buf.push(b']');
+        }
+        Self { buf, fields }
+    }
+
+    /// Messages in the body.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether the body holds no message (never: it holds at least one).
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Stamps the messages with consecutive sequence numbers from `first`, each with the time
+    /// `t`, and returns the body.
+    pub fn stamp(&mut self, first: u64, t: u64) -> &[u8] {
+        for (i, &(seq_at, t_at)) in self.fields.iter().enumerate() {
+            write_field(&mut self.buf[seq_at..seq_at + FIELD], first + i as u64);
+            write_field(&mut self.buf[t_at..t_at + FIELD], t);
+        }
         &self.buf
     }
 }

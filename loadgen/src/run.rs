@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::fleet::{self, Fleet};
 use crate::opts::{Command, Opts};
-use crate::publisher::{self, Publisher};
+use crate::publisher::{self, Published, Publisher, Shape};
 use crate::stats::{Percentiles, Report, ResumeReport, ResumeWindow, Step, Window};
 use crate::sys;
 use crate::worker::{Mode, Phase};
@@ -64,6 +64,33 @@ pub fn run(command: Command) -> Result<i32> {
     }
     print_report(&report, opts.json)?;
     Ok(if report.failures.is_empty() { 0 } else { 2 })
+}
+
+/// The publisher the options ask for, checked; notes its URL and shape in the report.
+fn start_publisher(
+    opts: &Opts,
+    target: crate::opts::PublishTarget,
+    report: &mut Report,
+) -> Result<Publisher> {
+    let shape = Shape::of(opts);
+    publisher::check(&target, &shape)?;
+    report.publish_url = Some(target.url.clone());
+    report.batch = Some(shape.batch);
+    report.pipeline = Some(shape.pipeline);
+    Ok(Publisher::new(target, shape))
+}
+
+/// Adds what a publishing run did to the report.
+fn tally(report: &mut Report, p: &Published) {
+    report.published += p.sent;
+    report.requests += p.requests;
+    report.publish_errors += p.error_count();
+    for (cause, n) in &p.errors {
+        *report
+            .publish_error_causes
+            .entry(cause.clone())
+            .or_default() += n;
+    }
 }
 
 fn start_fleet(opts: &Opts, scenario: &str) -> Result<Fleet> {
@@ -121,7 +148,15 @@ fn check(opts: &Opts, r: &Report) -> Vec<String> {
         ));
     }
     if r.publish_errors > 0 {
-        out.push(format!("{} publish requests failed", r.publish_errors));
+        out.push(format!(
+            "{} publish requests failed{}",
+            r.publish_errors,
+            if r.publish_error_causes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({:?})", r.publish_error_causes)
+            }
+        ));
     }
     if let Some(x) = &r.resume {
         out.extend(check_resume(x));
@@ -316,9 +351,7 @@ impl<'a> Controller<'a> {
             None
         } else {
             let target = o.publish_target()?;
-            publisher::check(&target, o.size)?;
-            report.publish_url = Some(target.url.clone());
-            let mut publisher = Publisher::new(target, o.size, o.publishers);
+            let mut publisher = start_publisher(o, target, &mut report)?;
             publisher.probe()?;
             Some(publisher)
         };
@@ -340,8 +373,7 @@ impl<'a> Controller<'a> {
             }
             Some(publisher) => {
                 let published = self.publish(&fleet, publisher, o.rate, o.duration);
-                report.published = published.sent;
-                report.publish_errors = published.error_count();
+                tally(&mut report, &published);
                 self.drain(&mut fleet, before + published.sent * connected as u64);
             }
         }
@@ -365,7 +397,7 @@ impl<'a> Controller<'a> {
         publisher: &mut Publisher,
         rate: f64,
         d: Duration,
-    ) -> publisher::Published {
+    ) -> Published {
         self.in_background(fleet, publisher, "publishing", |p, stop| {
             p.run(rate, d, stop)
         })
@@ -377,8 +409,8 @@ impl<'a> Controller<'a> {
         fleet: &Fleet,
         publisher: &mut Publisher,
         label: &str,
-        job: impl FnOnce(&mut Publisher, &AtomicBool) -> publisher::Published + Send,
-    ) -> publisher::Published {
+        job: impl FnOnce(&mut Publisher, &AtomicBool) -> Published + Send,
+    ) -> Published {
         let stop = self.stop.clone();
         let done = AtomicBool::new(false);
         thread::scope(|s| {
@@ -418,8 +450,7 @@ impl<'a> Controller<'a> {
         loop {
             let start = self.total.clone();
             let p = self.publish(fleet, publisher, rate, o.step);
-            report.published += p.sent;
-            report.publish_errors += p.error_count();
+            tally(report, &p);
             let expected_total = start.deliveries + p.sent * connected as u64;
             self.drain(fleet, expected_total);
             let deliveries = self.total.deliveries - start.deliveries;
@@ -446,6 +477,7 @@ impl<'a> Controller<'a> {
                 rate,
                 achieved,
                 published: p.sent,
+                requests: p.requests,
                 deliveries,
                 loss,
                 latency_us,
@@ -563,9 +595,7 @@ impl<'a> Controller<'a> {
         let mut report = self.report();
         report.rate = o.reconnect_rate;
         let target = o.publish_target()?;
-        publisher::check(&target, o.size)?;
-        report.publish_url = Some(target.url.clone());
-        let mut publisher = Publisher::new(target, o.size, o.publishers);
+        let mut publisher = start_publisher(o, target, &mut report)?;
         let baseline = o
             .our_metrics_addr()
             .and_then(|a| scrape(a, "takhin_connections"));
@@ -606,6 +636,7 @@ impl<'a> Controller<'a> {
         let connected = report.connected as u64;
         let marked = self.mark(fleet, publisher, connected, "marking")?;
         report.published += 1;
+        report.requests += 1;
         if marked < connected {
             report.failures.push(format!(
                 "only {marked} of {connected} subscribers received the message published before \
@@ -624,8 +655,7 @@ impl<'a> Controller<'a> {
             p.send(o.missed, stop)
         });
         storm.missed = missed.sent;
-        report.published += missed.sent;
-        report.publish_errors += missed.error_count();
+        tally(report, &missed);
         // Every missed message has been accepted (202) before anyone comes back.
         let server = ServerCpu::start(o.server_pid);
         let start = sys::mono_ns();
@@ -654,6 +684,7 @@ impl<'a> Controller<'a> {
         let resumed = self.resumes().recovered + self.resumes().not_recovered;
         storm.live_after = self.mark(fleet, publisher, resumed, "live")?;
         report.published += 1;
+        report.requests += 1;
         Ok(storm)
     }
 
@@ -824,8 +855,12 @@ pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
             if let Some(url) = &r.publish_url {
                 writeln!(
                     out,
-                    "  published    {} messages of {} B to {url} ({} failed)",
-                    r.published, r.size, r.publish_errors
+                    "  published    {} messages of {} B to {url} in {} requests ({} failed){}",
+                    r.published,
+                    r.size,
+                    r.requests,
+                    r.publish_errors,
+                    shape(r)
                 )?;
             }
             writeln!(
@@ -922,16 +957,25 @@ pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// How the publisher sent: `; batch N, pipeline K` (nothing when this process did not publish).
+fn shape(r: &Report) -> String {
+    match (r.batch, r.pipeline) {
+        (Some(b), Some(p)) => format!("; batch {b}, pipeline {p}"),
+        _ => String::new(),
+    }
+}
+
 /// The resume storm's lines of the summary.
 fn print_resume(out: &mut impl Write, r: &Report) -> Result<()> {
     let Some(x) = &r.resume else { return Ok(()) };
     writeln!(
         out,
-        "  missed       {} messages of {} B published while away, to {} ({} requests failed)",
+        "  missed       {} messages of {} B published while away, to {} ({} requests failed){}",
         x.missed,
         r.size,
         r.publish_url.as_deref().unwrap_or("?"),
-        r.publish_errors
+        r.publish_errors,
+        shape(r)
     )?;
     writeln!(
         out,
@@ -980,7 +1024,13 @@ fn merge(files: &[std::path::PathBuf], json: bool) -> Result<i32> {
                 m.connected += r.connected;
                 m.processes += r.processes;
                 m.published = m.published.max(r.published);
+                m.requests = m.requests.max(r.requests);
                 m.publish_errors += r.publish_errors;
+                for (cause, n) in r.publish_error_causes {
+                    *m.publish_error_causes.entry(cause).or_default() += n;
+                }
+                m.batch = m.batch.or(r.batch);
+                m.pipeline = m.pipeline.or(r.pipeline);
                 m.duration_s = m.duration_s.max(r.duration_s);
                 m.loadgen_cpu_s += r.loadgen_cpu_s;
                 m.publish_url = m.publish_url.or(r.publish_url);

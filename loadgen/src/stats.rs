@@ -395,6 +395,9 @@ pub struct Step {
     pub achieved: f64,
     /// Messages published in the step.
     pub published: u64,
+    /// Publish requests written in the step (each of up to `--batch` messages).
+    #[serde(default)]
+    pub requests: u64,
     /// Deliveries in the step.
     pub deliveries: u64,
     /// Fraction of expected deliveries missing.
@@ -431,6 +434,19 @@ pub struct Report {
     pub published: u64,
     /// Publish requests that failed.
     pub publish_errors: u64,
+    /// Failed publish requests by cause.
+    #[serde(default)]
+    pub publish_error_causes: BTreeMap<String, u64>,
+    /// Publish requests written (each of up to `batch` messages), whatever their answer.
+    #[serde(default)]
+    pub requests: u64,
+    /// Messages per publish request (`--batch`), when this process published.
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// Publish requests in flight per publishing connection (`--pipeline`), when this process
+    /// published.
+    #[serde(default)]
+    pub pipeline: Option<usize>,
     /// Messages received by subscribers (one per subscriber per message).
     pub deliveries: u64,
     /// Deliveries per second over the measured time.

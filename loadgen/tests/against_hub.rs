@@ -110,6 +110,178 @@ fn fanout_deliveries_agree_with_the_hubs_counters() {
 }
 
 #[test]
+fn batched_pipelined_publishes_reach_every_subscriber() {
+    let _serial = serial(false);
+    let hub = hub(HubConfig::default());
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "fanout",
+            "--subscribers",
+            "10",
+            "--rate",
+            "1000",
+            "--duration",
+            "1s",
+            "--batch",
+            "10",
+            "--pipeline",
+            "4",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!((n(&r, "batch"), n(&r, "pipeline")), (10, 4));
+    assert!(text.contains("; batch 10, pipeline 4"), "{text}");
+    let published = n(&r, "published");
+    assert!(published >= 500, "published {published} of 1000");
+    // 1000 messages are 100 full arrays, every one answered 202 with its count.
+    assert_eq!(n(&r, "requests") * 10, published, "{r}");
+    assert_eq!(n(&r, "publish_errors"), 0);
+    // Every message of every array reached every subscriber, in order, each with its own
+    // stamp (one latency sample per delivery).
+    assert_eq!(n(&r, "connected"), 10);
+    assert_eq!(n(&r, "deliveries"), published * 10, "{r}");
+    assert_eq!(n(&r["latency_us"], "count"), published * 10);
+    assert_eq!(
+        (
+            n(&r, "lost"),
+            n(&r, "gaps"),
+            n(&r, "reordered"),
+            n(&r, "lagged")
+        ),
+        (0, 0, 0, 0),
+        "{r}"
+    );
+    assert_eq!(hub.stats().deliveries_total, n(&r, "deliveries"));
+    // One broadcast per message: the probe (an array of one), then the published ones.
+    assert_eq!(hub.probe().broadcasts(), published + 1);
+}
+
+#[test]
+fn a_ramp_keeps_its_rates_in_messages_with_batches() {
+    let _serial = serial(false);
+    let hub = hub(HubConfig::default());
+    let (code, r, out) = loadgen(
+        hub.local_addr(),
+        &[
+            "fanout",
+            "--subscribers",
+            "3",
+            "--ramp",
+            "--rate",
+            "100",
+            "--ramp-factor",
+            "2",
+            "--step",
+            "500ms",
+            "--ramp-max",
+            "400",
+            "--max-p99",
+            "5s",
+            "--drain",
+            "1s",
+            "--batch",
+            "5",
+            "--pipeline",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+    let steps = r["steps"].as_array().unwrap();
+    let rates: Vec<f64> = steps.iter().map(|s| s["rate"].as_f64().unwrap()).collect();
+    assert_eq!(rates, [100.0, 200.0, 400.0], "{r}");
+    for s in steps {
+        assert_eq!(s["held"], true, "{r}");
+        // Each step publishes rate × step messages in arrays of 5.
+        let rate = s["rate"].as_f64().unwrap() as u64;
+        assert_eq!((n(s, "published"), n(s, "requests")), (rate / 2, rate / 10));
+        assert_eq!(n(s, "deliveries"), n(s, "published") * 3);
+    }
+    assert_eq!(n(&r, "deliveries"), n(&r, "published") * 3);
+    assert_eq!(hub.stats().deliveries_total, n(&r, "deliveries"));
+}
+
+#[test]
+fn batches_are_refused_where_a_body_is_one_message() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(["fanout", "--server", "127.0.0.1:9", "--quiet"])
+            .args(args)
+            .output()
+            .expect("loadgen runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--batch", "10", "--publish-format", "raw"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("--batch 10 needs our publish API's format"),
+        "{err}"
+    );
+    let (code, err) = run(&["--batch", "10", "--publish-url", "ws://127.0.0.1:9/ws"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("--batch 10 needs an http:// publish URL"),
+        "{err}"
+    );
+    let (code, err) = run(&["--batch", "5000", "--size", "4096"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("1 MiB body limit"), "{err}");
+    let (code, err) = run(&["--pipeline", "0"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--pipeline must be"), "{err}");
+}
+
+#[test]
+fn an_array_body_stamps_each_message_on_its_own() {
+    use loadgen::payload::{Batch, Message, Scanner, Wrap};
+    let scanner = Scanner::default();
+    let mut batch = Batch::new(100, Wrap::Hub, 3, true);
+    assert_eq!(batch.len(), 3);
+    let body = batch.stamp(41, 777).to_vec();
+    // `[m,m,m]`: three of our publish API's messages, each around a 100-byte loadgen message.
+    let one = Message::new(100, Wrap::Hub).bytes().len();
+    assert_eq!(one, 100 + r#"{"type":"loadgen","data":}"#.len());
+    assert_eq!(body.len(), 3 * one + 4);
+    let v: Value = serde_json::from_slice(&body).expect("the body is JSON");
+    let items = v.as_array().expect("an array");
+    assert_eq!(items.len(), 3);
+    for (i, item) in items.iter().enumerate() {
+        let seq = 41 + i as u64;
+        // Our publish API's message, its data the loadgen message of the asked size.
+        assert_eq!(item["type"], "loadgen");
+        assert_eq!((n(&item["data"], "lg"), n(&item["data"], "t")), (seq, 777));
+        let data = serde_json::to_vec(&item["data"]).unwrap();
+        // As the hub broadcasts it, each message carries its own stamp.
+        let frame = format!(
+            r#"{{"type":"loadgen","data":{},"timestamp":1,"epoch":2,"tsUs":3,"seq":{}}}"#,
+            String::from_utf8_lossy(&data),
+            100 + i
+        );
+        assert_eq!(scanner.stamp(frame.as_bytes()), Some((seq, 777)));
+    }
+    // Stamped again in place: the same length, new numbers.
+    let again = batch.stamp(1_000_000, 5).to_vec();
+    assert_eq!(again.len(), body.len());
+    let v: Value = serde_json::from_slice(&again).unwrap();
+    assert_eq!(
+        (n(&v[0]["data"], "lg"), n(&v[2]["data"], "lg")),
+        (1_000_000, 1_000_002)
+    );
+    assert_eq!(n(&v[1]["data"], "t"), 5);
+    // An array of one (the probe with --batch), and the bare message without.
+    let single: Value =
+        serde_json::from_slice(Batch::new(100, Wrap::Hub, 1, true).stamp(9, 1)).unwrap();
+    assert_eq!(single.as_array().map(Vec::len), Some(1));
+    assert_eq!(n(&single[0]["data"], "lg"), 9);
+    let mut bare = Batch::new(100, Wrap::Hub, 1, false);
+    assert_eq!(bare.stamp(9, 1), Message::new(100, Wrap::Hub).stamp(9, 1));
+}
+
+#[test]
 fn a_slow_subscriber_shows_as_lagged_on_both_sides() {
     let _serial = serial(false);
     let hub = hub(HubConfig::default().client_queue(8));
