@@ -469,6 +469,30 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         self.dirty.get_or_insert_with(Vec::new);
     }
 
+    /// Takes the list of clients queued to since the last call (deferred wakes only), to be
+    /// handed over in slices with [`Self::take_dirty_client`]; give the list back with
+    /// [`Self::return_dirty`] so that its allocation is reused.
+    pub(crate) fn take_dirty(&mut self) -> Vec<usize> {
+        self.dirty.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The client at `key` of a taken dirty list, marked clean (`None` if it left meanwhile).
+    pub(crate) fn take_dirty_client(&self, key: usize) -> Option<Rc<C>> {
+        let client = self.clients.get(key)?;
+        let link = (**client).as_ref();
+        link.dirty.replace(false).then(|| client.clone())
+    }
+
+    /// Gives back a list taken with [`Self::take_dirty`], emptied.
+    pub(crate) fn return_dirty(&mut self, mut keys: Vec<usize>) {
+        keys.clear();
+        if let Some(list) = self.dirty.as_mut() {
+            if list.is_empty() {
+                *list = keys;
+            }
+        }
+    }
+
     /// Calls `f` once for every client queued to since the last call (deferred wakes only).
     pub fn flush_dirty(&mut self, mut f: impl FnMut(&C)) {
         let Some(list) = self.dirty.as_mut() else {

@@ -29,6 +29,13 @@ use crate::protocol::close_code;
 /// Frames the distributor moves before it lets the writers run.
 const DISTRIBUTE_BATCH: usize = 256;
 
+/// Clients written between two chances to yield during a pass (see `flush_broadcasts`).
+const FLUSH_SLICE: usize = 64;
+
+/// How soon the connections' tasks (accepts, reads, HTTP requests such as publishes) must run
+/// when they have work, even while the distributor writes a pass over thousands of sockets.
+const CONNECTION_LATENCY: Duration = Duration::from_millis(1);
+
 /// What a shard needs of its connections. `connection::Conn` is the implementation; the
 /// shard is generic over it so that the hub does not depend on the connection code.
 pub(crate) trait Client: AsRef<ClientLink> + Sized + 'static {
@@ -163,8 +170,19 @@ pub(crate) async fn run<C: Client>(
     listener: TcpListener,
     listen_fd: std::os::fd::RawFd,
 ) {
-    let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
-    let sweep = glommio::spawn_local(sweep_loop(shard.clone()));
+    // Connections in a task queue of their own, whose latency the scheduler keeps by making the
+    // distributor (in the executor's default queue) yield between slices of a pass: a publish
+    // is answered mid-pass, and what it sends joins the next pass's batch. Every task a
+    // connection spawns (its writer) goes into the same queue.
+    let connections = glommio::executor().create_task_queue(
+        glommio::Shares::default(),
+        glommio::Latency::Matters(CONNECTION_LATENCY),
+        "connections",
+    );
+    let accept = glommio::spawn_local_into(accept_loop(shard.clone(), listener), connections)
+        .expect("the queue was created on this executor");
+    let sweep = glommio::spawn_local_into(sweep_loop(shard.clone()), connections)
+        .expect("the queue was created on this executor");
     distribute(&shard).await;
     // Still listening while draining: health checks see /readyz answer 503, and new upgrades
     // are refused with 503 and Retry-After rather than with a closed port.
@@ -231,11 +249,11 @@ async fn distribute<C: Client>(shard: &Shard<C>) {
             queued += d.queued;
             dropped += d.dropped;
             if frames as usize % DISTRIBUTE_BATCH == 0 {
-                flush_broadcasts(shard);
+                flush_broadcasts(shard).await;
                 futures_lite::future::yield_now().await;
             }
         }
-        flush_broadcasts(shard);
+        flush_broadcasts(shard).await;
         let stats = shard.stats();
         stats.broadcasts_total.fetch_add(frames, Relaxed);
         stats.deliveries_total.fetch_add(queued, Relaxed);
@@ -248,12 +266,21 @@ async fn distribute<C: Client>(shard: &Shard<C>) {
 /// Writes the batch just distributed: every client that got frames gets one `sendmsg` of
 /// all it has queued, straight from here when its writer is idle. No task is woken per
 /// client; a client whose socket is full, or whose queue needs the writer (a close, an
-/// error), is handed to its writer task.
-fn flush_broadcasts<C: Client>(shard: &Shard<C>) {
-    shard
-        .fanout
-        .borrow_mut()
-        .flush_dirty(|conn| conn.write_now(shard));
+/// error), is handed to its writer task. Every [`FLUSH_SLICE`] clients the pass gives the
+/// scheduler a chance to run the connections' tasks (when their latency is due): frames
+/// published meanwhile wait in the ring for the next pass, which takes them all at once.
+async fn flush_broadcasts<C: Client>(shard: &Shard<C>) {
+    let keys = shard.fanout.borrow_mut().take_dirty();
+    for (i, &key) in keys.iter().enumerate() {
+        let client = shard.fanout.borrow().take_dirty_client(key);
+        if let Some(client) = client {
+            client.write_now(shard);
+        }
+        if i % FLUSH_SLICE == FLUSH_SLICE - 1 {
+            glommio::yield_if_needed().await;
+        }
+    }
+    shard.fanout.borrow_mut().return_dirty(keys);
 }
 
 /// Where a connection is in its life, as the sweep sees it.
