@@ -195,20 +195,8 @@ struct SourceMetrics {
     poll_seconds: f64,
 }
 
-/// `GET /metrics`, read as a function from a (label-less) metric's name to its value.
-fn prometheus(addr: SocketAddr) -> impl Fn(&str) -> f64 {
-    let a = http(addr, "GET", "/metrics", &[], None);
-    assert_eq!(a.status, 200, "{a:?}");
-    move |name: &str| -> f64 {
-        a.body
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", a.body))
-    }
-}
-
 fn source_metrics(addr: SocketAddr) -> SourceMetrics {
-    let value = prometheus(addr);
+    let value = common::prometheus(addr);
     SourceMetrics {
         up: value("takhin_source_up"),
         errors: value("takhin_source_errors_total"),
@@ -903,7 +891,7 @@ fn the_latency_canary_times_produce_and_the_round_trip() {
     );
     assert!(ms("fetchP99") < 2000.0, "within the request timeout: {m}");
 
-    let value = prometheus(addr);
+    let value = common::prometheus(addr);
     assert!(value("takhin_source_canary_round_trips_total") >= trips as f64);
     assert_eq!(value("takhin_source_canary_errors_total"), 0.0);
     assert!(value("takhin_source_canary_end_to_end_seconds") > 0.0);

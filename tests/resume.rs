@@ -181,12 +181,7 @@ fn a_client_that_resumes_gets_exactly_what_it_missed_then_recovered() {
         ),
         (2, 2, 5)
     );
-    let text = common::http(addr, "GET", "/metrics", &[], None).body;
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-    };
+    let value = common::prometheus(addr);
     assert_eq!(value("takhin_resumes_recovered_total"), 2.0);
     // Events and published messages are held; snapshots are not.
     assert_eq!(value("takhin_history_frames"), 7.0);

@@ -297,20 +297,7 @@ fn the_connection_limit_follows_the_open_files_limit() {
         "--max-connections",
         "1000",
     ]);
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit is async-signal-safe and touches only the struct passed.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: 400,
-                    rlim_max: 400,
-                };
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-                Ok(())
-            });
-        }
-    }
+    common::with_file_limit(&mut cmd, 400);
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -4,8 +4,8 @@
 //! Pure single-threaded code (no sockets, no executor): the distributor calls
 //! [`Fanout::deliver`] for each frame from the ring, which appends a pointer to the shared
 //! frame to each subscribed client's bounded queue and wakes that client's writer, or, with
-//! [`Fanout::defer_wakes`] (the shards), lists the client for [`Fanout::flush_dirty`] once the
-//! batch is done.
+//! [`Fanout::defer_wakes`] (the shards), lists the client for the shard to write once the
+//! batch is done ([`Fanout::take_dirty`]). A resuming client's replay is in `replay.rs`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -14,10 +14,13 @@ use std::task::Waker;
 
 use slab::Slab;
 
+pub(crate) use self::replay::Pumped;
+use self::replay::Resumed;
 use crate::hub::broadcast::Frame;
-use crate::hub::history::{Cursor, History};
 use crate::hub::queue::OutQueue;
-use crate::protocol::{recovered_frame, Channel, Stamp};
+use crate::protocol::Channel;
+
+mod replay;
 
 /// What the fan-out needs of a client: its queue, its writer's waker, its channels.
 #[derive(Default)]
@@ -34,56 +37,6 @@ pub struct ClientLink {
     /// around each use: a `Cell` of one pointer, nothing for the others).
     resume: Cell<Option<Box<Resumed>>>,
 }
-
-/// A client that resumed.
-#[derive(Debug)]
-struct Resumed {
-    /// While it runs, every frame of the stream it follows is held back (the replay reads it
-    /// from the history).
-    replay: Option<Replay>,
-    /// After: (epoch, seq) of the last frame of the history when the replay caught up. Frames
-    /// of that stream up to it are held back: they were replayed (or were not for this
-    /// client), and only those already in the shard's ring can still come.
-    floor: (u64, u64),
-}
-
-/// A resuming client's replay from the history (see [`ClientLink::pump_replay`]).
-#[derive(Debug)]
-struct Replay {
-    /// The next frame to read; `None` when the history could not give back everything after
-    /// the client's `since` (nothing is replayed then).
-    cursor: Option<Cursor>,
-    /// Frames queued so far.
-    replayed: u64,
-    /// Frames the history dropped before the replay read them.
-    lost: u64,
-    /// The stream's `epoch`, and the `seq` of the newest snapshot sent when the client
-    /// connected (newer ones held back meanwhile are sent when the replay ends).
-    epoch: u64,
-    greeted: u64,
-}
-
-/// What [`ClientLink::pump_replay`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pumped {
-    /// No replay runs.
-    Idle,
-    /// The replay goes on once the queue drains.
-    Running,
-    /// Ended now, with its `recovered` notice queued.
-    Ended {
-        /// Whether every missed broadcast was given back.
-        recovered: bool,
-        /// Broadcasts replayed.
-        replayed: u64,
-        /// Snapshots newer than this `seq` were held back during the replay: send the
-        /// channels' last values that are (see [`Fanout::greet_newer`]).
-        greeted: u64,
-    },
-}
-
-/// Frames one history read looks at, at most (the history's lock is held meanwhile).
-const REPLAY_READ: usize = 1024;
 
 impl std::fmt::Debug for ClientLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,118 +72,6 @@ impl ClientLink {
     /// Whether the client subscribes to `channel`.
     pub fn subscribed(&self, channel: &Channel) -> bool {
         self.subs.borrow().contains(channel)
-    }
-
-    /// Whether a frame goes to this client: on one of its channels.
-    fn wants(&self, frame: &Frame) -> bool {
-        let subs = self.subs.borrow();
-        subs.contains(frame.channel()) || frame.also().is_some_and(|a| subs.contains(a))
-    }
-
-    /// Starts a resume from `cursor`: live frames of its stream wait (they are read from the
-    /// history instead) until [`Self::pump_replay`] has caught up. `greeted`: the `seq` of
-    /// the newest snapshot the client was sent on connecting.
-    pub(crate) fn start_replay(&self, cursor: Cursor, greeted: u64) {
-        self.resumed.set(true);
-        self.resume.set(Some(Box::new(Resumed {
-            replay: Some(Replay {
-                epoch: cursor.epoch,
-                cursor: Some(cursor),
-                replayed: 0,
-                lost: 0,
-                greeted,
-            }),
-            floor: (0, 0),
-        })));
-    }
-
-    /// Whether a frame is held back from this client: replayed already, or a replay runs
-    /// (which reads it from the history).
-    fn held_back(&self, frame: &Frame) -> bool {
-        if !self.resumed.get() {
-            return false;
-        }
-        let Some(r) = self.resume.take() else {
-            return false;
-        };
-        let held = match &r.replay {
-            Some(replay) => frame.epoch() == replay.epoch,
-            None => frame.epoch() == r.floor.0 && frame.seq() <= r.floor.1,
-        };
-        self.resume.set(Some(r));
-        held
-    }
-
-    /// Whether a replay runs.
-    pub(crate) fn replaying(&self) -> bool {
-        if !self.resumed.get() {
-            return false;
-        }
-        let r = self.resume.take();
-        let running = r.as_ref().is_some_and(|r| r.replay.is_some());
-        self.resume.set(r);
-        running
-    }
-
-    /// Moves the next frames of the replay on the client's channels from the history to its
-    /// queue, as far as the queue has room (`cap` broadcast frames: a replay never holds more
-    /// than a live client would). Once it reaches the history's end it ends the replay with
-    /// `recovered` and lets live frames through from the next `seq` on. Frames the history
-    /// dropped before the replay read them are told as `lagged` (and the replay is then not a
-    /// recovery).
-    pub(crate) fn pump_replay(&self, history: &History, cap: usize, stamp: &Stamp) -> Pumped {
-        let Some(mut resumed) = self.resume.take() else {
-            return Pumped::Idle;
-        };
-        let pumped = self.pump(&mut resumed, history, cap, stamp);
-        self.resume.set(Some(resumed));
-        pumped
-    }
-
-    fn pump(&self, resumed: &mut Resumed, history: &History, cap: usize, stamp: &Stamp) -> Pumped {
-        let Some(replay) = resumed.replay.as_mut() else {
-            return Pumped::Idle;
-        };
-        let mut out = self.out.borrow_mut();
-        if out.closing() {
-            return Pumped::Running;
-        }
-        let mut frames = Vec::new();
-        let last = match replay.cursor.as_mut() {
-            None => history.last(),
-            Some(cursor) => loop {
-                let room = cap.saturating_sub(out.shared_len());
-                if room == 0 {
-                    return Pumped::Running;
-                }
-                let read = history.read(cursor, REPLAY_READ, room, |f| self.wants(f), &mut frames);
-                replay.replayed += frames.len() as u64;
-                replay.lost += read.lost;
-                out.add_missed(read.lost);
-                for f in frames.drain(..) {
-                    out.push_shared(Rc::new(f), cap);
-                }
-                if read.caught_up {
-                    break read.last;
-                }
-            },
-        };
-        let recovered = replay.cursor.is_some() && replay.lost == 0;
-        let (replayed, greeted) = (replay.replayed, replay.greeted);
-        out.push_reply(recovered_frame(recovered, replayed, stamp));
-        // Of the stream followed: one that changed under the replay (its origin restarted)
-        // has nothing more to hold back.
-        resumed.floor = if last.0 == replay.epoch {
-            last
-        } else {
-            (replay.epoch, u64::MAX)
-        };
-        resumed.replay = None;
-        Pumped::Ended {
-            recovered,
-            replayed,
-            greeted,
-        }
     }
 }
 
@@ -278,7 +119,7 @@ pub struct Fanout<C> {
     max_subscriptions: usize,
     /// Bumped when a `topic:`/`group:` channel gains its first subscriber or loses its last.
     interest_version: u64,
-    /// With deferred wakes, the clients that received frames since the last [`Self::flush_dirty`].
+    /// With deferred wakes, the clients that received frames since the last [`Self::take_dirty`].
     dirty: Option<Vec<usize>>,
 }
 
@@ -463,7 +304,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
     }
 
     /// From now on [`Self::deliver`] does not wake writers: it lists the clients it queued to,
-    /// and [`Self::flush_dirty`] hands them over once the batch is done, so that a run of
+    /// and [`Self::take_dirty`] hands them over once the batch is done, so that a run of
     /// frames goes out in one write per client, from the distributor, without a task wake.
     pub fn defer_wakes(&mut self) {
         self.dirty.get_or_insert_with(Vec::new);
@@ -493,20 +334,17 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         }
     }
 
-    /// Calls `f` once for every client queued to since the last call (deferred wakes only).
+    /// Calls `f` once for every client queued to since the last call (deferred wakes only),
+    /// as the shard's slices of a pass do.
+    #[cfg(test)]
     pub fn flush_dirty(&mut self, mut f: impl FnMut(&C)) {
-        let Some(list) = self.dirty.as_mut() else {
-            return;
-        };
-        let mut keys = std::mem::take(list);
+        let keys = self.take_dirty();
         for &key in &keys {
-            if let Some(client) = self.clients.get(key) {
-                (**client).as_ref().dirty.set(false);
-                f(client);
+            if let Some(client) = self.take_dirty_client(key) {
+                f(&client);
             }
         }
-        keys.clear();
-        self.dirty = Some(keys);
+        self.return_dirty(keys);
     }
 
     /// Appends `frame` to the queue of every client subscribed to its channel (or to its second

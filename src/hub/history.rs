@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::config::{DEFAULT_HISTORY_AGE, DEFAULT_HISTORY_FRAMES};
 use crate::hub::broadcast::Frame;
@@ -249,9 +249,7 @@ impl History {
 
 /// The wall clock in Unix µs (as frames are stamped).
 pub(crate) fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    crate::hub::shared::now_stamp(0).unix_us
 }
 
 impl Ring {

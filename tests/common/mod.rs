@@ -271,6 +271,18 @@ impl HttpAnswer {
     }
 }
 
+/// `GET /metrics`, read as a function from a (label-less) metric's name to its value.
+pub fn prometheus(addr: SocketAddr) -> impl Fn(&str) -> f64 {
+    let a = http(addr, "GET", "/metrics", &[], None);
+    assert_eq!(a.status, 200, "{a:?}");
+    move |name: &str| -> f64 {
+        a.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", a.body))
+    }
+}
+
 /// One HTTP/1.1 request on a new connection (`Connection: close`).
 pub fn http(
     addr: SocketAddr,
@@ -376,9 +388,15 @@ pub fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
 
 /// [`spawn_server`] with the open-files limit (soft and hard) set to `files`.
 pub fn spawn_server_with_files(args: &[&str], files: u64) -> ServerProcess {
-    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_takhin-monitor"));
     cmd.args(args);
+    with_file_limit(&mut cmd, files);
+    spawn_command(cmd)
+}
+
+/// Makes `cmd` run with the open-files limit (soft and hard) set to `files`.
+pub fn with_file_limit(cmd: &mut std::process::Command, files: u64) {
+    use std::os::unix::process::CommandExt;
     // SAFETY: setrlimit is async-signal-safe and touches only the struct passed.
     unsafe {
         cmd.pre_exec(move || {
@@ -392,7 +410,6 @@ pub fn spawn_server_with_files(args: &[&str], files: u64) -> ServerProcess {
             Ok(())
         });
     }
-    spawn_command(cmd)
 }
 
 /// Starts `cmd` (the binary) and waits for the line that says where it listens.
