@@ -120,8 +120,8 @@ pub struct HubConfig {
     pub listen_backlog: i32,
     /// io_uring buffer memory of each executor. The default value is 256 KiB.
     pub executor_io_memory: usize,
-    /// tungstenite's limits for client frames: max message and frame 512 KiB, a 256-byte
-    /// initial read buffer that grows only for a large message.
+    /// Limits for client frames: of this, only `max_message_size` (the largest message and
+    /// frame, 512 KiB) is read; the hub decodes frames itself, in a buffer its shard shares.
     pub websocket: WebSocketConfig,
     /// Token for viewers: WebSocket clients and REST reads (`GET`). `None`: open. The default
     /// is `None`. Accepted as `Authorization: Bearer <token>` or `?token=<token>`; the admin
@@ -288,7 +288,7 @@ impl HubConfig {
         executor_io_memory: usize
     );
     setter!(
-        /// Sets [`Self::websocket`] (tungstenite's own limits).
+        /// Sets [`Self::websocket`] (only its `max_message_size` is read).
         websocket: WebSocketConfig
     );
     setter!(
@@ -412,7 +412,7 @@ impl HubConfig {
         (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
-    /// The largest client message, as configured in tungstenite.
+    /// The largest client message (and frame).
     pub fn max_message(&self) -> usize {
         self.websocket
             .max_message_size

@@ -1,9 +1,10 @@
 //! Thin wrappers over the crate's pure parsers, so the internals themselves stay `pub(crate)`.
 //! The crate's own types are mirrored here as public ones where a target must look at them.
 
-use tungstenite::protocol::{Role, WebSocketContext};
+use std::ops::ControlFlow;
 
 use crate::config::HubConfig;
+use crate::connection::decoder::{Decoder, Msg};
 use crate::connection::handshake::{self, Head};
 use crate::protocol::{self, Number};
 
@@ -78,9 +79,60 @@ pub fn too_large() -> String {
     handshake::too_large()
 }
 
-/// The server-side tungstenite context a connection reads client frames with, built as the
-/// connection builds it: `tail` holds the bytes read past the request head, and the limits are
-/// `cfg.websocket`.
-pub fn server_context(cfg: &HubConfig, tail: Vec<u8>) -> WebSocketContext {
-    WebSocketContext::from_partially_read(tail, Role::Server, Some(cfg.websocket))
+/// A client frame or message as a connection decodes it: its payload's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded {
+    /// A text message (valid UTF-8) of this many bytes.
+    Text(usize),
+    /// A binary message.
+    Binary(usize),
+    /// A ping's payload.
+    Ping(usize),
+    /// A pong.
+    Pong,
+    /// A close frame's payload (code and reason).
+    Close(usize),
+}
+
+/// Client frames decoded as a connection decodes them: `tail` holds the bytes read past the
+/// request head, and the limit is `cfg`'s largest message.
+#[derive(Debug)]
+pub struct ClientFrames {
+    decoder: Decoder,
+    max: usize,
+}
+
+impl ClientFrames {
+    /// A decoder as a connection starts one.
+    pub fn new(cfg: &HubConfig, tail: Vec<u8>) -> Self {
+        Self {
+            decoder: Decoder::with_pending(tail),
+            max: cfg.max_message(),
+        }
+    }
+
+    /// Decodes `bytes` (just read; unmasked in place), calling `on` for each message. `Ok(true)`:
+    /// a close frame ended the stream; `Err(())`: the client is failed (1002, 1007 or 1009).
+    #[allow(clippy::result_unit_err)]
+    pub fn feed(&mut self, bytes: &mut [u8], mut on: impl FnMut(Decoded)) -> Result<bool, ()> {
+        let flow = self.decoder.feed(bytes, self.max, |msg| {
+            let (decoded, stop) = match msg {
+                Msg::Text(t) => (Decoded::Text(t.len()), false),
+                Msg::Binary(b) => (Decoded::Binary(b.len()), false),
+                Msg::Ping(p) => (Decoded::Ping(p.len()), false),
+                Msg::Pong => (Decoded::Pong, false),
+                Msg::Close(c) => (Decoded::Close(c.len()), true),
+            };
+            on(decoded);
+            if stop {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        match flow {
+            Ok(flow) => Ok(flow.is_break()),
+            Err(_) => Err(()),
+        }
+    }
 }

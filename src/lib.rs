@@ -33,8 +33,8 @@
 //!   [`ShutdownTrigger`]. It knows nothing of REST, Redis or sources: the connection code
 //!   is its shards' client, and whatever wants every broadcast plugs in as a `FrameTap`.
 //! - `connection`: one client socket: state and lifecycle (`mod.rs`), the bounded request head
-//!   (`head.rs`, rules in `handshake.rs`), the reader (`reader.rs`: tungstenite parses, the
-//!   protocol's messages are acted on) and the writer (`writer.rs`: one `sendmsg` of the
+//!   (`head.rs`, rules in `handshake.rs`), the reader (`reader.rs`: frames decoded in the
+//!   shard's scratch buffer by `decoder.rs`, the protocol's messages acted on) and the writer (`writer.rs`: one `sendmsg` of the
 //!   shared frames). What is not a WebSocket upgrade goes to a `Requests` handler.
 //! - `broker`: what a broker records ([`Recorder`], [`TopicMeter`]), its topics
 //!   ([`TopicManager`]) and groups ([`GroupCoordinator`]), the snapshot model of PROTOCOL.md

@@ -1,10 +1,12 @@
 //! One client connection on a shard: its state and lifecycle. The request head
-//! ([`head`]), the reader task ([`reader`]) and the writer task ([`writer`]) are in their own
+//! ([`head`]), and the two halves of the connection's one task, reading ([`reader`], frames
+//! decoded by [`decoder`]) and writing ([`writer`]), are in their own
 //! files; the pure handshake rules are in [`handshake`].
 //!
 //! A connection that is not a WebSocket upgrade is handed, with the bytes read so far, to the
 //! hub's [`Requests`] handler (the `http` part implements it).
 
+pub(crate) mod decoder;
 pub(crate) mod handshake;
 mod head;
 mod reader;
@@ -23,7 +25,7 @@ use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use glommio::net::TcpStream;
-use tracing::{error, trace};
+use tracing::error;
 
 use crate::hub::fanout::{ClientLink, Pumped};
 use crate::hub::shard::{Client, Phase, Shard, Timing};
@@ -31,7 +33,6 @@ use crate::protocol::{close_code, close_frame, recovered_frame, Channel, PING_FR
 
 use self::handshake::Resume;
 use self::head::Opening;
-use self::reader::End;
 
 /// A shard whose clients are [`Conn`]s.
 pub(crate) type ConnShard = Shard<Conn>;
@@ -54,10 +55,10 @@ pub(crate) struct Conn {
     stream: RefCell<TcpStream>,
     fd: RawFd,
     phase: Cell<Phase>,
-    since: Cell<Instant>,
-    last_seen: Cell<Instant>,
-    pub(crate) last_ping: Cell<Instant>,
-    stalled_since: Cell<Option<Instant>>,
+    since: Cell<Millis>,
+    last_seen: Cell<Millis>,
+    pub(crate) last_ping: Cell<Millis>,
+    stalled_since: Cell<Option<Millis>>,
     /// Bytes written to the socket so far, wrapping (only differences between two looks of
     /// the sweep, a second apart, are used).
     written: Cell<u32>,
@@ -89,7 +90,7 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     fn new(stream: TcpStream) -> Self {
-        let now = Instant::now();
+        let now = Millis::now();
         Self {
             link: ClientLink::default(),
             fd: stream.as_raw_fd(),
@@ -108,13 +109,15 @@ impl Conn {
         }
     }
 
-    pub(crate) fn timing(&self) -> Timing {
+    /// The connection's times as the sweep sees them at `now`.
+    pub(crate) fn timing(&self, now: Instant) -> Timing {
+        let at = Millis::at(now);
         Timing {
             phase: self.phase.get(),
-            since: self.since.get(),
-            last_seen: self.last_seen.get(),
-            last_ping: self.last_ping.get(),
-            stalled_since: self.stalled_since.get(),
+            since: self.since.get().instant(at, now),
+            last_seen: self.last_seen.get().instant(at, now),
+            last_ping: self.last_ping.get().instant(at, now),
+            stalled_since: self.stalled_since.get().map(|s| s.instant(at, now)),
         }
     }
 
@@ -148,6 +151,7 @@ impl Conn {
         let sent = u64::from(written.wrapping_sub(written_before));
         let acked = (u64::from(before) + sent).saturating_sub(unacked.into());
         if acked > 0 {
+            let now = Millis::at(now);
             self.last_seen.set(now);
             if stalled {
                 self.stalled_since.set(Some(now));
@@ -158,7 +162,7 @@ impl Conn {
     fn set_phase(&self, phase: Phase) {
         if self.phase.get() != phase {
             self.phase.set(phase);
-            self.since.set(Instant::now());
+            self.since.set(Millis::now());
         }
     }
 
@@ -174,7 +178,7 @@ impl Conn {
 
     /// A request arrived: the HTTP idle clock starts again.
     pub(crate) fn touch(&self) {
-        self.since.set(Instant::now());
+        self.since.set(Millis::now());
     }
 
     pub(crate) fn poll_read(
@@ -236,20 +240,54 @@ impl Conn {
     }
 }
 
+/// A moment on a process-wide millisecond clock, in four bytes where an `Instant` takes
+/// sixteen (every connection keeps four of them). The clock wraps every 49.7 days, so only ages
+/// under half that are meaningful: every time a connection keeps is renewed (a ping, a pong, a
+/// request, a phase) or ends the connection within its timeout, far sooner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Millis(std::num::NonZeroU32);
+
+impl Millis {
+    pub(crate) fn now() -> Self {
+        Self::at(Instant::now())
+    }
+
+    pub(crate) fn at(t: Instant) -> Self {
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let base = *BASE.get_or_init(Instant::now);
+        // Truncated to 32 bits: the clock wraps. Zero is read as one (a millisecond off).
+        let ms = t.saturating_duration_since(base).as_millis() as u32;
+        Self(std::num::NonZeroU32::new(ms).unwrap_or(std::num::NonZeroU32::MIN))
+    }
+
+    /// This moment as an `Instant`, given the clock's reading `at` at the instant `now`.
+    fn instant(self, at: Self, now: Instant) -> Instant {
+        let age = at.0.get().wrapping_sub(self.0.get());
+        now.checked_sub(std::time::Duration::from_millis(age.into()))
+            .unwrap_or(now)
+    }
+}
+
 /// Scratch space the connections of one shard share: used within one poll, never held across
 /// an await, so no connection carries a buffer of its own.
 #[derive(Debug)]
 pub(crate) struct Scratch {
     /// simd-json parses client messages here, and unread input is discarded here.
     pub(crate) bytes: RefCell<Vec<u8>>,
+    /// Client frames are read into this and decoded in place.
+    pub(crate) read: RefCell<Vec<u8>>,
     /// The writers' `sendmsg` iovecs.
     pub(crate) iov: RefCell<Vec<libc::iovec>>,
 }
+
+/// The most bytes one read from a client's socket takes.
+const READ_CHUNK: usize = 64 * 1024;
 
 impl Default for Scratch {
     fn default() -> Self {
         Self {
             bytes: RefCell::default(),
+            read: RefCell::new(vec![0; READ_CHUNK]),
             iov: RefCell::new(Vec::with_capacity(writer::MAX_IOV)),
         }
     }
@@ -275,8 +313,8 @@ impl Client for Conn {
         writer::write_now(shard, self);
     }
 
-    fn timing(&self) -> Timing {
-        Self::timing(self)
+    fn timing(&self, now: Instant) -> Timing {
+        Self::timing(self, now)
     }
 
     fn note_acknowledged(&self, now: Instant, quiet: bool) {
@@ -284,7 +322,7 @@ impl Client for Conn {
     }
 
     fn ping(&self, now: Instant) {
-        self.last_ping.set(now);
+        self.last_ping.set(Millis::at(now));
         self.link.out.borrow_mut().push_control(PING_FRAME);
         self.link.wake_writer();
     }
@@ -341,7 +379,7 @@ async fn serve_conn(shard: Rc<ConnShard>, conn: Rc<Conn>) {
 }
 
 /// Best effort, without waiting: a close frame straight to the socket, when no frame is
-/// half-written (the writer task is gone after a panic).
+/// half-written (the connection's task is gone after a panic).
 fn send_close_now(conn: &Conn, code: u16, reason: &str) {
     let at_boundary = conn
         .link
@@ -394,7 +432,7 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
-    let (tail, resume) = match head::read(shard, conn).await {
+    let (tail, resume) = match Box::pin(head::read(shard, conn)).await {
         Opening::WebSocket(tail, resume) => (tail, resume),
         Opening::Http(bytes) => {
             // Boxed by the handler: hyper's connection state is allocated only for HTTP
@@ -407,7 +445,7 @@ async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
     stats.handshakes_total.fetch_add(1, Relaxed);
     stats.connections.fetch_add(1, Relaxed);
     conn.opened.set(true);
-    let now = Instant::now();
+    let now = Millis::now();
     conn.last_seen.set(now);
     conn.last_ping.set(now);
     conn.set_phase(Phase::Open);
@@ -417,17 +455,21 @@ async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
     if shard.draining.get() {
         conn.close(close_code::GOING_AWAY, "server shutting down");
     }
-    let writer = glommio::spawn_local(writer::task(shard.clone(), conn.clone()));
-    let end = reader::read_messages(shard, conn, key, tail).await;
-    trace!(shard = shard.id, ?end, "reader ended");
-    match end {
-        End::PeerClosed => {}
-        End::Failed => head::discard_until_eof(shard, conn).await,
-        End::Gone => conn.kill(),
-    }
-    conn.reader_done.set(true);
-    conn.link.wake_writer();
-    writer.await;
+    halves(shard, conn, key, tail).await;
+}
+
+/// One task per connection: the reader and the writer are its two halves, polled together (the
+/// writer is idle most of the time; the distributor writes for it).
+fn halves<'a>(
+    shard: &'a ConnShard,
+    conn: &'a Conn,
+    key: usize,
+    tail: Vec<u8>,
+) -> impl Future<Output = ((), ())> + 'a {
+    futures_lite::future::zip(
+        reader::ReadHalf::new(shard, conn, key, tail),
+        writer::write_loop(shard, conn),
+    )
 }
 
 /// A new WebSocket client's start: subscribed to `metrics` and `events`, it gets the last
@@ -506,8 +548,9 @@ mod tests {
         }
     }
 
-    /// Every idle connection carries these two task futures: keep them small (DESIGN.md aims
-    /// at under 3 KB per idle connection, all included).
+    /// Every idle connection carries its state (`Conn`) and its one task: keep them small (the
+    /// goal is 1 KB per idle connection, all included; BENCHMARKS.md "Memory per idle
+    /// connection" has the whole account).
     #[test]
     fn connection_tasks_stay_small() {
         fn size<F>(_: &F) -> usize {
@@ -521,17 +564,23 @@ mod tests {
             let shard = Rc::new(Shard::new(0, Default::default(), shared, context));
             let conn = Rc::new(Conn::new(TcpStream::connect(addr).await.unwrap()));
             let serve = serve_conn(shard.clone(), conn.clone());
-            let writer = writer::task(shard.clone(), conn.clone());
+            let reader = reader::ReadHalf::new(&shard, &conn, 0, Vec::new());
+            let writer = writer::write_loop(&shard, &conn);
             eprintln!(
-                "Conn {} B, serve {} B, writer {} B",
+                "Conn {} B, task {} B (reading half {} B, writing half {} B)",
                 std::mem::size_of::<Conn>(),
                 size(&serve),
-                size(&writer)
+                size(&reader),
+                size(&writer),
             );
-            assert!(std::mem::size_of::<Conn>() <= 400);
-            // 520: 512 until the resume (`?since=`) rode along with the upgrade.
-            assert!(size(&serve) <= 520, "serve future: {} B", size(&serve));
-            assert!(size(&writer) <= 256, "writer future: {} B", size(&writer));
+            // 400 until the four times became 4-byte `Millis`.
+            assert!(std::mem::size_of::<Conn>() <= 352);
+            // 520 (plus a 256 B writer task and tungstenite's 256 B read buffer) until the
+            // reader and writer became the halves of one task and frames were decoded in the
+            // shard's scratch buffer.
+            assert!(size(&serve) <= 400, "connection task: {} B", size(&serve));
+            assert!(size(&reader) <= 96, "reading half: {} B", size(&reader));
+            assert!(size(&writer) <= 128, "writing half: {} B", size(&writer));
         });
     }
 }

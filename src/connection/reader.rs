@@ -1,19 +1,17 @@
-//! The reader: tungstenite parses the client's frames from the socket; each message is acted
-//! on here (subscribe, unsubscribe, ping), and a bad one fails the connection with its close
-//! code.
+//! The reader: client frames are read into the shard's scratch buffer and decoded there
+//! ([`decoder`](super::decoder)); each message is acted on here (subscribe, unsubscribe, ping),
+//! and a bad one fails the connection with its close code. Nothing is held per connection
+//! between frames.
 
-use std::future::poll_fn;
-use std::io::{self, Read, Write};
+use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::task::{ready, Context, Poll};
 
-use futures_lite::AsyncRead;
-use tracing::debug;
-use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tungstenite::protocol::{Message, Role, WebSocketContext};
+use tracing::trace;
 
+use super::decoder::{self, Decoder, Fault, Msg};
 use super::{Conn, ConnShard};
 use crate::hub::fanout::Subscribed;
 use crate::hub::shard::Phase;
@@ -23,7 +21,7 @@ use crate::protocol::{
 };
 
 #[derive(Debug)]
-pub(super) enum End {
+enum End {
     /// The close handshake completed (or was started by the peer).
     PeerClosed,
     /// We are failing the connection with a close code already queued.
@@ -32,116 +30,178 @@ pub(super) enum End {
     Gone,
 }
 
-/// The adapter tungstenite reads from and writes to: reads go to the socket (WouldBlock when
-/// it has nothing), writes (its automatic pong and close replies) go to the client's queue.
-struct Io<'a, 'b> {
+/// Bytes one poll decodes before it lets the shard's other tasks run: a client that floods
+/// its socket is served in turns like everyone else.
+const READ_BUDGET: usize = 256 * 1024;
+
+/// The connection task's reading half: client messages until the connection ends, then, when
+/// the client was failed, whatever it still sends is read and thrown away until it closes (so
+/// unread input never turns our close into a reset that loses the close frame). Written by
+/// hand rather than as an `async fn`: every open connection carries this state, so it holds
+/// only the decoder and two flags.
+pub(super) struct ReadHalf<'a> {
+    shard: &'a ConnShard,
     conn: &'a Conn,
-    cx: &'a mut Context<'b>,
+    key: usize,
+    decoder: Decoder,
+    /// Bytes that came with the request head are decoded before the first read.
+    early: bool,
+    /// Failed: input is thrown away until EOF.
+    discarding: bool,
 }
 
-impl Read for Io<'_, '_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut stream = self.conn.stream.borrow_mut();
-        match Pin::new(&mut *stream).poll_read(self.cx, buf) {
-            Poll::Ready(r) => r,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+impl<'a> ReadHalf<'a> {
+    /// `tail`: the bytes the client sent right behind its request head.
+    pub(super) fn new(shard: &'a ConnShard, conn: &'a Conn, key: usize, tail: Vec<u8>) -> Self {
+        let decoder = Decoder::with_pending(tail);
+        Self {
+            shard,
+            conn,
+            key,
+            early: decoder.has_pending(),
+            decoder,
+            discarding: false,
+        }
+    }
+
+    /// Reads and acts on client messages until the reader is done.
+    fn poll_messages(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let (shard, conn) = (self.shard, self.conn);
+        let max = shard.config.max_message();
+        if std::mem::take(&mut self.early) {
+            if let Some(end) = decode(shard, conn, self.key, &mut self.decoder, &mut [], max) {
+                return Poll::Ready(end);
+            }
+        }
+        let mut budget = READ_BUDGET;
+        loop {
+            let mut scratch = shard.local.read.borrow_mut();
+            let n = match conn.poll_read(cx, &mut scratch) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(End::Gone),
+                Poll::Ready(Ok(n)) => n,
+            };
+            let fresh = &mut scratch[..n];
+            if let Some(end) = decode(shard, conn, self.key, &mut self.decoder, fresh, max) {
+                return Poll::Ready(end);
+            }
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Reads and throws away until EOF (bounded by the close timeout of the sweep).
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let mut sink = self.shard.local.read.borrow_mut();
+            match self.conn.poll_read(cx, &mut sink) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+            }
         }
     }
 }
 
-impl Write for Io<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.conn.link.out.borrow_mut().push_control(buf);
-        self.conn.link.wake_writer();
-        Ok(buf.len())
-    }
+impl Future for ReadHalf<'_> {
+    type Output = ();
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if !this.discarding {
+            let end = ready!(this.poll_messages(cx));
+            trace!(shard = this.shard.id, ?end, "reader ended");
+            match end {
+                End::PeerClosed => {}
+                End::Failed => this.discarding = true,
+                End::Gone => this.conn.kill(),
+            }
+        }
+        if this.discarding {
+            ready!(this.poll_discard(cx));
+        }
+        this.conn.reader_done.set(true);
+        this.conn.link.wake_writer();
+        Poll::Ready(())
     }
 }
 
-/// Reads client messages until the connection ends. The tungstenite context is built here, not
-/// passed in, so the connection's task holds one copy of it.
-pub(super) async fn read_messages(
+/// Decodes `fresh` and acts on every message in it. `Some`: the reader is done.
+fn decode(
     shard: &ConnShard,
     conn: &Conn,
     key: usize,
-    tail: Vec<u8>,
-) -> End {
-    let config = Some(shard.config.websocket);
-    let mut ctx = WebSocketContext::from_partially_read(tail, Role::Server, config);
-    loop {
-        let msg = poll_fn(|cx| match ctx.read(&mut Io { conn, cx }) {
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-            other => Poll::Ready(other),
-        })
-        .await;
-        if msg.is_ok() {
-            conn.last_seen.set(Instant::now());
+    decoder: &mut Decoder,
+    fresh: &mut [u8],
+    max: usize,
+) -> Option<End> {
+    let failure = match decoder.feed(fresh, max, |msg| on_message(shard, conn, key, msg)) {
+        Ok(ControlFlow::Continue(())) => return None,
+        Ok(ControlFlow::Break(Ok(end))) => return Some(end),
+        Ok(ControlFlow::Break(Err(failure))) => failure,
+        Err(Fault::Protocol) => (close_code::PROTOCOL_ERROR, "protocol error"),
+        Err(Fault::TooBig) => (close_code::TOO_BIG, "message too big"),
+        Err(Fault::Utf8) => (close_code::INVALID_PAYLOAD, "invalid UTF-8"),
+    };
+    let (code, reason) = failure;
+    shard.stats().protocol_errors_total.fetch_add(1, Relaxed);
+    if code == close_code::POLICY {
+        // Its replies are what it does not read: they go.
+        conn.close(code, reason);
+    } else {
+        // Answers to the valid messages before the bad one still go out first.
+        conn.fail(code, reason);
+    }
+    Some(End::Failed)
+}
+
+/// What one message leads to: go on, the reader is done, or the client is failed with a code.
+type Step = ControlFlow<Result<End, (u16, &'static str)>>;
+
+fn on_message(shard: &ConnShard, conn: &Conn, key: usize, msg: Msg<'_>) -> Step {
+    conn.last_seen.set(super::Millis::now());
+    let failure = match msg {
+        Msg::Text(text) if shard.config.echo => echo(shard, conn, OP_TEXT, text),
+        Msg::Binary(data) if shard.config.echo => echo(shard, conn, OP_BINARY, data),
+        Msg::Text(text) => on_text(shard, conn, key, text),
+        Msg::Binary(_) => {
+            let stamp = shard.shared.stamp();
+            let reply = error_frame(
+                "unsupported_message",
+                "binary messages are not part of the protocol",
+                &stamp,
+            );
+            queue_reply(shard, conn, reply)
         }
-        let failure = match msg {
-            Ok(Message::Text(text)) if shard.config.echo => {
-                echo(shard, conn, OP_TEXT, text.as_bytes())
-            }
-            Ok(Message::Binary(data)) if shard.config.echo => echo(shard, conn, OP_BINARY, &data),
-            Ok(Message::Text(text)) => on_text(shard, conn, key, text.as_bytes()),
-            Ok(Message::Binary(_)) => {
-                let stamp = shard.shared.stamp();
-                let reply = error_frame(
-                    "unsupported_message",
-                    "binary messages are not part of the protocol",
-                    &stamp,
-                );
-                queue_reply(shard, conn, reply)
-            }
-            Ok(Message::Close(_)) => {
-                // tungstenite queued its close reply as control bytes: make it our close frame.
-                conn.link.out.borrow_mut().close_with_control();
-                conn.set_phase(Phase::Closing);
-                conn.link.wake_writer();
-                None
-            }
-            Ok(Message::Ping(_)) => {
-                // tungstenite queued the pong as control bytes; a client that sends pings and
-                // reads nothing must not grow them without bound.
-                let waiting = conn.link.out.borrow().reply_backlog();
-                (waiting > shard.config.max_reply_backlog)
-                    .then_some((close_code::POLICY, "replies not read"))
-            }
-            Ok(Message::Pong(_) | Message::Frame(_)) => None,
-            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return End::PeerClosed,
-            Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
-                Some((close_code::TOO_BIG, "message too big"))
-            }
-            Err(WsError::Capacity(CapacityError::TooManyHeaders)) => {
-                Some((close_code::PROTOCOL_ERROR, "protocol error"))
-            }
-            Err(WsError::Utf8(_)) => Some((close_code::INVALID_PAYLOAD, "invalid UTF-8")),
-            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
-                return End::Gone
-            }
-            Err(WsError::Protocol(p)) => {
-                debug!(shard = shard.id, error = %p, "protocol error");
-                Some((close_code::PROTOCOL_ERROR, "protocol error"))
-            }
-            Err(WsError::Io(_)) => return End::Gone,
-            Err(other) => {
-                debug!(shard = shard.id, error = %other, "websocket error");
-                Some((close_code::PROTOCOL_ERROR, "protocol error"))
-            }
-        };
-        if let Some((code, reason)) = failure {
-            shard.stats().protocol_errors_total.fetch_add(1, Relaxed);
-            if code == close_code::POLICY {
-                // Its replies are what it does not read: they go.
-                conn.close(code, reason);
-            } else {
-                // Answers to the valid messages before the bad one still go out first.
-                conn.fail(code, reason);
-            }
-            return End::Failed;
+        Msg::Close(payload) => {
+            // Our close frame answers theirs, after the replies already queued.
+            let mut out = conn.link.out.borrow_mut();
+            out.push_control(&decoder::close_reply(payload));
+            out.close_with_control();
+            drop(out);
+            conn.set_phase(Phase::Closing);
+            conn.link.wake_writer();
+            return ControlFlow::Break(Ok(End::PeerClosed));
         }
+        Msg::Ping(payload) => {
+            conn.link
+                .out
+                .borrow_mut()
+                .push_control(&decoder::pong(payload));
+            conn.link.wake_writer();
+            // A client that sends pings and reads nothing must not grow them without bound.
+            let waiting = conn.link.out.borrow().reply_backlog();
+            (waiting > shard.config.max_reply_backlog)
+                .then_some((close_code::POLICY, "replies not read"))
+        }
+        Msg::Pong => None,
+    };
+    match failure {
+        Some(failure) => ControlFlow::Break(Err(failure)),
+        None => ControlFlow::Continue(()),
     }
 }
 

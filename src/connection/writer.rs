@@ -1,21 +1,17 @@
 //! The writer: everything queued for a client goes out in one `sendmsg` of the shared frames.
-//! The distributor writes a batch itself when the writer task is idle ([`write_now`]); the
+//! The distributor writes a batch itself when the writing half is idle ([`write_now`]); the
 //! task keeps full sockets, errors and the close.
 
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::RawFd;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
-use std::time::Instant;
 
-use futures_lite::{AsyncWrite, FutureExt};
-use tracing::error;
+use futures_lite::AsyncWrite;
 
-use super::{panic_text, Conn, ConnShard};
+use super::{Conn, ConnShard};
 use crate::hub::queue::{OutQueue, Progress};
 use crate::hub::shard::Phase;
 use crate::protocol::lagged_frame;
@@ -23,22 +19,10 @@ use crate::protocol::lagged_frame;
 /// Most frames one `sendmsg` carries.
 pub(super) const MAX_IOV: usize = 128;
 
-pub(super) async fn task(shard: Rc<ConnShard>, conn: Rc<Conn>) {
-    if let Err(panic) = AssertUnwindSafe(write_loop(&shard, &conn))
-        .catch_unwind()
-        .await
-    {
-        shard.stats().panics_total.fetch_add(1, Relaxed);
-        error!(
-            shard = shard.id,
-            cause = panic_text(&*panic),
-            "writer task panicked"
-        );
-        conn.kill();
-    }
-}
-
-async fn write_loop(shard: &ConnShard, conn: &Conn) {
+/// The connection task's writing half: runs until the close frame is sent, the socket fails,
+/// or the reader is done and nothing is left to write. A panic here is the connection task's
+/// (caught by its shard, like the reader's).
+pub(super) async fn write_loop(shard: &ConnShard, conn: &Conn) {
     loop {
         let go = poll_fn(|cx| {
             if conn.dead.get() {
@@ -75,7 +59,7 @@ async fn flush(shard: &ConnShard, conn: &Conn) -> bool {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if conn.stalled_since.get().is_none() {
-                    conn.stalled_since.set(Some(Instant::now()));
+                    conn.stalled_since.set(Some(super::Millis::now()));
                 }
                 match wait_writable(conn).await {
                     Ok(n) => n,

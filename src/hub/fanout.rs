@@ -189,6 +189,11 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             if subs.len() >= self.max_subscriptions {
                 return Subscribed::Limit;
             }
+            if subs.capacity() == 0 {
+                // Room for the two every client starts with (`metrics`, `events`), no more:
+                // an idle client carries this.
+                subs.reserve_exact(2);
+            }
             subs.push(channel.clone());
         }
         let detail = is_detail(&channel);

@@ -74,6 +74,11 @@ impl OutQueue {
                 dropped = true;
             }
         }
+        if self.items.capacity() == 0 {
+            // An idle client holds its queue's first allocation (it got the snapshot): one
+            // slot, not the four a first push makes; a busy client's queue grows as it needs.
+            self.items.reserve_exact(1);
+        }
         self.items.push_back(Out::Shared(frame));
         self.shared += 1;
         dropped

@@ -54,7 +54,7 @@ pub(crate) trait Client: AsRef<ClientLink> + Sized + 'static {
     fn write_now(&self, shard: &Shard<Self>);
 
     /// The times the heartbeat sweep looks at.
-    fn timing(&self) -> Timing;
+    fn timing(&self, now: Instant) -> Timing;
 
     /// For the sweep: records whether the client's TCP stack acknowledged data since the last
     /// look (asked only of a stalled writer, or of a `quiet` client about to reach the pong
@@ -266,7 +266,7 @@ async fn distribute<C: Client>(shard: &Shard<C>) {
 /// Writes the batch just distributed: every client that got frames gets one `sendmsg` of
 /// all it has queued, straight from here when its writer is idle. No task is woken per
 /// client; a client whose socket is full, or whose queue needs the writer (a close, an
-/// error), is handed to its writer task. Every [`FLUSH_SLICE`] clients the pass gives the
+/// error), is handed to its connection's task. Every [`FLUSH_SLICE`] clients the pass gives the
 /// scheduler a chance to run the connections' tasks (when their latency is due): frames
 /// published meanwhile wait in the ring for the next pass, which takes them all at once.
 async fn flush_broadcasts<C: Client>(shard: &Shard<C>) {
@@ -359,10 +359,10 @@ async fn sweep_loop<C: Client>(shard: Rc<Shard<C>>) {
             // Three sweeps before the pong wait ends, look for acknowledged data: two looks
             // before the deadline, the first only a baseline.
             let quiet = conn.is_websocket()
-                && now.saturating_duration_since(conn.timing().last_seen) + 3 * period
+                && now.saturating_duration_since(conn.timing(now).last_seen) + 3 * period
                     >= shard.config.pong_wait;
             conn.note_acknowledged(now, quiet);
-            match sweep_action(&conn.timing(), now, &shard.config) {
+            match sweep_action(&conn.timing(now), now, &shard.config) {
                 Sweep::Nothing => {}
                 Sweep::Ping => conn.ping(now),
                 Sweep::Kill(reason) => {
