@@ -15,8 +15,9 @@ use crate::hub::shard::Phase;
 
 /// How a connection's first request went.
 pub(super) enum Opening {
-    /// Upgraded; the bytes after the head (frames the client sent early), and the resume the
-    /// client asked for.
+    /// Upgraded: the bytes after the head (frames the client sent early), and the resume the
+    /// client asked for. The `101` answer is queued, not written yet: it goes out with the
+    /// greeting, in one `sendmsg`.
     WebSocket(Vec<u8>, Option<Box<Resume>>),
     /// Not for the WebSocket endpoint: everything read so far, for the HTTP server.
     Http(Vec<u8>),
@@ -58,10 +59,16 @@ pub(super) async fn read(shard: &ConnShard, conn: &Conn) -> Opening {
     };
     match handshake::answer(&buf[..head_len], cfg, admit) {
         Head::Upgrade(response, resume) => {
-            if write_all(conn, response.as_bytes()).await.is_err() {
-                return Opening::Refused;
-            }
-            Opening::WebSocket(buf.split_off(head_len), resume.map(Box::new))
+            let tail = if head_len == buf.len() {
+                Vec::new()
+            } else {
+                buf.split_off(head_len)
+            };
+            conn.link
+                .out
+                .borrow_mut()
+                .push_reply(response.into_bytes().into_boxed_slice());
+            Opening::WebSocket(tail, resume.map(Box::new))
         }
         Head::Refuse(response) => {
             debug!(shard = shard.id, "handshake refused");
@@ -87,6 +94,12 @@ async fn respond(shard: &ConnShard, conn: &Conn, response: &str) {
 async fn read_some(conn: &Conn, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
     let len = buf.len();
     buf.resize(want, 0);
+    // Straight to the socket first: the head is usually there already, and a read through
+    // glommio that returns less than asked arms a poll on the ring that is cancelled later.
+    if let Some(res) = conn.try_read(&mut buf[len..]) {
+        buf.truncate(len + *res.as_ref().unwrap_or(&0));
+        return res;
+    }
     let res = poll_fn(|cx| {
         let mut stream = conn.stream.borrow_mut();
         Pin::new(&mut *stream).poll_read(cx, &mut buf[len..])

@@ -181,12 +181,37 @@ impl Conn {
         self.since.set(Millis::now());
     }
 
+    /// Reads what the socket has, straight from it; glommio (a poll on the ring) is asked only
+    /// when it has nothing, so a read that succeeds never leaves a poll armed.
     pub(crate) fn poll_read(
         &self,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(res) = self.try_read(buf) {
+            return Poll::Ready(res);
+        }
         Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)
+    }
+
+    /// One `recv` without waiting: `None` when the socket has nothing yet.
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        // SAFETY: `fd` is this connection's open socket; `buf` is valid for its length.
+        let n = unsafe {
+            libc::recv(
+                self.fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Some(Ok(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        (e.kind() != io::ErrorKind::WouldBlock)
+            .then_some(e)
+            .map(Err)
     }
 
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -302,7 +327,7 @@ impl Client for Conn {
     /// The socket is wrapped before the task starts, so the task's future holds a pointer to
     /// it, not the stream itself.
     fn serve(shard: Rc<ConnShard>, stream: TcpStream) -> impl Future<Output = ()> + 'static {
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY comes from the listener (set in `bind_all`): no call per connection.
         if let Some(bytes) = shard.config.send_buffer {
             set_send_buffer(stream.as_raw_fd(), bytes);
         }
@@ -449,8 +474,13 @@ async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
     conn.last_seen.set(now);
     conn.last_ping.set(now);
     conn.set_phase(Phase::Open);
+    // The 101 is first in the queue, the greeting goes behind it, and both in one `sendmsg`
+    // (one segment, one wake of the client).
     if !shard.config.echo {
         greet(shard, conn, key, resume);
+    }
+    if !writer::write_first(shard, conn) {
+        return;
     }
     if shard.draining.get() {
         conn.close(close_code::GOING_AWAY, "server shutting down");

@@ -118,6 +118,21 @@ pub(super) fn write_now(shard: &ConnShard, conn: &Conn) {
     }
 }
 
+/// The first write of an upgraded connection, from its own task: the 101 and the greeting in
+/// one `sendmsg`. Returns false when the socket failed (the connection is over); whatever did
+/// not fit is left to the writing half.
+pub(super) fn write_first(shard: &ConnShard, conn: &Conn) -> bool {
+    let mut out = conn.link.out.borrow_mut();
+    match send_once(shard, conn, &mut out) {
+        None => true,
+        Some(Ok(n)) => {
+            advance(shard, conn, &mut out, n);
+            true
+        }
+        Some(Err(e)) => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
 /// Puts a pending `lagged` notice in front, then one `sendmsg` of the queue; `None` when there
 /// is nothing to send.
 fn send_once(shard: &ConnShard, conn: &Conn, out: &mut OutQueue) -> Option<io::Result<usize>> {
@@ -146,6 +161,13 @@ fn advance(shard: &ConnShard, conn: &Conn, out: &mut OutQueue, n: usize) -> Prog
 
 /// One `sendmsg` of the queued frames, without blocking.
 fn send_queued(fd: RawFd, out: &OutQueue, iov: &mut Vec<libc::iovec>) -> io::Result<usize> {
+    // A write that ends with our close frame is followed at once by shutdown(SHUT_WR):
+    // MSG_MORE holds it for the FIN, so both go in one segment.
+    let more = if out.ends_with_close(MAX_IOV) {
+        libc::MSG_MORE
+    } else {
+        0
+    };
     iov.clear();
     iov.extend(out.slices(MAX_IOV).map(|s| libc::iovec {
         iov_base: s.as_ptr() as *mut libc::c_void,
@@ -157,7 +179,7 @@ fn send_queued(fd: RawFd, out: &OutQueue, iov: &mut Vec<libc::iovec>) -> io::Res
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = iov.as_mut_ptr();
         msg.msg_iovlen = iov.len() as _;
-        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | more)
     };
     if n < 0 {
         Err(io::Error::last_os_error())

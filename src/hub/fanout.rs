@@ -232,8 +232,11 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         drop(subs);
         newer.sort_unstable_by_key(|f| f.seq());
         let mut out = link.out.borrow_mut();
+        // Above the queue's bound if it must (one frame per channel at most): the replay's
+        // last frames may still fill the queue, and none of them may be dropped for these.
+        let cap = self.queue_cap.max(out.shared_len() + newer.len());
         for frame in newer {
-            out.push_shared(frame.clone(), self.queue_cap);
+            out.push_shared(frame.clone(), cap);
         }
     }
 

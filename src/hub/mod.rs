@@ -191,6 +191,8 @@ fn bind_all(config: &HubConfig, n: usize) -> Result<(Vec<RawFd>, SocketAddr), Er
             }
             _ => Error::Io(e),
         })?;
+        // Accepted sockets inherit TCP_NODELAY from their listener: no call per connection.
+        socket.set_nodelay(true)?;
         socket.listen(config.listen_backlog)?;
         if addr.port() == 0 {
             let bound = socket.local_addr()?.as_socket();

@@ -151,6 +151,11 @@ impl OutQueue {
         self.close.is_some() || self.closed
     }
 
+    /// Whether the first `max` slices hold everything left, the close frame last.
+    pub(crate) fn ends_with_close(&self, max: usize) -> bool {
+        self.closed && self.items.len() <= max
+    }
+
     /// Whether the writer has something to send.
     pub(crate) fn has_work(&self) -> bool {
         // Once closed, the queue holds only the close frame until it is written.

@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ const FLUSH_SLICE: usize = 64;
 /// How soon the connections' tasks (accepts, reads, HTTP requests such as publishes) must run
 /// when they have work, even while the distributor writes a pass over thousands of sockets.
 const CONNECTION_LATENCY: Duration = Duration::from_millis(1);
+
+/// Connections accepted in a row before the shard's other tasks run.
+const ACCEPT_BURST: usize = 64;
 
 /// What a shard needs of its connections. `connection::Conn` is the implementation; the
 /// shard is generic over it so that the hub does not depend on the connection code.
@@ -165,11 +169,7 @@ impl RateLimit {
 
 /// Runs the shard until shutdown, then drains it.
 /// `listen_fd` is `listener`'s descriptor, used to stop listening at the end.
-pub(crate) async fn run<C: Client>(
-    shard: Rc<Shard<C>>,
-    listener: TcpListener,
-    listen_fd: std::os::fd::RawFd,
-) {
+pub(crate) async fn run<C: Client>(shard: Rc<Shard<C>>, listener: TcpListener, listen_fd: RawFd) {
     // Connections in a task queue of their own, whose latency the scheduler keeps by making the
     // distributor (in the executor's default queue) yield between slices of a pass: a publish
     // is answered mid-pass, and what it sends joins the next pass's batch. Every task a
@@ -179,8 +179,9 @@ pub(crate) async fn run<C: Client>(
         glommio::Latency::Matters(CONNECTION_LATENCY),
         "connections",
     );
-    let accept = glommio::spawn_local_into(accept_loop(shard.clone(), listener), connections)
-        .expect("the queue was created on this executor");
+    let accept =
+        glommio::spawn_local_into(accept_loop(shard.clone(), listener, listen_fd), connections)
+            .expect("the queue was created on this executor");
     let sweep = glommio::spawn_local_into(sweep_loop(shard.clone()), connections)
         .expect("the queue was created on this executor");
     distribute(&shard).await;
@@ -197,8 +198,37 @@ pub(crate) async fn run<C: Client>(
     debug!(shard = shard.id, "shard stopped");
 }
 
-async fn accept_loop<C: Client>(shard: Rc<Shard<C>>, listener: TcpListener) {
+/// Accepts connections until cancelled. The backlog is drained with `accept4` straight on
+/// the (non-blocking) listener, a burst of [`ACCEPT_BURST`] at most before the other tasks
+/// run; glommio's accept (on the ring) waits only when the backlog is empty. That spares the
+/// two `fcntl` calls glommio makes on every socket it accepts.
+async fn accept_loop<C: Client>(shard: Rc<Shard<C>>, listener: TcpListener, fd: RawFd) {
+    // SAFETY: `fd` is the open listening socket `listener` owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
     loop {
+        for _ in 0..ACCEPT_BURST {
+            // SAFETY: a listening socket; the peer's address is not asked for.
+            let r = unsafe {
+                libc::accept4(
+                    fd,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if r < 0 {
+                break;
+            }
+            shard.stats().accepted_total.fetch_add(1, Relaxed);
+            // SAFETY: `r` is a socket just accepted, owned by nothing else.
+            let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(r) };
+            glommio::spawn_local(C::serve(shard.clone(), stream)).detach();
+        }
+        // The backlog is empty, or a burst is done, or accept4 failed (out of descriptors:
+        // glommio's accept reports it below, and the loop backs off).
         match listener.accept().await {
             Ok(stream) => {
                 shard.stats().accepted_total.fetch_add(1, Relaxed);
