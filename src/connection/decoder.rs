@@ -125,7 +125,8 @@ impl Input<'_> {
     ) -> Result<(usize, ControlFlow<R>), Fault> {
         let mut at = 0;
         while let Some((header, len)) = self.header(&buf[at..])? {
-            let end = at + header + len;
+            // `len` is at most the limit; the sum is checked all the same (no limit is too big).
+            let end = at.saturating_add(header).saturating_add(len);
             if end > buf.len() {
                 break;
             }
@@ -181,7 +182,8 @@ impl Input<'_> {
             },
             n => (2, u64::from(n)),
         };
-        if control && (!fin || len > 125) {
+        if control && (!fin || len > 125) || len >> 63 != 0 {
+            // (A 64-bit length has its top bit clear.)
             return Err(Fault::Protocol);
         }
         let so_far = if opcode == OP_CONTINUATION {
@@ -189,7 +191,7 @@ impl Input<'_> {
         } else {
             0
         };
-        if len > self.max as u64 || so_far + len > self.max as u64 {
+        if so_far.saturating_add(len) > self.max as u64 {
             return Err(Fault::TooBig);
         }
         let header = size + 4;
@@ -480,6 +482,17 @@ mod tests {
         assert_eq!((got, end), (vec![], Err(Fault::TooBig)));
         let huge = [0x81, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
         assert_eq!(decode(&huge, usize::MAX, 100).1, Err(Fault::TooBig));
+        // The top bit of a 64-bit length must be clear, whatever the limit.
+        let top = [0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(decode(&top, usize::MAX, usize::MAX).1, Err(Fault::Protocol));
+        let near = [
+            0x81, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4,
+        ];
+        assert_eq!(
+            decode(&near, usize::MAX, usize::MAX),
+            (vec![], Ok(())),
+            "waits, no overflow"
+        );
         // Fragments count together.
         let mut parts = frame(0x01, &[b'a'; 60]);
         parts.extend(frame(0x80, &[b'a'; 41]));

@@ -67,7 +67,7 @@ pub(super) async fn read(shard: &ConnShard, conn: &Conn) -> Opening {
             conn.link
                 .out
                 .borrow_mut()
-                .push_reply(response.into_bytes().into_boxed_slice());
+                .push_upgrade(response.into_bytes().into_boxed_slice());
             Opening::WebSocket(tail, resume.map(Box::new))
         }
         Head::Refuse(response) => {

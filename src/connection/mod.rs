@@ -287,7 +287,9 @@ impl Millis {
 
     /// This moment as an `Instant`, given the clock's reading `at` at the instant `now`.
     fn instant(self, at: Self, now: Instant) -> Instant {
+        // A moment a little after `at` (none should be) reads as now, not as 49 days ago.
         let age = at.0.get().wrapping_sub(self.0.get());
+        let age = if age > u32::MAX / 2 { 0 } else { age };
         now.checked_sub(std::time::Duration::from_millis(age.into()))
             .unwrap_or(now)
     }

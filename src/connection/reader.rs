@@ -95,12 +95,18 @@ impl<'a> ReadHalf<'a> {
 
     /// Reads and throws away until EOF (bounded by the close timeout of the sweep).
     fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut budget = READ_BUDGET;
         loop {
             let mut sink = self.shard.local.read.borrow_mut();
             match self.conn.poll_read(cx, &mut sink) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
                 Poll::Ready(_) => return Poll::Ready(()),
+            }
+            if budget == 0 {
+                // In turns with everyone else, as when reading messages.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
         }
     }

@@ -41,6 +41,9 @@ pub struct OutQueue {
     /// Whether the replies queued before the close go out ahead of it.
     close_after_replies: bool,
     closed: bool,
+    /// The first item is the upgrade's `101` answer, not fully written yet: nothing goes in
+    /// front of it, and a close keeps it.
+    pinned: bool,
 }
 
 /// What [`OutQueue::advance`] completed.
@@ -90,6 +93,19 @@ impl OutQueue {
     }
 
     /// Appends a reply for this client; returns the reply bytes now waiting.
+    /// Puts the upgrade's `101` answer first: it goes out ahead of everything, a `lagged`
+    /// notice, control bytes and a close included, and is not counted as a frame or a reply.
+    /// Nothing can have been missed before it.
+    pub(crate) fn push_upgrade(&mut self, bytes: Box<[u8]>) {
+        if self.items.capacity() == 0 {
+            // The answer and the snapshot: an idle client keeps two slots.
+            self.items.reserve_exact(2);
+        }
+        self.items.push_front(Out::Owned(bytes));
+        self.pinned = true;
+        self.dropped = 0;
+    }
+
     pub(crate) fn push_reply(&mut self, bytes: Box<[u8]>) -> usize {
         if self.close.is_none() && !self.closed {
             self.reply_bytes += bytes.len();
@@ -192,15 +208,17 @@ impl OutQueue {
         if self.head_written > 0 || self.closed {
             return None;
         }
+        // Where what goes first is put: behind the upgrade's answer while it waits.
+        let front = usize::from(self.pinned);
         if let Some(close) = self.close.take() {
             if self.close_after_replies {
                 self.items.retain(|o| matches!(o, Out::Owned(_)));
                 if !self.control.is_empty() {
                     let control = std::mem::take(&mut self.control).into_boxed_slice();
-                    self.items.push_front(Out::Owned(control));
+                    self.items.insert(front, Out::Owned(control));
                 }
             } else {
-                self.items.clear();
+                self.items.truncate(front);
             }
             self.control = Vec::new();
             self.shared = 0;
@@ -212,14 +230,14 @@ impl OutQueue {
         let mut reported = None;
         if self.dropped > 0 && !self.items.is_empty() {
             reported = Some(self.dropped);
-            self.items.push_front(Out::Owned(lagged(self.dropped)));
-            self.reply_bytes += self.items[0].bytes().len();
+            self.items.insert(front, Out::Owned(lagged(self.dropped)));
+            self.reply_bytes += self.items[front].bytes().len();
             self.dropped = 0;
         }
         if !self.control.is_empty() {
             let control = std::mem::take(&mut self.control).into_boxed_slice();
             self.reply_bytes += control.len();
-            self.items.push_front(Out::Owned(control));
+            self.items.insert(front, Out::Owned(control));
         }
         reported
     }
@@ -267,6 +285,11 @@ impl OutQueue {
             }
             n -= left;
             self.head_written = 0;
+            if std::mem::take(&mut self.pinned) {
+                // The upgrade's answer: not a frame, not a reply.
+                self.items.pop_front();
+                continue;
+            }
             match self.items.pop_front() {
                 Some(Out::Shared(_)) => self.shared -= 1,
                 Some(Out::Owned(b)) => {
@@ -343,6 +366,35 @@ mod tests {
         q.prepare(|_| unreachable!());
         let sent: Vec<&[u8]> = q.slices(8).collect();
         assert_eq!(sent, [pong.as_slice(), close.as_slice()]);
+    }
+
+    #[test]
+    fn the_upgrade_answer_goes_first_whatever_comes_after_it() {
+        let lagged = |n: u64| format!("lagged {n}").into_bytes().into_boxed_slice();
+        let mut q = OutQueue::default();
+        q.add_missed(3); // before the upgrade: nothing was missed
+        q.push_upgrade(b"101".to_vec().into_boxed_slice());
+        q.push_shared(Rc::new(Frame::for_test(b"snapshot")), 1);
+        q.push_shared(Rc::new(Frame::for_test(b"newer")), 1); // drops "snapshot"
+        q.push_control(b"pong");
+        assert_eq!(q.prepare(lagged), Some(1));
+        let sent: Vec<&[u8]> = q.slices(8).collect();
+        assert_eq!(sent[0], b"101", "nothing in front of the answer");
+        assert_eq!(sent[1..3], [b"pong".as_slice(), b"lagged 1"]);
+        // The answer is neither a frame nor a reply.
+        let all: usize = sent.iter().map(|s| s.len()).sum();
+        assert_eq!(q.advance(all).frames, 3);
+        assert_eq!(q.reply_backlog(), 0);
+        // A close while the answer is unwritten keeps it, first.
+        let mut q = OutQueue::default();
+        q.push_upgrade(b"101".to_vec().into_boxed_slice());
+        q.push_shared(Rc::new(Frame::for_test(b"snapshot")), 4);
+        q.close_with(b"close".to_vec().into_boxed_slice());
+        q.prepare(|_| unreachable!());
+        let sent: Vec<&[u8]> = q.slices(8).collect();
+        assert_eq!(sent, [b"101".as_slice(), b"close"]);
+        assert!(q.ends_with_close(8));
+        assert!(q.advance(8).close_sent);
     }
 
     #[test]

@@ -198,37 +198,15 @@ pub(crate) async fn run<C: Client>(shard: Rc<Shard<C>>, listener: TcpListener, l
     debug!(shard = shard.id, "shard stopped");
 }
 
-/// Accepts connections until cancelled. The backlog is drained with `accept4` straight on
-/// the (non-blocking) listener, a burst of [`ACCEPT_BURST`] at most before the other tasks
-/// run; glommio's accept (on the ring) waits only when the backlog is empty. That spares the
-/// two `fcntl` calls glommio makes on every socket it accepts.
+/// Accepts connections until cancelled: one through glommio (which waits on the ring when the
+/// backlog is empty, the listener blocking as kernels before 5.18 need), then the rest of the
+/// backlog with `accept4` straight on the listener, non-blocking for the while, at most
+/// [`ACCEPT_BURST`] before the shard's other tasks run. A burst of connections so costs no
+/// `fcntl` per socket (glommio makes three on the listener for every accept).
 async fn accept_loop<C: Client>(shard: Rc<Shard<C>>, listener: TcpListener, fd: RawFd) {
-    // SAFETY: `fd` is the open listening socket `listener` owns.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
+    // SAFETY: `fd` is the open listening socket `listener` owns; F_GETFL reads its flags.
+    let blocking = unsafe { libc::fcntl(fd, libc::F_GETFL) } & !libc::O_NONBLOCK;
     loop {
-        for _ in 0..ACCEPT_BURST {
-            // SAFETY: a listening socket; the peer's address is not asked for.
-            let r = unsafe {
-                libc::accept4(
-                    fd,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
-            if r < 0 {
-                break;
-            }
-            shard.stats().accepted_total.fetch_add(1, Relaxed);
-            // SAFETY: `r` is a socket just accepted, owned by nothing else.
-            let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(r) };
-            glommio::spawn_local(C::serve(shard.clone(), stream)).detach();
-        }
-        // The backlog is empty, or a burst is done, or accept4 failed (out of descriptors:
-        // glommio's accept reports it below, and the loop backs off).
         match listener.accept().await {
             Ok(stream) => {
                 shard.stats().accepted_total.fetch_add(1, Relaxed);
@@ -238,9 +216,45 @@ async fn accept_loop<C: Client>(shard: Rc<Shard<C>>, listener: TcpListener, fd: 
                 // Out of descriptors or memory: back off a little instead of spinning.
                 shard.warn_limited(&format!("accept failed: {err}"));
                 Timer::new(Duration::from_millis(5)).await;
+                continue;
             }
         }
+        while accept_burst(&shard, fd, blocking) == ACCEPT_BURST {
+            // More may wait: let the new connections (and everything else) run first.
+            futures_lite::future::yield_now().await;
+        }
     }
+}
+
+/// Accepts what waits in the backlog, [`ACCEPT_BURST`] at most; returns how many.
+fn accept_burst<C: Client>(shard: &Rc<Shard<C>>, fd: RawFd, blocking: libc::c_int) -> usize {
+    // SAFETY: `fd` is the open listening socket; F_SETFL sets its status flags only, and the
+    // listener is blocking again before this returns.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, blocking | libc::O_NONBLOCK) };
+    let mut accepted = 0;
+    while accepted < ACCEPT_BURST {
+        // SAFETY: a listening socket; the peer's address is not asked for.
+        let r = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if r < 0 {
+            // Empty, or out of descriptors: glommio's accept waits or reports it.
+            break;
+        }
+        accepted += 1;
+        shard.stats().accepted_total.fetch_add(1, Relaxed);
+        // SAFETY: `r` is a socket just accepted, owned by nothing else.
+        let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(r) };
+        glommio::spawn_local(C::serve(shard.clone(), stream)).detach();
+    }
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, blocking) };
+    accepted
 }
 
 /// Moves frames from this core's ring to the subscribed clients' queues, until shutdown.
