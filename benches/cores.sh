@@ -20,13 +20,7 @@ PORT=${PORT:-18970}
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
 
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return; fi
-        sleep 0.05
-    done
-    echo "nothing listens on $1" >&2; exit 1
-}
+. benches/lib.sh   # wait_port (the script runs from the repo root)
 
 summary() {  # one loadgen --json report -> one line
     python3 -c '

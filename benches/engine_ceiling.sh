@@ -52,13 +52,7 @@ HZ=$(getconf CLK_TCK)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return; fi
-        sleep 0.05
-    done
-    echo "nothing listens on $1" >&2; exit 1
-}
+. benches/lib.sh   # wait_port (the script runs from the repo root)
 wait_line() {  # file pattern pid seconds: until the line is written (or the process ends)
     local end=$((SECONDS + $4))
     until grep -q "$2" "$1"; do

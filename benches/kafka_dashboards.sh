@@ -46,13 +46,7 @@ LOADGEN=./target/release/loadgen
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
-wait_port() {
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return; fi
-        sleep 0.05
-    done
-    echo "nothing listens on $1" >&2; exit 1
-}
+. benches/lib.sh   # wait_port (the script runs from the repo root)
 # metric NAME: its value in the server's /metrics.
 scrape() { curl -sf --max-time 5 "http://127.0.0.1:$PORT/metrics" > "$OUT/.metrics"; }
 metric() { awk -v n="$1" '$1 == n { print $2 }' "$OUT/.metrics"; }
@@ -65,7 +59,7 @@ taskset -c "$TANSU_CPU" "$TANSU" broker --listener-url "tcp://127.0.0.1:$KPORT" 
     >"$OUT/tansu.log" 2>&1 &
 tansu=$!
 pids+=("$tansu")
-wait_port "$KPORT"
+wait_port "$KPORT" 200
 
 echo "== the cluster: $TOPICS topics x $PARTITIONS partitions, $CONSUMER_GROUPS groups"
 BUILD_ONLY=1 KAFKA_BROKERS="127.0.0.1:$KPORT" TOPICS=$TOPICS PARTITIONS=$PARTITIONS \
@@ -78,7 +72,7 @@ taskset -c "$SERVER_CPU" "$SERVER" --listen "127.0.0.1:$PORT" --cpu-list "$SERVE
     >"$OUT/server.log" 2>&1 &
 server=$!
 pids+=("$server")
-wait_port "$PORT"
+wait_port "$PORT" 200
 for _ in $(seq 100); do
     scrape && [[ $(metric takhin_source_polls_total) -ge 3 ]] && break
     sleep 0.2

@@ -24,13 +24,7 @@ RPORT=${RPORT:-18960}; APORT=${APORT:-18961}; BPORT=${BPORT:-18962}
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return; fi
-        sleep 0.05
-    done
-    echo "nothing listens on $1" >&2; exit 1
-}
+. benches/lib.sh   # wait_port (the script runs from the repo root)
 start() {  # name port args...
     local name=$1 port=$2; shift 2
     taskset -c 0 "$@" >"$OUT/$name.log" 2>&1 &

@@ -38,6 +38,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use loadgen::opts::parse_duration;
 use loadgen::payload::{Message, Wrap};
+use loadgen::{clock_ns, mono_ns};
 use takhin_monitor::{Broadcaster, Channel, Cores, Hub, HubConfig, HubProbe, HubStats};
 
 /// What loadgen's publisher asks our publish API to broadcast its messages as.
@@ -355,23 +356,7 @@ fn as_str(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).expect("loadgen messages are ASCII")
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock loadgen stamps and its subscribers read
-/// (loadgen's `sys::mono_ns`, private to that crate), the same in every process on this host.
-fn mono_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
 /// This thread's CPU time in nanoseconds.
 fn thread_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-fn clock_ns(id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; both clocks exist on every Linux.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

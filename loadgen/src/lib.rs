@@ -25,6 +25,8 @@ pub mod stats;
 mod sys;
 mod worker;
 
+pub use sys::{clock_ns, mono_ns};
+
 pub use crate::opts::{Cli, Command, Opts};
 pub use crate::run::run;
 pub use crate::stats::{Percentiles, Report};

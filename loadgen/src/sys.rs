@@ -4,16 +4,17 @@ use std::fs;
 
 /// `CLOCK_MONOTONIC` in nanoseconds. The same clock in every process on this host, so a
 /// publisher in one loadgen process and a subscriber in another can subtract their readings.
-pub(crate) fn mono_ns() -> u64 {
-    clock(libc::CLOCK_MONOTONIC)
+pub fn mono_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Wall-clock time in microseconds since the Unix epoch (for the server's `tsUs`).
 pub(crate) fn unix_us() -> u64 {
-    clock(libc::CLOCK_REALTIME) / 1_000
+    clock_ns(libc::CLOCK_REALTIME) / 1_000
 }
 
-fn clock(id: libc::clockid_t) -> u64 {
+/// Clock `id` (`clock_gettime`) in nanoseconds.
+pub fn clock_ns(id: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -1,12 +1,15 @@
 //! One client connection on a shard: its state and lifecycle. The request head
 //! ([`head`]), and the two halves of the connection's one task, reading ([`reader`], frames
 //! decoded by [`decoder`]) and writing ([`writer`]), are in their own
-//! files; the pure handshake rules are in [`handshake`].
+//! files; the pure handshake rules are in [`handshake`], a new client's first frames in
+//! [`greet`], and the connections' four-byte clock in [`clock`].
 //!
 //! A connection that is not a WebSocket upgrade is handed, with the bytes read so far, to the
 //! hub's [`Requests`] handler (the `http` part implements it).
 
+mod clock;
 pub(crate) mod decoder;
+mod greet;
 pub(crate) mod handshake;
 mod head;
 mod reader;
@@ -27,11 +30,12 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use glommio::net::TcpStream;
 use tracing::error;
 
-use crate::hub::fanout::{ClientLink, Pumped};
+use crate::hub::fanout::ClientLink;
 use crate::hub::shard::{Client, Phase, Shard, Timing};
-use crate::protocol::{close_code, close_frame, recovered_frame, Channel, PING_FRAME};
+use crate::protocol::{close_code, close_frame, PING_FRAME};
 
-use self::handshake::Resume;
+use self::clock::Millis;
+use self::greet::{greet, pump_replay};
 use self::head::Opening;
 
 /// A shard whose clients are [`Conn`]s.
@@ -265,36 +269,6 @@ impl Conn {
     }
 }
 
-/// A moment on a process-wide millisecond clock, in four bytes where an `Instant` takes
-/// sixteen (every connection keeps four of them). The clock wraps every 49.7 days, so only ages
-/// under half that are meaningful: every time a connection keeps is renewed (a ping, a pong, a
-/// request, a phase) or ends the connection within its timeout, far sooner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Millis(std::num::NonZeroU32);
-
-impl Millis {
-    pub(crate) fn now() -> Self {
-        Self::at(Instant::now())
-    }
-
-    pub(crate) fn at(t: Instant) -> Self {
-        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        let base = *BASE.get_or_init(Instant::now);
-        // Truncated to 32 bits: the clock wraps. Zero is read as one (a millisecond off).
-        let ms = t.saturating_duration_since(base).as_millis() as u32;
-        Self(std::num::NonZeroU32::new(ms).unwrap_or(std::num::NonZeroU32::MIN))
-    }
-
-    /// This moment as an `Instant`, given the clock's reading `at` at the instant `now`.
-    fn instant(self, at: Self, now: Instant) -> Instant {
-        // A moment a little after `at` (none should be) reads as now, not as 49 days ago.
-        let age = at.0.get().wrapping_sub(self.0.get());
-        let age = if age > u32::MAX / 2 { 0 } else { age };
-        now.checked_sub(std::time::Duration::from_millis(age.into()))
-            .unwrap_or(now)
-    }
-}
-
 /// Scratch space the connections of one shard share: used within one poll, never held across
 /// an await, so no connection carries a buffer of its own.
 #[derive(Debug)]
@@ -502,65 +476,6 @@ fn halves<'a>(
         reader::ReadHalf::new(shard, conn, key, tail),
         writer::write_loop(shard, conn),
     )
-}
-
-/// A new WebSocket client's start: subscribed to `metrics` and `events`, it gets the last
-/// `metrics` snapshot, then either every group's current state or, when it resumes and the
-/// history reaches back to its `since`, the broadcasts it missed (see
-/// [`ClientLink::pump_replay`](crate::hub::fanout::ClientLink::pump_replay); the writer goes on
-/// with it). A resume the history cannot serve gets the state, then `recovered: false`.
-fn greet(shard: &ConnShard, conn: &Conn, key: usize, resume: Option<Box<Resume>>) {
-    let mut fanout = shard.fanout.borrow_mut();
-    let mut greeted = 0;
-    for channel in [Channel::Metrics, Channel::Events] {
-        fanout.subscribe(key, channel.clone());
-        greeted = greeted.max(fanout.greet(key, &channel).unwrap_or(0));
-    }
-    let history = &shard.shared.history;
-    let cursor = resume.map(|r| history.resume(r.since, r.epoch));
-    if cursor.is_some() {
-        shard.stats().resumes_total.fetch_add(1, Relaxed);
-    }
-    match cursor {
-        Some(Some(cursor)) => {
-            conn.link.start_replay(cursor, greeted);
-            drop(fanout);
-            pump_replay(shard, conn);
-        }
-        Some(None) => {
-            fanout.greet_state(key, &Channel::Events);
-            let stamp = shard.shared.stamp();
-            conn.link
-                .out
-                .borrow_mut()
-                .push_reply(recovered_frame(false, 0, &stamp));
-        }
-        None => fanout.greet_state(key, &Channel::Events),
-    }
-    conn.link.wake_writer();
-}
-
-/// Moves a resuming client's replay on (see
-/// [`ClientLink::pump_replay`](crate::hub::fanout::ClientLink::pump_replay)) and counts how it
-/// ended.
-fn pump_replay(shard: &ConnShard, conn: &Conn) {
-    let stamp = shard.shared.stamp();
-    let pumped = conn
-        .link
-        .pump_replay(&shard.shared.history, shard.config.client_queue, &stamp);
-    if let Pumped::Ended {
-        recovered,
-        replayed,
-        greeted,
-    } = pumped
-    {
-        shard.fanout.borrow().greet_newer(&conn.link, greeted);
-        let stats = shard.stats();
-        stats.replayed_total.fetch_add(replayed, Relaxed);
-        if recovered {
-            stats.resumes_recovered_total.fetch_add(1, Relaxed);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -190,8 +190,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
                 return Subscribed::Limit;
             }
             if subs.capacity() == 0 {
-                // Room for the two every client starts with (`metrics`, `events`), no more:
-                // an idle client carries this.
+                // Room for an idle client's two (`metrics`, `events`), and no more.
                 subs.reserve_exact(2);
             }
             subs.push(channel.clone());
@@ -218,26 +217,6 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             return Some(last.seq());
         }
         None
-    }
-
-    /// Queues to a client whose replay just ended the last values of its channels newer than
-    /// `greeted` (held back while it ran), in `seq` order.
-    pub(crate) fn greet_newer(&self, link: &ClientLink, greeted: u64) {
-        let subs = link.subs.borrow();
-        let mut newer: Vec<&Rc<Frame>> = subs
-            .iter()
-            .filter_map(|c| self.channels.get(c)?.last.as_ref())
-            .filter(|f| f.seq() > greeted)
-            .collect();
-        drop(subs);
-        newer.sort_unstable_by_key(|f| f.seq());
-        let mut out = link.out.borrow_mut();
-        // Above the queue's bound if it must (one frame per channel at most): the replay's
-        // last frames may still fill the queue, and none of them may be dropped for these.
-        let cap = self.queue_cap.max(out.shared_len() + newer.len());
-        for frame in newer {
-            out.push_shared(frame.clone(), cap);
-        }
     }
 
     /// Queues the current state that `channel` covers to a client that just subscribed (or

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use super::ClientLink;
+use super::{ClientLink, Fanout};
 use crate::hub::broadcast::Frame;
 use crate::hub::history::{Cursor, History};
 use crate::protocol::{recovered_frame, Stamp};
@@ -170,6 +170,28 @@ impl ClientLink {
             recovered,
             replayed,
             greeted,
+        }
+    }
+}
+
+impl<C: AsRef<ClientLink>> Fanout<C> {
+    /// Queues to a client whose replay just ended the last values of its channels newer than
+    /// `greeted` (held back while it ran), in `seq` order.
+    pub(crate) fn greet_newer(&self, link: &ClientLink, greeted: u64) {
+        let subs = link.subs.borrow();
+        let mut newer: Vec<&Rc<Frame>> = subs
+            .iter()
+            .filter_map(|c| self.channels.get(c)?.last.as_ref())
+            .filter(|f| f.seq() > greeted)
+            .collect();
+        drop(subs);
+        newer.sort_unstable_by_key(|f| f.seq());
+        let mut out = link.out.borrow_mut();
+        // Above the queue's bound if it must (one frame per channel at most): the replay's
+        // last frames may still fill the queue, and none of them may be dropped for these.
+        let cap = self.queue_cap.max(out.shared_len() + newer.len());
+        for frame in newer {
+            out.push_shared(frame.clone(), cap);
         }
     }
 }
