@@ -9,6 +9,7 @@
 
 mod clock;
 pub(crate) mod decoder;
+pub(crate) mod extensions;
 mod greet;
 pub(crate) mod handshake;
 mod head;
