@@ -44,6 +44,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 /// Default cap on per-client reply bytes (pong, subscribed, error) waiting to be written.
 pub const DEFAULT_MAX_REPLY_BACKLOG: usize = 256 << 10;
+/// Default permessage-deflate level (zlib's 1-9): each broadcast is compressed once, so the
+/// level costs once per broadcast, not per client.
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
+/// Default smallest payload compressed, in bytes: smaller frames go plain.
+pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 1024;
 /// Default listen backlog of each shard's listener.
 pub const DEFAULT_LISTEN_BACKLOG: i32 = 4096;
 /// Default cap on WebSocket clients across all cores.
@@ -154,6 +159,16 @@ pub struct HubConfig {
     /// for the Autobahn|Testsuite (`examples/echo.rs`), which needs an echo server: the reader,
     /// writer, limits and close handling stay those of the hub. Off by default.
     pub echo: bool,
+    /// Whether permessage-deflate (RFC 7692) is negotiated with clients that offer it (every
+    /// browser does). On by default. A broadcast is compressed at most once for every client
+    /// that negotiated it (`server_no_context_takeover`), and only when its payload is at least
+    /// [`Self::compression_threshold`] bytes; a compressed client message is inflated with
+    /// the message size limit applied to its inflated size.
+    pub compression: bool,
+    /// Deflate level, 1 (fastest) to 9 (smallest). The default is 6.
+    pub compression_level: u32,
+    /// Smallest payload compressed, in bytes. The default is 1024.
+    pub compression_threshold: usize,
 }
 
 impl Default for HubConfig {
@@ -190,6 +205,9 @@ impl Default for HubConfig {
             fault_injection: false,
             send_buffer: None,
             echo: false,
+            compression: true,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            compression_threshold: DEFAULT_COMPRESSION_THRESHOLD,
         }
     }
 }
@@ -304,6 +322,18 @@ impl HubConfig {
         echo: bool
     );
     setter!(
+        /// Sets [`Self::compression`].
+        compression: bool
+    );
+    setter!(
+        /// Sets [`Self::compression_level`].
+        compression_level: u32
+    );
+    setter!(
+        /// Sets [`Self::compression_threshold`].
+        compression_threshold: usize
+    );
+    setter!(
         /// Sets [`Self::viewer_token`].
         viewer_token: Option<String>
     );
@@ -381,6 +411,9 @@ impl HubConfig {
         }
         if !self.ws_path.starts_with('/') {
             return Err(ConfigError::WsPath);
+        }
+        if !(1..=9).contains(&self.compression_level) {
+            return Err(ConfigError::CompressionLevel(self.compression_level));
         }
         match &self.cores {
             Cores::Count(0) => {

@@ -79,6 +79,9 @@ pub enum ConfigError {
     /// A listed core is not available to this process.
     #[error("core {0} is not available")]
     UnknownCore(usize),
+    /// The deflate level is not 1 to 9.
+    #[error("compression_level must be 1 to 9, not {0}")]
+    CompressionLevel(u32),
 }
 
 /// A broadcast that could not be encoded. Nothing was sent; the caller's data is at fault.

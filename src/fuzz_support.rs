@@ -68,7 +68,7 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 /// limit and is called only when everything else passed.
 pub fn answer(head: &[u8], cfg: &HubConfig, admit: impl FnOnce() -> bool) -> Answer {
     match handshake::answer(head, cfg, admit) {
-        Head::Upgrade(r, _) => Answer::Upgrade(r),
+        Head::Upgrade(r, ..) => Answer::Upgrade(r),
         Head::Refuse(r) => Answer::Refuse(r),
         Head::Http => Answer::Http,
     }

@@ -200,6 +200,26 @@ pub(crate) const OP_BINARY: u8 = 0x2;
 /// Opcode of a close frame.
 pub(crate) const OP_CLOSE: u8 = 0x8;
 
+/// The header of an unmasked server frame whose first byte is `first` (FIN, RSV1, opcode) and
+/// whose payload is `len` bytes: the bytes, of which the first `n` are used.
+pub(crate) fn frame_header(first: u8, len: usize) -> ([u8; HEADER_ROOM], usize) {
+    let mut head = [0u8; HEADER_ROOM];
+    head[0] = first;
+    let n = if len < 126 {
+        head[1] = len as u8;
+        2
+    } else if len <= usize::from(u16::MAX) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (head, n)
+}
+
 /// A server frame being written: the payload goes after [`HEADER_ROOM`] bytes, and
 /// [`FrameBuf::finish`] writes the header right in front of it, so the frame is built in one
 /// buffer with no copy.
@@ -222,20 +242,7 @@ impl FrameBuf {
     /// Writes the header (FIN set, unmasked) and returns the buffer and where the frame starts.
     pub(crate) fn finish(mut self, opcode: u8) -> (Vec<u8>, usize) {
         let len = self.buf.len() - HEADER_ROOM;
-        let mut head = [0u8; HEADER_ROOM];
-        head[0] = 0x80 | opcode;
-        let n = if len < 126 {
-            head[1] = len as u8;
-            2
-        } else if len <= usize::from(u16::MAX) {
-            head[1] = 126;
-            head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            4
-        } else {
-            head[1] = 127;
-            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        };
+        let (head, n) = frame_header(0x80 | opcode, len);
         let start = HEADER_ROOM - n;
         self.buf[start..HEADER_ROOM].copy_from_slice(&head[..n]);
         (self.buf, start)

@@ -27,9 +27,6 @@
 //! The work is linear in the input: each byte is looked at twice (once to find where its
 //! offer ends, once to parse the offer) and the search stops at the first accepted offer.
 
-// Nothing outside the tests calls this until the handshake negotiates compression.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::borrow::Cow;
 
 /// The extension this module negotiates.

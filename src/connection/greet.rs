@@ -49,9 +49,13 @@ pub(super) fn greet(shard: &ConnShard, conn: &Conn, key: usize, resume: Option<B
 /// ended.
 pub(super) fn pump_replay(shard: &ConnShard, conn: &Conn) {
     let stamp = shard.shared.stamp();
-    let pumped = conn
-        .link
-        .pump_replay(&shard.shared.history, shard.config.client_queue, &stamp);
+    let deflater = shard.fanout.borrow().deflater();
+    let pumped = conn.link.pump_replay(
+        &shard.shared.history,
+        shard.config.client_queue,
+        &stamp,
+        deflater.as_deref(),
+    );
     if let Pumped::Ended {
         recovered,
         replayed,

@@ -10,6 +10,7 @@ use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::handshake::server::create_response;
 use tungstenite::http::{self, Request};
 
+use super::extensions::{self, Deflate};
 use crate::config::HubConfig;
 use crate::security::{self, Access, Denied};
 
@@ -29,8 +30,9 @@ pub(crate) struct Resume {
 /// What to answer to a request head.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Head {
-    /// A valid WebSocket upgrade: the `101` answer, and the resume it asks for.
-    Upgrade(String, Option<Resume>),
+    /// A valid WebSocket upgrade: the `101` answer, the resume it asks for, and how
+    /// permessage-deflate was negotiated (when it was).
+    Upgrade(String, Option<Resume>, Option<Deflate>),
     /// A refusal: a complete HTTP answer, after which the connection closes.
     Refuse(String),
     /// Not for the WebSocket endpoint: the HTTP server takes the connection.
@@ -103,8 +105,19 @@ pub(crate) fn answer(head: &[u8], cfg: &HubConfig, admit: impl FnOnce() -> bool)
                 let value = value.to_str().unwrap_or_default();
                 let _ = write!(out, "{name}: {value}\r\n");
             }
+            let offers = request
+                .headers()
+                .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS);
+            let deflate = cfg
+                .compression
+                .then(|| extensions::negotiate(offers.iter().map(|v| v.as_bytes())))
+                .flatten()
+                .map(|(deflate, answer)| {
+                    let _ = write!(out, "sec-websocket-extensions: {answer}\r\n");
+                    deflate
+                });
             out.push_str("\r\n");
-            Head::Upgrade(out, resume)
+            Head::Upgrade(out, resume, deflate)
         }
         Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => Head::Refuse(error_response(
             405,
@@ -222,7 +235,7 @@ mod tests {
 
     fn status_with(head: &str, cfg: &HubConfig, admit: bool) -> u16 {
         match answer(head.as_bytes(), cfg, || admit) {
-            Head::Upgrade(r, _) | Head::Refuse(r) => r[9..12].parse().unwrap(),
+            Head::Upgrade(r, ..) | Head::Refuse(r) => r[9..12].parse().unwrap(),
             Head::Http => 0,
         }
     }
@@ -249,7 +262,8 @@ mod tests {
 
     #[test]
     fn a_valid_upgrade_gets_101_with_the_rfc_accept_key() {
-        let Head::Upgrade(r, None) = answer(UPGRADE.as_bytes(), &HubConfig::default(), || true)
+        let Head::Upgrade(r, None, None) =
+            answer(UPGRADE.as_bytes(), &HubConfig::default(), || true)
         else {
             panic!("refused")
         };
@@ -273,7 +287,7 @@ mod tests {
             ("", None),
         ] {
             match with(query) {
-                Head::Upgrade(_, r) => assert_eq!(r, expected, "{query}"),
+                Head::Upgrade(_, r, _) => assert_eq!(r, expected, "{query}"),
                 other => panic!("{query}: {other:?}"),
             }
         }

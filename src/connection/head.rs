@@ -17,8 +17,9 @@ use crate::hub::shard::Phase;
 pub(super) enum Opening {
     /// Upgraded: the bytes after the head (frames the client sent early), and the resume the
     /// client asked for. The `101` answer is queued, not written yet: it goes out with the
-    /// greeting, in one `sendmsg`.
-    WebSocket(Vec<u8>, Option<Box<Resume>>),
+    /// greeting, in one `sendmsg`. Whether permessage-deflate was negotiated (the queue
+    /// already knows whether it takes compressed broadcasts).
+    WebSocket(Vec<u8>, Option<Box<Resume>>, bool),
     /// Not for the WebSocket endpoint: everything read so far, for the HTTP server.
     Http(Vec<u8>),
     /// Answered with an error, or gone.
@@ -58,17 +59,19 @@ pub(super) async fn read(shard: &ConnShard, conn: &Conn) -> Opening {
         ok
     };
     match handshake::answer(&buf[..head_len], cfg, admit) {
-        Head::Upgrade(response, resume) => {
+        Head::Upgrade(response, resume, deflate) => {
             let tail = if head_len == buf.len() {
                 Vec::new()
             } else {
                 buf.split_off(head_len)
             };
-            conn.link
-                .out
-                .borrow_mut()
-                .push_upgrade(response.into_bytes().into_boxed_slice());
-            Opening::WebSocket(tail, resume.map(Box::new))
+            let mut out = conn.link.out.borrow_mut();
+            out.push_upgrade(response.into_bytes().into_boxed_slice());
+            if deflate.is_some_and(|d| d.full_window) {
+                out.set_deflate();
+            }
+            drop(out);
+            Opening::WebSocket(tail, resume.map(Box::new), deflate.is_some())
         }
         Head::Refuse(response) => {
             debug!(shard = shard.id, "handshake refused");

@@ -74,6 +74,8 @@ pub(crate) struct Conn {
     dead: Cell<bool>,
     /// Counted in the shard's open WebSocket clients.
     opened: Cell<bool>,
+    /// Negotiated permessage-deflate (counted in the shard's `deflate_clients`).
+    deflate: Cell<bool>,
     /// Holds a place under the global connection limit.
     admitted: Cell<bool>,
 }
@@ -110,6 +112,7 @@ impl Conn {
             reader_done: Cell::new(false),
             dead: Cell::new(false),
             opened: Cell::new(false),
+            deflate: Cell::new(false),
             admitted: Cell::new(false),
         }
     }
@@ -419,6 +422,9 @@ impl Drop for Registered<'_> {
         if self.conn.opened.get() {
             self.shard.stats().connections.fetch_sub(1, Relaxed);
         }
+        if self.conn.deflate.get() {
+            self.shard.stats().deflate_clients.fetch_sub(1, Relaxed);
+        }
         if self.conn.admitted.get() {
             self.shard.shared.release();
         }
@@ -434,8 +440,8 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
-    let (tail, resume) = match Box::pin(head::read(shard, conn)).await {
-        Opening::WebSocket(tail, resume) => (tail, resume),
+    let (tail, resume, deflate) = match Box::pin(head::read(shard, conn)).await {
+        Opening::WebSocket(tail, resume, deflate) => (tail, resume, deflate),
         Opening::Http(bytes) => {
             // Boxed by the handler: hyper's connection state is allocated only for HTTP
             // connections, so it does not grow the task every WebSocket client carries.
@@ -447,6 +453,10 @@ async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
     stats.handshakes_total.fetch_add(1, Relaxed);
     stats.connections.fetch_add(1, Relaxed);
     conn.opened.set(true);
+    if deflate {
+        stats.deflate_clients.fetch_add(1, Relaxed);
+        conn.deflate.set(true);
+    }
     let now = Millis::now();
     conn.last_seen.set(now);
     conn.last_ping.set(now);
@@ -462,7 +472,7 @@ async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
     if shard.draining.get() {
         conn.close(close_code::GOING_AWAY, "server shutting down");
     }
-    halves(shard, conn, key, tail).await;
+    halves(shard, conn, key, tail, deflate).await;
 }
 
 /// One task per connection: the reader and the writer are its two halves, polled together (the
@@ -472,9 +482,10 @@ fn halves<'a>(
     conn: &'a Conn,
     key: usize,
     tail: Vec<u8>,
+    deflate: bool,
 ) -> impl Future<Output = ((), ())> + 'a {
     futures_lite::future::zip(
-        reader::ReadHalf::new(shard, conn, key, tail),
+        reader::ReadHalf::new(shard, conn, key, tail, deflate),
         writer::write_loop(shard, conn),
     )
 }
@@ -512,7 +523,7 @@ mod tests {
             let shard = Rc::new(Shard::new(0, Default::default(), shared, context));
             let conn = Rc::new(Conn::new(TcpStream::connect(addr).await.unwrap()));
             let serve = serve_conn(shard.clone(), conn.clone());
-            let reader = reader::ReadHalf::new(&shard, &conn, 0, Vec::new());
+            let reader = reader::ReadHalf::new(&shard, &conn, 0, Vec::new(), false);
             let writer = writer::write_loop(&shard, &conn);
             eprintln!(
                 "Conn {} B, task {} B (reading half {} B, writing half {} B)",

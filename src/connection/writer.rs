@@ -156,6 +156,11 @@ fn advance(shard: &ConnShard, conn: &Conn, out: &mut OutQueue, n: usize) -> Prog
     if progress.frames > 0 {
         stats.frames_sent_total.fetch_add(progress.frames, Relaxed);
     }
+    if progress.saved > 0 {
+        stats
+            .deflate_saved_bytes_total
+            .fetch_add(progress.saved, Relaxed);
+    }
     progress
 }
 

@@ -58,6 +58,12 @@ pub(crate) fn text(probe: &HubProbe, exporters: &[Arc<dyn Exporter>]) -> String 
         "Open WebSocket clients.",
         s.connections as f64,
     );
+    metric(
+        "takhin_deflate_clients",
+        "gauge",
+        "Open WebSocket clients that negotiated permessage-deflate.",
+        s.deflate_clients as f64,
+    );
     let (frames, bytes) = probe.history();
     metric(
         "takhin_history_frames",
@@ -168,6 +174,31 @@ pub(crate) fn text(probe: &HubProbe, exporters: &[Arc<dyn Exporter>]) -> String 
             s.panics_total,
         ),
         ("takhin_ticks_total", "Metrics ticks run.", s.ticks_total),
+        (
+            "takhin_deflate_frames_total",
+            "Frames compressed for permessage-deflate clients (once per broadcast, not per client).",
+            s.deflate_frames_total,
+        ),
+        (
+            "takhin_deflate_in_bytes_total",
+            "Payload bytes of the frames compressed.",
+            s.deflate_in_bytes_total,
+        ),
+        (
+            "takhin_deflate_out_bytes_total",
+            "Bytes of the frames they became.",
+            s.deflate_out_bytes_total,
+        ),
+        (
+            "takhin_deflate_saved_bytes_total",
+            "Bytes not written to sockets because clients took frames compressed.",
+            s.deflate_saved_bytes_total,
+        ),
+        (
+            "takhin_inflated_messages_total",
+            "Compressed client messages inflated.",
+            s.inflated_messages_total,
+        ),
     ];
     for (name, help, value) in counters {
         metric(name, "counter", help, value as f64);

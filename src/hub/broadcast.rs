@@ -8,11 +8,12 @@
 //! (A retained snapshot replayed to a new subscriber keeps its original `seq`.)
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
 use crate::error::BroadcastError;
+use crate::hub::deflate::Deflater;
 use crate::hub::history::Origin;
 use crate::hub::shared::HubShared;
 use crate::protocol::{write_envelope_with, Channel, FrameBuf, Number, DEAD_STATE, OP_TEXT};
@@ -29,6 +30,9 @@ struct FrameInner {
     seq: u64,
     /// The `epoch` of the stream `seq` counts in (the origin's, for a relayed frame).
     epoch: u64,
+    /// The frame compressed for clients that negotiated permessage-deflate, made by the first
+    /// shard that has one to deliver it to (`None` inside: deflate did not make it smaller).
+    deflated: OnceLock<Option<Box<[u8]>>>,
 }
 
 impl Frame {
@@ -41,7 +45,29 @@ impl Frame {
             route,
             seq,
             epoch,
+            deflated: OnceLock::new(),
         }))
+    }
+
+    /// Makes the compressed frame if it is worth it and not made yet (once for the whole hub:
+    /// a shard that finds another one compressing waits for its result rather than repeating
+    /// the work). Returns whether a compressed frame exists.
+    pub(crate) fn deflate_with(&self, deflater: &Deflater) -> bool {
+        if let Some(made) = self.0.deflated.get() {
+            return made.is_some();
+        }
+        if !deflater.wants(self.payload().len()) {
+            return false;
+        }
+        self.0
+            .deflated
+            .get_or_init(|| deflater.frame(OP_TEXT, self.payload()))
+            .is_some()
+    }
+
+    /// The compressed frame (RSV1 set), once [`Self::deflate_with`] made it.
+    pub(crate) fn deflated(&self) -> Option<&[u8]> {
+        self.0.deflated.get()?.as_deref()
     }
 
     /// The frame as written to the socket.

@@ -75,6 +75,21 @@ counters! {
     broadcasts_total,
     /// Metrics ticks run (counted on shard 0's counters).
     ticks_total,
+    /// Open WebSocket clients that negotiated permessage-deflate.
+    deflate_clients,
+    /// Frames compressed (a broadcast at most once for the whole hub, whatever the number of
+    /// clients that take it compressed).
+    deflate_frames_total,
+    /// Payload bytes of the frames compressed.
+    deflate_in_bytes_total,
+    /// Bytes of the frames they became (header included; the plain payload when deflate did
+    /// not make one smaller, which then goes plain).
+    deflate_out_bytes_total,
+    /// Bytes not written to sockets because a client took a frame compressed: for every
+    /// compressed frame completely written, the plain frame's length minus its own.
+    deflate_saved_bytes_total,
+    /// Compressed client messages inflated.
+    inflated_messages_total,
 }
 
 /// Upper bounds of the duration histograms' buckets, in seconds (Prometheus `le`).

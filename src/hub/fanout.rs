@@ -14,12 +14,15 @@ use std::task::Waker;
 
 use slab::Slab;
 
+use self::push::Push;
 pub(crate) use self::replay::Pumped;
 use self::replay::Resumed;
 use crate::hub::broadcast::Frame;
+use crate::hub::deflate::Deflater;
 use crate::hub::queue::OutQueue;
 use crate::protocol::Channel;
 
+mod push;
 mod replay;
 
 /// What the fan-out needs of a client: its queue, its writer's waker, its channels.
@@ -121,6 +124,8 @@ pub struct Fanout<C> {
     interest_version: u64,
     /// With deferred wakes, the clients that received frames since the last [`Self::take_dirty`].
     dirty: Option<Vec<usize>>,
+    /// Compresses frames for the clients that take them compressed (none without it).
+    deflater: Option<Rc<Deflater>>,
 }
 
 fn is_detail(channel: &Channel) -> bool {
@@ -137,6 +142,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             max_subscriptions,
             interest_version: 0,
             dirty: None,
+            deflater: None,
         }
     }
 
@@ -210,9 +216,10 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         let last = self.channels.get(channel).and_then(|s| s.last.as_ref());
         if let (Some(client), Some(last)) = (self.clients.get(key), last) {
             let link = (**client).as_ref();
-            link.out
-                .borrow_mut()
-                .push_shared(last.clone(), self.queue_cap);
+            let mut out = link.out.borrow_mut();
+            self.ready(last, &out);
+            out.push_shared(last.clone(), self.queue_cap);
+            drop(out);
             link.wake_writer();
             return Some(last.seq());
         }
@@ -249,6 +256,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         let mut out = link.out.borrow_mut();
         let cap = self.queue_cap + states.len();
         for frame in states {
+            self.ready(frame, &out);
             out.push_shared(frame.clone(), cap);
         }
         drop(out);
@@ -362,12 +370,15 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             if frame.retain() {
                 slot.last = Some(local.clone());
             }
-            push_all(
+            let push = Push {
+                frame: &local,
+                cap: self.queue_cap,
+                skip_if_subscribed: None,
+                deflater: self.deflater.as_deref(),
+            };
+            push.to(
                 &self.clients,
                 &slot.subscribers,
-                &local,
-                self.queue_cap,
-                None,
                 self.dirty.as_mut(),
                 &mut delivery,
             );
@@ -377,13 +388,15 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         }
         if let Some(also) = frame.also() {
             if let Some(slot) = self.channels.get(also) {
-                let skip = Some(primary);
-                push_all(
+                let push = Push {
+                    frame: &local,
+                    cap: self.queue_cap,
+                    skip_if_subscribed: Some(primary),
+                    deflater: self.deflater.as_deref(),
+                };
+                push.to(
                     &self.clients,
                     &slot.subscribers,
-                    &local,
-                    self.queue_cap,
-                    skip,
                     self.dirty.as_mut(),
                     &mut delivery,
                 );
@@ -408,6 +421,23 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
             }
         }
         delivery
+    }
+
+    /// Compresses frames with `deflater` for the clients that take them compressed.
+    pub(crate) fn set_deflater(&mut self, deflater: Deflater) {
+        self.deflater = Some(Rc::new(deflater));
+    }
+
+    /// The shard's compressor, if compression is on.
+    pub(crate) fn deflater(&self) -> Option<Rc<Deflater>> {
+        self.deflater.clone()
+    }
+
+    /// Gives `frame` its compressed form if the client of `out` takes it (made once per frame).
+    pub(crate) fn ready(&self, frame: &Frame, out: &OutQueue) {
+        if let (true, Some(d)) = (out.deflate(), &self.deflater) {
+            frame.deflate_with(d);
+        }
     }
 
     /// Changes whenever [`Self::interest`] does.
@@ -457,38 +487,6 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
     /// A group channel's current state (its last `group_updated`), if any.
     pub fn state(&self, channel: &Channel) -> Option<&Frame> {
         self.channels.get(channel)?.state.as_deref()
-    }
-}
-
-fn push_all<C: AsRef<ClientLink>>(
-    clients: &Slab<Rc<C>>,
-    keys: &[usize],
-    frame: &Rc<Frame>,
-    cap: usize,
-    skip_if_subscribed: Option<&Channel>,
-    mut dirty: Option<&mut Vec<usize>>,
-    delivery: &mut Delivery,
-) {
-    for &key in keys {
-        let link = (*clients[key]).as_ref();
-        if link.held_back(frame) {
-            continue;
-        }
-        if skip_if_subscribed.is_some_and(|c| link.subscribed(c)) {
-            continue;
-        }
-        if link.out.borrow_mut().push_shared(frame.clone(), cap) {
-            delivery.dropped += 1;
-        }
-        delivery.queued += 1;
-        match dirty.as_deref_mut() {
-            Some(list) => {
-                if !link.dirty.replace(true) {
-                    list.push(key);
-                }
-            }
-            None => link.wake_writer(),
-        }
     }
 }
 
@@ -744,7 +742,7 @@ mod tests {
         let stamp = rig.shared.stamp();
         // Two at a time, as the queue bound allows.
         assert_eq!(
-            link.pump_replay(&rig.shared.history, 2, &stamp),
+            link.pump_replay(&rig.shared.history, 2, &stamp, None),
             Pumped::Running
         );
         assert_eq!(rig.seqs(c), missed[..2]);
@@ -759,7 +757,7 @@ mod tests {
             let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
             out.advance(n);
             drop(out);
-            link.pump_replay(&rig.shared.history, 2, &stamp);
+            link.pump_replay(&rig.shared.history, 2, &stamp, None);
         }
         got.extend(rig.seqs(c));
         let mut expected = missed.clone();
@@ -805,7 +803,7 @@ mod tests {
         link.start_replay(shared.history.resume(since, shared.epoch).unwrap(), 0);
         let stamp = shared.stamp();
         assert_eq!(
-            link.pump_replay(&shared.history, 2, &stamp),
+            link.pump_replay(&shared.history, 2, &stamp, None),
             Pumped::Running
         );
         assert_eq!(link.out.borrow().shared_seqs(), [2, 3]);
@@ -817,7 +815,7 @@ mod tests {
         let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
         out.advance(n);
         drop(out);
-        while link.pump_replay(&shared.history, 2, &stamp) == Pumped::Running {
+        while link.pump_replay(&shared.history, 2, &stamp, None) == Pumped::Running {
             let mut out = link.out.borrow_mut();
             let n: usize = out.slices(usize::MAX).map(<[u8]>::len).sum();
             out.advance(n);

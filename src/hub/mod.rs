@@ -8,6 +8,7 @@
 
 pub(crate) mod broadcast;
 pub(crate) mod counters;
+pub(crate) mod deflate;
 pub(crate) mod fanout;
 pub(crate) mod history;
 pub(crate) mod queue;

@@ -12,6 +12,8 @@ pub(crate) enum Out {
     /// A broadcast frame, shared with every other client: the shard wraps the cross-core `Arc`
     /// once in an `Rc`, so per-client clones never touch a cache line another core writes.
     Shared(Rc<Frame>),
+    /// A broadcast frame, compressed (permessage-deflate), shared the same way.
+    Deflated(Rc<Frame>),
     /// Bytes for this client only: replies, control frames.
     Owned(Box<[u8]>),
 }
@@ -20,8 +22,14 @@ impl Out {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Self::Shared(f) => f.bytes(),
+            // Queued only once the compressed frame exists (see `push_shared`).
+            Self::Deflated(f) => f.deflated().unwrap_or_else(|| f.bytes()),
             Self::Owned(b) => b,
         }
+    }
+
+    fn is_broadcast(&self) -> bool {
+        !matches!(self, Self::Owned(_))
     }
 }
 
@@ -44,6 +52,9 @@ pub struct OutQueue {
     /// The first item is the upgrade's `101` answer, not fully written yet: nothing goes in
     /// front of it, and a close keeps it.
     pinned: bool,
+    /// The client takes broadcast frames compressed (it negotiated permessage-deflate with the
+    /// full window): those that have a compressed form go compressed.
+    deflate: bool,
 }
 
 /// What [`OutQueue::advance`] completed.
@@ -51,6 +62,8 @@ pub struct OutQueue {
 pub(crate) struct Progress {
     /// Items fully written.
     pub(crate) frames: u64,
+    /// Bytes saved by the compressed frames among them (plain length minus compressed).
+    pub(crate) saved: u64,
     /// Whether the close frame was among them.
     pub(crate) close_sent: bool,
 }
@@ -65,12 +78,7 @@ impl OutQueue {
         let mut dropped = false;
         if self.shared >= cap {
             let skip = usize::from(self.head_written > 0);
-            if let Some(i) = self
-                .items
-                .iter()
-                .skip(skip)
-                .position(|o| matches!(o, Out::Shared(_)))
-            {
+            if let Some(i) = self.items.iter().skip(skip).position(Out::is_broadcast) {
                 self.items.remove(i + skip);
                 self.shared -= 1;
                 self.dropped += 1;
@@ -82,9 +90,25 @@ impl OutQueue {
             // slot, not the four a first push makes; a busy client's queue grows as it needs.
             self.items.reserve_exact(1);
         }
-        self.items.push_back(Out::Shared(frame));
+        let item = if self.deflate && frame.deflated().is_some() {
+            Out::Deflated(frame)
+        } else {
+            Out::Shared(frame)
+        };
+        self.items.push_back(item);
         self.shared += 1;
         dropped
+    }
+
+    /// Makes the client take broadcast frames compressed when they have a compressed form.
+    pub(crate) fn set_deflate(&mut self) {
+        self.deflate = true;
+    }
+
+    /// Whether the client takes broadcast frames compressed: the frames queued for it should
+    /// be given their compressed form first (see [`Frame::deflate_with`]).
+    pub(crate) fn deflate(&self) -> bool {
+        self.deflate
     }
 
     /// Broadcast frames queued.
@@ -265,7 +289,7 @@ impl OutQueue {
         self.items
             .iter()
             .filter_map(|o| match o {
-                Out::Shared(f) => Some(f.seq()),
+                Out::Shared(f) | Out::Deflated(f) => Some(f.seq()),
                 Out::Owned(_) => None,
             })
             .collect()
@@ -292,6 +316,12 @@ impl OutQueue {
             }
             match self.items.pop_front() {
                 Some(Out::Shared(_)) => self.shared -= 1,
+                Some(Out::Deflated(f)) => {
+                    self.shared -= 1;
+                    let plain = f.bytes().len();
+                    progress.saved +=
+                        plain.saturating_sub(f.deflated().map_or(plain, <[u8]>::len)) as u64;
+                }
                 Some(Out::Owned(b)) => {
                     self.reply_bytes = self.reply_bytes.saturating_sub(b.len());
                     if self.closed && self.items.is_empty() {
@@ -411,7 +441,8 @@ mod tests {
             q.advance(5),
             Progress {
                 frames: 1,
-                close_sent: true
+                close_sent: true,
+                saved: 0
             }
         );
         assert!(!q.has_work());

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::HubConfig;
 use crate::hub::counters::ShardStats;
+use crate::hub::deflate::Deflater;
 use crate::hub::fanout::{ClientLink, Fanout};
 use crate::hub::shared::HubShared;
 use crate::protocol::close_code;
@@ -104,6 +105,9 @@ impl<C: Client> Shard<C> {
         let mut fanout = Fanout::new(config.client_queue, config.max_subscriptions);
         // The distributor writes each batch of broadcasts itself (see `flush_broadcasts`).
         fanout.defer_wakes();
+        if config.compression {
+            fanout.set_deflater(Deflater::new(&config, shared.clone(), id));
+        }
         Self {
             id,
             config,

@@ -34,6 +34,16 @@ pub enum SourceKind {
     Kafka,
 }
 
+/// Whether permessage-deflate is negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Switch {
+    /// Negotiated with every client that offers it.
+    On,
+    /// Never negotiated: every frame goes plain.
+    Off,
+}
+
 /// The server's options. Each field is at once a flag (`--cpu-list`, unless `long` renames
 /// it), a `TAKHIN_*` environment variable (`TAKHIN_CPU_LIST`) and a key of the `--config` TOML
 /// file (the field's name, `cpu_list`); its doc comment is its `--help` text. A field is `None`
@@ -93,6 +103,16 @@ pub struct Options {
     /// How long a broadcast stays in that history, in seconds [default: 300].
     #[arg(long, env = "TAKHIN_HISTORY_SECONDS")]
     pub(crate) history_seconds: Option<f64>,
+    /// permessage-deflate with clients that offer it (every browser does): each broadcast is
+    /// compressed once for all of them [default: on].
+    #[arg(long, env = "TAKHIN_COMPRESSION", value_enum)]
+    pub(crate) compression: Option<Switch>,
+    /// Deflate level, 1 (fastest) to 9 (smallest) [default: 6].
+    #[arg(long, env = "TAKHIN_COMPRESSION_LEVEL")]
+    pub(crate) compression_level: Option<u32>,
+    /// Smallest payload compressed, in bytes; smaller frames go plain [default: 1024].
+    #[arg(long, env = "TAKHIN_COMPRESSION_THRESHOLD")]
+    pub(crate) compression_threshold: Option<usize>,
     /// Kernel send buffer per WebSocket client, in bytes (SO_SNDBUF) [default: the kernel's
     /// autotuning, up to 4 MiB for a client that reads slowly].
     #[arg(long, env = "TAKHIN_SEND_BUFFER")]
@@ -224,6 +244,15 @@ impl Options {
         }
         if let Some(s) = self.shutdown_timeout {
             c = c.shutdown_timeout(secs(s, "shutdown timeout")?);
+        }
+        if let Some(switch) = self.compression {
+            c = c.compression(switch == Switch::On);
+        }
+        if let Some(level) = self.compression_level {
+            c = c.compression_level(level);
+        }
+        if let Some(bytes) = self.compression_threshold {
+            c = c.compression_threshold(bytes);
         }
         c.assert_valid()?;
         Ok(c)
@@ -393,6 +422,42 @@ mod tests {
     }
 
     #[test]
+    fn compression_comes_from_every_layer_and_is_checked() {
+        let file = "compression = \"off\"\ncompression_level = 3\ncompression_threshold = 200\n";
+        let c = load("deflate-file", &[], file)
+            .unwrap()
+            .build_config()
+            .unwrap();
+        assert_eq!(
+            (c.compression, c.compression_level, c.compression_threshold),
+            (false, 3, 200)
+        );
+        let c = load(
+            "deflate-flag",
+            &["--compression=on", "--compression-level=9"],
+            file,
+        )
+        .unwrap()
+        .build_config()
+        .unwrap();
+        assert_eq!(
+            (c.compression, c.compression_level, c.compression_threshold),
+            (true, 9, 200)
+        );
+        let c = flags(&[]).build_config().unwrap();
+        assert_eq!(
+            (c.compression, c.compression_level, c.compression_threshold),
+            (true, 6, 1024),
+            "on by default"
+        );
+        let err = flags(&["--compression-level=0"])
+            .build_config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("compression_level must be 1 to 9"), "{err}");
+    }
+
+    #[test]
     fn without_a_file_the_flags_are_all() {
         let o = flags(&["--listen=127.0.0.1:2", "--relay=redis://r:1/p"])
             .merge_file()
@@ -541,6 +606,7 @@ mod tests {
                 .env("TAKHIN_ALLOWED_ORIGINS", "https://a,https://b")
                 .env("TAKHIN_METRICS_INTERVAL", "0.5")
                 .env("TAKHIN_RELAY", "redis://env:6379/e")
+                .env("TAKHIN_COMPRESSION", "off")
                 .output()
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
@@ -569,6 +635,7 @@ mod tests {
         );
         assert_eq!(o.cpu_list, Some(vec![0, 2]));
         assert_eq!(o.token.as_deref(), Some("env-t"));
+        assert_eq!(o.compression, Some(Switch::Off));
         let origins = ["https://a", "https://b"].map(String::from).to_vec();
         assert_eq!(o.allowed_origins, Some(origins));
         assert_eq!(o.relay, relay("redis://env:6379/e"));

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Autobahn|Testsuite (the original `wstest`, installed by ./install.sh) against examples/echo.rs,
-# which serves with the hub's own connection code. Runs cases 1-7 and 10 and the 9.* cases within
-# our 512 KiB message limit, then compares every case's verdict (behavior and behaviorClose) with
-# expected.json, as tungstenite's CI does: any difference, FAILED or not, fails the run.
+# which serves with the hub's own connection code. Runs cases 1-7 and 10, the 9.* cases within
+# our 512 KiB message limit, and 12-13 (permessage-deflate: compressed messages of 16 B to
+# 128 KiB each way, under every offer of window and context takeover), then compares every
+# case's verdict (behavior and behaviorClose) with expected.json, as tungstenite's CI does: any
+# difference, FAILED or not, fails the run.
 #
 #   tests/autobahn/run.sh            install if needed, run, compare
 #   tests/autobahn/run.sh --update   run and write expected.json from this run (review the diff!)
@@ -31,7 +33,7 @@ url=$(sed -n 's/^echo on //p' "$out/echo.log")
 cat > "$out/spec.json" <<JSON
 { "outdir": "$out", "servers": [ { "agent": "takhin-monitor", "url": "$url" } ],
   "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.1.1", "9.1.2", "9.2.1", "9.2.2",
-            "9.7.*", "9.8.*", "10.*"],
+            "9.7.*", "9.8.*", "10.*", "12.*", "13.*"],
   "exclude-cases": [], "exclude-agent-cases": {} }
 JSON
 (cd "$out" && "$AUTOBAHN_DIR/wstest.sh" -m fuzzingclient -s "$out/spec.json" > "$out/wstest.log" 2>&1) \

@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use super::{ClientLink, Fanout};
 use crate::hub::broadcast::Frame;
+use crate::hub::deflate::Deflater;
 use crate::hub::history::{Cursor, History};
 use crate::protocol::{recovered_frame, Stamp};
 
@@ -117,17 +118,30 @@ impl ClientLink {
     /// than a live client would). Once it reaches the history's end it ends the replay with
     /// `recovered` and lets live frames through from the next `seq` on. Frames the history
     /// dropped before the replay read them are told as `lagged` (and the replay is then not a
-    /// recovery).
-    pub(crate) fn pump_replay(&self, history: &History, cap: usize, stamp: &Stamp) -> Pumped {
+    /// recovery). Frames are compressed with `deflater` when the client takes them so.
+    pub(crate) fn pump_replay(
+        &self,
+        history: &History,
+        cap: usize,
+        stamp: &Stamp,
+        deflater: Option<&Deflater>,
+    ) -> Pumped {
         let Some(mut resumed) = self.resume.take() else {
             return Pumped::Idle;
         };
-        let pumped = self.pump(&mut resumed, history, cap, stamp);
+        let pumped = self.pump(&mut resumed, history, cap, stamp, deflater);
         self.resume.set(Some(resumed));
         pumped
     }
 
-    fn pump(&self, resumed: &mut Resumed, history: &History, cap: usize, stamp: &Stamp) -> Pumped {
+    fn pump(
+        &self,
+        resumed: &mut Resumed,
+        history: &History,
+        cap: usize,
+        stamp: &Stamp,
+        deflater: Option<&Deflater>,
+    ) -> Pumped {
         let Some(replay) = resumed.replay.as_mut() else {
             return Pumped::Idle;
         };
@@ -148,6 +162,9 @@ impl ClientLink {
                 replay.lost += read.lost;
                 out.add_missed(read.lost);
                 for f in frames.drain(..) {
+                    if let (true, Some(d)) = (out.deflate(), deflater) {
+                        f.deflate_with(d);
+                    }
                     out.push_shared(Rc::new(f), cap);
                 }
                 if read.caught_up {
@@ -191,6 +208,7 @@ impl<C: AsRef<ClientLink>> Fanout<C> {
         // last frames may still fill the queue, and none of them may be dropped for these.
         let cap = self.queue_cap.max(out.shared_len() + newer.len());
         for frame in newer {
+            self.ready(frame, &out);
             out.push_shared(frame.clone(), cap);
         }
     }
