@@ -1,7 +1,8 @@
 //! In a real browser: headless Chromium, driven from Rust over the DevTools protocol, renders the
 //! server's own dashboard with live metrics from the demo source, and runs the seeds' JavaScript
 //! client and React hook unchanged against the server, receiving `metrics` and a
-//! `topic_created` the test triggers through REST. A second test opens the dashboard through a
+//! `topic_created` the test triggers through REST, over connections that negotiated
+//! permessage-deflate (compressed snapshots). A second test opens the dashboard through a
 //! TCP proxy (`common/proxy.rs`): every group's state is shown at once, and when the proxy cuts
 //! the connection and holds the reconnect while topics are created, the dashboard resumes with
 //! `?since=&epoch=` and shows what it missed, told it was recovered.
@@ -159,6 +160,17 @@ fn the_dashboard_and_the_seeds_client_and_hook_run_in_headless_chromium() {
 
     let errors = cdp.eval(&seeds, "window.seen.errors").unwrap();
     assert_eq!(errors, json!([]), "errors in the seeds page");
+
+    // (c) Chromium negotiated permessage-deflate (on by default) on every page's connection,
+    // and the snapshots it rendered came compressed: once per broadcast, whatever the pages.
+    let metric = common::prometheus(server.addr);
+    assert!(
+        metric("takhin_deflate_clients") >= 2.0,
+        "Chromium's connections negotiated compression"
+    );
+    assert!(metric("takhin_deflate_frames_total") > 0.0);
+    assert!(metric("takhin_deflate_saved_bytes_total") > 0.0);
+    assert_eq!(metric("takhin_protocol_errors_total"), 0.0);
     eprintln!("browser test took {:?}", started.elapsed());
 }
 
