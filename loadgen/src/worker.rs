@@ -532,9 +532,9 @@ impl Worker {
         let mut pos = 0;
         let conn = &mut self.conns[token];
         if conn.state == State::Upgrading {
-            match client::parse_handshake_response(data, &conn.key) {
+            match client::parse_handshake_response(data, &conn.key, false) {
                 Ok(None) => return Ok(0),
-                Ok(Some(n)) => pos = n,
+                Ok(Some(up)) => pos = up.head_len,
                 Err(e) => {
                     self.fail(token, e.to_string());
                     return Ok(data.len());
@@ -548,7 +548,7 @@ impl Worker {
             0
         };
         while pos < data.len() {
-            let head = match client::parse_frame(&data[pos..], self.plan.max_message) {
+            let head = match client::parse_frame(&data[pos..], self.plan.max_message, false) {
                 Ok(Some(h)) if pos + h.total_len() <= data.len() => h,
                 Ok(_) => break,
                 Err(e) => return Err(e.to_string()),
