@@ -1,5 +1,6 @@
 //! The WebSocket client side, sans-IO: the upgrade request and the check of its answer, the
 //! parse of server frames in place, and masked client frames. The event loops own the sockets.
+//! permessage-deflate's part (the offer's answer, inflating) is in [`crate::deflate`].
 //!
 //! Loadgen parses frames itself instead of going through a general client library: a server
 //! frame is a 2 to 10 byte header in front of an unmasked payload, and reading it in place from
@@ -7,6 +8,8 @@
 //! server's.
 
 use std::fmt;
+
+use crate::deflate;
 
 /// Frame opcodes (RFC 6455 §5.2).
 pub mod opcode {
@@ -69,6 +72,11 @@ pub enum HandshakeError {
     BadAccept,
     /// Not an HTTP answer, or a head over 16 KiB.
     Malformed,
+    /// The 101 names an extension the request did not offer.
+    UnofferedExtension,
+    /// The 101 accepts permessage-deflate with parameters that are unknown, repeated or out of
+    /// range, or accepts it twice.
+    BadDeflate,
 }
 
 impl fmt::Display for HandshakeError {
@@ -77,6 +85,8 @@ impl fmt::Display for HandshakeError {
             Self::Status(code) => write!(f, "http {code}"),
             Self::BadAccept => f.write_str("bad accept key"),
             Self::Malformed => f.write_str("malformed answer"),
+            Self::UnofferedExtension => f.write_str("extension not offered"),
+            Self::BadDeflate => f.write_str("bad permessage-deflate answer"),
         }
     }
 }
@@ -84,9 +94,23 @@ impl fmt::Display for HandshakeError {
 /// Largest answer head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// Checks the answer to the upgrade: `Ok(None)` while the head is incomplete, `Ok(Some(n))`
-/// with the head's length once it is a valid 101 (frames may follow in the same bytes).
-pub fn parse_handshake_response(buf: &[u8], key: &str) -> Result<Option<usize>, HandshakeError> {
+/// A valid answer to the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Bytes of the answer's head (frames may follow in the same bytes).
+    pub head_len: usize,
+    /// permessage-deflate, if the server accepted it.
+    pub deflate: Option<deflate::Agreed>,
+}
+
+/// Checks the answer to the upgrade: `Ok(None)` while the head is incomplete, `Ok(Some(_))`
+/// once it is a valid 101. `offered_deflate`: the request offered permessage-deflate
+/// ([`deflate::OFFER`]); any other extension in the answer is an error.
+pub fn parse_handshake_response(
+    buf: &[u8],
+    key: &str,
+    offered_deflate: bool,
+) -> Result<Option<Upgrade>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -105,9 +129,18 @@ pub fn parse_handshake_response(buf: &[u8], key: &str) -> Result<Option<usize>, 
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"));
     match accept {
-        Some(h) if h.value == expected.as_bytes() => Ok(Some(len)),
-        _ => Err(HandshakeError::BadAccept),
+        Some(h) if h.value == expected.as_bytes() => {}
+        _ => return Err(HandshakeError::BadAccept),
     }
+    let extensions = resp
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|h| h.value);
+    Ok(Some(Upgrade {
+        head_len: len,
+        deflate: deflate::accept(extensions, offered_deflate)?,
+    }))
 }
 
 /// The head of one server frame.
@@ -117,6 +150,8 @@ pub struct FrameHead {
     pub fin: bool,
     /// The opcode (see [`opcode`]).
     pub opcode: u8,
+    /// RSV1: with permessage-deflate, the first frame of a compressed message.
+    pub compressed: bool,
     /// Bytes before the payload.
     pub header_len: usize,
     /// Payload bytes.
@@ -135,7 +170,8 @@ impl FrameHead {
 pub enum FrameError {
     /// Server frames must not be masked.
     Masked,
-    /// Reserved bits set (no extension was negotiated).
+    /// Reserved bits set: RSV2 or RSV3, or RSV1 without permessage-deflate or on a control or
+    /// continuation frame.
     Reserved,
     /// Payload over the limit.
     TooLarge,
@@ -153,12 +189,19 @@ impl fmt::Display for FrameError {
 
 /// Parses the head of the frame at the start of `buf`: `Ok(None)` until the header is complete
 /// (the payload may still be partial; compare [`FrameHead::total_len`] with `buf.len()`).
-pub fn parse_frame(buf: &[u8], max_payload: usize) -> Result<Option<FrameHead>, FrameError> {
+/// `deflate`: permessage-deflate was negotiated, so RSV1 may mark a message's first frame.
+pub fn parse_frame(
+    buf: &[u8],
+    max_payload: usize,
+    deflate: bool,
+) -> Result<Option<FrameHead>, FrameError> {
     let (b0, b1) = match buf {
         [b0, b1, ..] => (*b0, *b1),
         _ => return Ok(None),
     };
-    if b0 & 0x70 != 0 {
+    let compressed = b0 & 0x40 != 0;
+    let first_data = matches!(b0 & 0x0f, opcode::TEXT | opcode::BINARY);
+    if b0 & 0x30 != 0 || (compressed && !(deflate && first_data)) {
         return Err(FrameError::Reserved);
     }
     if b1 & 0x80 != 0 {
@@ -180,6 +223,7 @@ pub fn parse_frame(buf: &[u8], max_payload: usize) -> Result<Option<FrameHead>, 
     Ok(Some(FrameHead {
         fin: b0 & 0x80 != 0,
         opcode: b0 & 0x0f,
+        compressed,
         header_len,
         payload_len: payload_len as usize,
     }))
@@ -233,24 +277,61 @@ mod tests {
             }
             let header = frame.len();
             frame.resize(header + len, b'x');
-            let head = parse_frame(&frame, 1 << 20).unwrap().unwrap();
-            assert_eq!((head.fin, head.opcode), (true, opcode::TEXT));
+            let head = parse_frame(&frame, 1 << 20, false).unwrap().unwrap();
+            assert_eq!(
+                (head.fin, head.opcode, head.compressed),
+                (true, opcode::TEXT, false)
+            );
             assert_eq!((head.header_len, head.payload_len), (header, len));
             // Every prefix shorter than the header is "incomplete", never an error.
             for cut in 0..header {
-                assert_eq!(parse_frame(&frame[..cut], 1 << 20), Ok(None));
+                assert_eq!(parse_frame(&frame[..cut], 1 << 20, false), Ok(None));
             }
         }
     }
 
     #[test]
     fn refuses_what_a_server_must_not_send() {
-        assert_eq!(parse_frame(&[0x81, 0x85], 100), Err(FrameError::Masked));
-        assert_eq!(parse_frame(&[0xC1, 0x05], 100), Err(FrameError::Reserved));
         assert_eq!(
-            parse_frame(&[0x81, 126, 1, 0], 100),
+            parse_frame(&[0x81, 0x85], 100, false),
+            Err(FrameError::Masked)
+        );
+        assert_eq!(
+            parse_frame(&[0xC1, 0x05], 100, false),
+            Err(FrameError::Reserved)
+        );
+        assert_eq!(
+            parse_frame(&[0x81, 126, 1, 0], 100, false),
             Err(FrameError::TooLarge)
         );
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_where_negotiated() {
+        // A compressed text message's first frame, final or not.
+        for b0 in [0xC1, 0x41, 0xC2] {
+            let head = parse_frame(&[b0, 0x05], 100, true).unwrap().unwrap();
+            assert!(head.compressed);
+            // Without permessage-deflate, RSV1 is still a protocol error.
+            assert_eq!(
+                parse_frame(&[b0, 0x05], 100, false),
+                Err(FrameError::Reserved)
+            );
+        }
+        assert!(
+            !parse_frame(&[0x81, 0x05], 100, true)
+                .unwrap()
+                .unwrap()
+                .compressed
+        );
+        // Never on a continuation or a control frame; RSV2 and RSV3 never.
+        for b0 in [0xC0, 0xC9, 0xC8, 0xA1, 0x91] {
+            assert_eq!(
+                parse_frame(&[b0, 0x00], 100, true),
+                Err(FrameError::Reserved),
+                "{b0:#x}"
+            );
+        }
     }
 
     #[test]
@@ -284,21 +365,80 @@ mod tests {
         let ok =
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x00";
-        assert_eq!(parse_handshake_response(ok, key), Ok(Some(ok.len() - 2)));
-        assert_eq!(parse_handshake_response(&ok[..20], key), Ok(None));
+        let plain = Upgrade {
+            head_len: ok.len() - 2,
+            deflate: None,
+        };
+        assert_eq!(parse_handshake_response(ok, key, false), Ok(Some(plain)));
+        // Offering permessage-deflate does not oblige the server to take it.
+        assert_eq!(parse_handshake_response(ok, key, true), Ok(Some(plain)));
+        assert_eq!(parse_handshake_response(&ok[..20], key, false), Ok(None));
         let wrong = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: nope\r\n\r\n";
         assert_eq!(
-            parse_handshake_response(wrong, key),
+            parse_handshake_response(wrong, key, false),
             Err(HandshakeError::BadAccept)
         );
         let refused = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
-            parse_handshake_response(refused, key),
+            parse_handshake_response(refused, key, false),
             Err(HandshakeError::Status(503))
         );
         assert_eq!(
-            parse_handshake_response(b"SSH-2.0\r\n\r\n", key),
+            parse_handshake_response(b"SSH-2.0\r\n\r\n", key, false),
             Err(HandshakeError::Malformed)
+        );
+    }
+
+    /// A 101 for the sample key of RFC 6455 with `extensions` as its extensions header.
+    fn answer(extensions: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+             Sec-WebSocket-Extensions: {extensions}\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn reads_the_extension_the_server_accepted() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let hub =
+            answer("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+        let up = parse_handshake_response(&hub, key, true).unwrap().unwrap();
+        assert_eq!(up.head_len, hub.len());
+        let agreed = up.deflate.unwrap();
+        assert!(agreed.server_no_context_takeover && agreed.client_no_context_takeover);
+        let bits =
+            answer("permessage-deflate; server_no_context_takeover; server_max_window_bits=12");
+        let agreed = parse_handshake_response(&bits, key, true)
+            .unwrap()
+            .unwrap()
+            .deflate;
+        assert_eq!(agreed.unwrap().server_max_window_bits, 12);
+        // An extension the request did not offer fails the upgrade.
+        assert_eq!(
+            parse_handshake_response(&hub, key, false),
+            Err(HandshakeError::UnofferedExtension)
+        );
+        assert_eq!(
+            parse_handshake_response(&answer("x-webkit-deflate-frame"), key, true),
+            Err(HandshakeError::UnofferedExtension)
+        );
+        assert_eq!(
+            parse_handshake_response(
+                &answer("permessage-deflate; server_max_window_bits=20"),
+                key,
+                true
+            ),
+            Err(HandshakeError::BadDeflate)
+        );
+        // Checked only once the accept key is.
+        let forged = String::from_utf8(answer("x-foo"))
+            .unwrap()
+            .replace("xOo=", "xOo_");
+        assert_eq!(
+            parse_handshake_response(forged.as_bytes(), key, true),
+            Err(HandshakeError::BadAccept)
         );
     }
 }

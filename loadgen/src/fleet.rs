@@ -116,6 +116,7 @@ impl Fleet {
                 subscribe_message: subscribe_message.clone(),
                 handshake_timeout: opts.handshake_timeout,
                 max_message: opts.max_message,
+                deflate_sample: opts.deflate_sample,
                 metrics_interval_us: metrics_us,
             };
             fleet.spawn_worker(t, plan)?;

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`opts`]: the command line and the targets it names.
 //! - [`client`]: the WebSocket client side, sans-IO (upgrade, frame parsing, masking).
+//! - [`deflate`]: permessage-deflate's receiving side, sans-IO (the offer, the answer's check,
+//!   inflating).
 //! - [`payload`]: the stamped message and the scan that reads it back without a JSON parse.
 //! - `worker`: one mio event loop per thread over its share of the connections.
 //! - `fleet`: the threads of this process plus child loadgen processes, as one.
@@ -16,6 +18,7 @@
 //! both CPU times).
 
 pub mod client;
+pub mod deflate;
 mod fleet;
 pub mod opts;
 pub mod payload;

@@ -164,9 +164,20 @@ pub struct Opts {
     /// upgrades in flight per thread).
     #[arg(long, default_value_t = 0.0)]
     pub reconnect_rate: f64,
-    /// Largest message accepted from the server.
+    /// Largest message accepted from the server (inflated, with --deflate).
     #[arg(long, default_value_t = 16 << 20)]
     pub max_message: usize,
+    /// Offer permessage-deflate (RFC 7692) as Chrome does: `Sec-WebSocket-Extensions:
+    /// permessage-deflate; client_max_window_bits`. Connections the server accepts it on take
+    /// compressed (RSV1) messages; the report counts them and their bytes.
+    #[arg(long)]
+    pub deflate: bool,
+    /// With --deflate: only every Nth connection of each thread inflates (and reads) compressed
+    /// messages; on the others a compressed message counts as an "opaque" delivery, unread.
+    /// 1 = every connection. Resume runs read every frame: 1 only.
+    #[arg(long, default_value_t = 1, requires = "deflate",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub deflate_sample: u32,
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -214,8 +225,10 @@ pub struct WsTarget {
     pub host: String,
     /// Path with query.
     pub path: String,
-    /// Extra request headers (the token).
+    /// Extra request headers (the token, the extension offer).
     pub headers: Vec<(String, String)>,
+    /// The headers offer permessage-deflate.
+    pub deflate: bool,
 }
 
 /// Where and how the publisher sends.
@@ -253,12 +266,20 @@ impl Opts {
         if scheme != "ws" {
             bail!("--subscribe-url must be ws:// (got {url})");
         }
+        let mut headers = bearer(&self.token);
+        if self.deflate {
+            headers.push((
+                "Sec-WebSocket-Extensions".to_owned(),
+                crate::deflate::OFFER.to_owned(),
+            ));
+        }
         Ok(WsTarget {
             url,
             addr,
             host,
             path,
-            headers: bearer(&self.token),
+            headers,
+            deflate: self.deflate,
         })
     }
 
@@ -437,5 +458,31 @@ mod tests {
         };
         assert_eq!(opts.publish_target().unwrap().wrap, Wrap::Raw);
         assert!(opts.our_metrics_addr().is_none());
+        let ws = opts.ws_target().unwrap();
+        assert!(!ws.deflate && ws.headers.is_empty());
+        assert_eq!(opts.deflate_sample, 1);
+    }
+
+    #[test]
+    fn deflate_offers_the_extension() {
+        let cli = Cli::parse_from(["loadgen", "metrics", "--deflate", "--deflate-sample", "10"]);
+        let Command::Metrics(opts) = cli.command else {
+            panic!()
+        };
+        let ws = opts.ws_target().unwrap();
+        assert!(ws.deflate);
+        assert_eq!(
+            ws.headers,
+            [(
+                "Sec-WebSocket-Extensions".to_owned(),
+                "permessage-deflate; client_max_window_bits".to_owned()
+            )]
+        );
+        assert_eq!(opts.deflate_sample, 10);
+        assert!(
+            Cli::try_parse_from(["loadgen", "metrics", "--deflate", "--deflate-sample", "0"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["loadgen", "metrics", "--deflate-sample", "2"]).is_err());
     }
 }

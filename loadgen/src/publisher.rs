@@ -554,8 +554,8 @@ fn open_ws(mut stream: TcpStream, target: &PublishTarget) -> io::Result<Link> {
     let mut buf = Vec::new();
     let head = loop {
         fill(&mut stream, &mut buf)?;
-        match client::parse_handshake_response(&buf, &key) {
-            Ok(Some(n)) => break n,
+        match client::parse_handshake_response(&buf, &key, false) {
+            Ok(Some(up)) => break up.head_len,
             Ok(None) => {}
             Err(e) => return Err(io::Error::other(e.to_string())),
         }
@@ -577,7 +577,7 @@ fn drain_ws(mut stream: TcpStream, mut buf: Vec<u8>, writer: Arc<Mutex<TcpStream
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let mut pos = 0;
-        while let Ok(Some(head)) = client::parse_frame(&buf[pos..], usize::MAX) {
+        while let Ok(Some(head)) = client::parse_frame(&buf[pos..], usize::MAX, false) {
             let frame = &buf[pos..];
             if frame.len() < head.total_len() {
                 break;

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use crate::fleet::{self, Fleet};
 use crate::opts::{Command, Opts};
 use crate::publisher::{self, Published, Publisher, Shape};
-use crate::stats::{Percentiles, Report, ResumeReport, ResumeWindow, Step, Window};
+use crate::stats::{DeflateReport, Percentiles, Report, ResumeReport, ResumeWindow, Step, Window};
 use crate::sys;
 use crate::worker::{Mode, Phase};
 
@@ -42,6 +42,9 @@ pub fn run(command: Command) -> Result<i32> {
         Command::Churn(o) => (o, "churn"),
         Command::Resume(o) => (o, "resume"),
     };
+    if scenario == "resume" && opts.deflate_sample != 1 {
+        bail!("resume reads every frame's seq: --deflate-sample must be 1");
+    }
     if opts.child.is_some() {
         let fleet = start_fleet(&opts, scenario)?;
         fleet::run_child(fleet)?;
@@ -271,6 +274,10 @@ impl<'a> Controller<'a> {
             processes: o.processes.max(1),
             size: o.size,
             rate: o.rate,
+            deflate: o.deflate.then(|| DeflateReport {
+                sample: o.deflate_sample,
+                ..DeflateReport::default()
+            }),
             ..Report::default()
         }
     }
@@ -850,6 +857,9 @@ pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
         "  connections  {} of {} ({} process(es)), {:.1} s measured",
         r.connected, r.subscribers, r.processes, r.duration_s
     )?;
+    if let Some(d) = &r.deflate {
+        print_deflate(&mut out, r, d)?;
+    }
     match r.scenario.as_str() {
         "fanout" | "metrics" => {
             if let Some(url) = &r.publish_url {
@@ -877,6 +887,13 @@ pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
             }
             if let Some(p) = &r.frame_bytes {
                 writeln!(out, "  frame bytes  p50 {}  max {}", p.p50, p.max)?;
+            }
+            if let Some(p) = &r.wire_bytes {
+                writeln!(
+                    out,
+                    "  wire bytes   per message p50 {}  max {}  ({} messages)",
+                    p.p50, p.max, p.count
+                )?;
             }
             if let Some(p) = &r.jitter_us {
                 writeln!(out, "  tick jitter  {}", pct(p))?;
@@ -965,6 +982,32 @@ fn shape(r: &Report) -> String {
     }
 }
 
+/// The permessage-deflate lines of the summary.
+fn print_deflate(out: &mut impl Write, r: &Report, d: &DeflateReport) -> Result<()> {
+    let every = match d.sample {
+        1 => "every one".to_owned(),
+        n => format!("1 in {n} of each thread's connections"),
+    };
+    writeln!(
+        out,
+        "  deflate      {} of {} upgrades accepted permessage-deflate; {} inflate ({every})",
+        d.connections, r.handshakes, d.sampled
+    )?;
+    writeln!(
+        out,
+        "  compressed   {} messages: {} inflated and read, {} unread (counted as deliveries)",
+        d.compressed, d.inflated, d.opaque
+    )?;
+    if d.inflated > 0 {
+        writeln!(
+            out,
+            "  inflated     {:.0} B on the wire -> {:.0} B per message (ratio {:.2})",
+            d.wire_bytes_per_message, d.inflated_bytes_per_message, d.ratio
+        )?;
+    }
+    Ok(())
+}
+
 /// The resume storm's lines of the summary.
 fn print_resume(out: &mut impl Write, r: &Report) -> Result<()> {
     let Some(x) = &r.resume else { return Ok(()) };
@@ -1034,6 +1077,7 @@ fn merge(files: &[std::path::PathBuf], json: bool) -> Result<i32> {
                 m.duration_s = m.duration_s.max(r.duration_s);
                 m.loadgen_cpu_s += r.loadgen_cpu_s;
                 m.publish_url = m.publish_url.or(r.publish_url);
+                m.deflate = m.deflate.or(r.deflate);
                 m.failures.extend(r.failures);
                 if let (Some(a), Some(b)) = (&mut m.resume, &r.resume) {
                     a.missed = a.missed.max(b.missed);

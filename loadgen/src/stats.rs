@@ -16,9 +16,10 @@ pub fn histogram() -> Histogram<u64> {
 /// What one or more event loops saw during a window of time. Windows add up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Window {
-    /// Loadgen messages received (one per subscriber per message).
+    /// Loadgen messages received (one per subscriber per message), metrics ticks, and
+    /// compressed messages counted unread (`opaque`).
     pub deliveries: u64,
-    /// Payload bytes of every frame received.
+    /// Payload bytes of every frame received, as they came on the wire (compressed or not).
     pub bytes: u64,
     /// Messages skipped in a subscriber's sequence, less those that arrived late (signed: a
     /// late arrival may fill a gap counted in an earlier window).
@@ -33,6 +34,9 @@ pub struct Window {
     pub other_frames: u64,
     /// Upgrades completed.
     pub handshakes: u64,
+    /// Compression: see [`DeflateWindow`].
+    #[serde(default)]
+    pub deflate: DeflateWindow,
     /// Connections closed (churn) or lost (hold), by cause; failures to connect by cause.
     pub errors: BTreeMap<String, u64>,
     /// Delivery latency in µs (publish to arrival), or the server's `tsUs` to arrival.
@@ -41,9 +45,13 @@ pub struct Window {
     /// Connect-to-101 latency in µs.
     #[serde(with = "hist_b64")]
     pub handshake: Histogram<u64>,
-    /// Metrics: frame sizes in bytes.
+    /// Metrics: frame sizes in bytes (the message as read: inflated, if it was compressed).
     #[serde(with = "hist_b64")]
     pub frame_size: Histogram<u64>,
+    /// Metrics runs and with --deflate: bytes of each data message on the wire (its frames'
+    /// payloads, compressed or not).
+    #[serde(with = "hist_b64", default = "histogram")]
+    pub wire_size: Histogram<u64>,
     /// Metrics: |interval between two frames on a connection − the tick interval|, in µs.
     #[serde(with = "hist_b64")]
     pub jitter: Histogram<u64>,
@@ -65,10 +73,12 @@ impl Default for Window {
             lagged_dropped: 0,
             other_frames: 0,
             handshakes: 0,
+            deflate: DeflateWindow::default(),
             errors: BTreeMap::new(),
             latency: histogram(),
             handshake: histogram(),
             frame_size: histogram(),
+            wire_size: histogram(),
             jitter: histogram(),
             ticks: BTreeMap::new(),
             resume: None,
@@ -87,12 +97,14 @@ impl Window {
         self.lagged_dropped += other.lagged_dropped;
         self.other_frames += other.other_frames;
         self.handshakes += other.handshakes;
+        self.deflate.add(&other.deflate);
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_default() += v;
         }
         self.latency.add(&other.latency).expect("same bounds");
         self.handshake.add(&other.handshake).expect("same bounds");
         self.frame_size.add(&other.frame_size).expect("same bounds");
+        self.wire_size.add(&other.wire_size).expect("same bounds");
         self.jitter.add(&other.jitter).expect("same bounds");
         for (seq, (ts, last)) in &other.ticks {
             let e = self.ticks.entry(*seq).or_insert((*ts, *last));
@@ -123,22 +135,58 @@ impl Window {
 
     /// Empties the window.
     pub fn reset(&mut self) {
-        let (mut a, mut b, mut c, mut d) = (
+        let (mut a, mut b, mut c, mut d, mut e) = (
             std::mem::replace(&mut self.latency, histogram()),
             std::mem::replace(&mut self.handshake, histogram()),
             std::mem::replace(&mut self.frame_size, histogram()),
+            std::mem::replace(&mut self.wire_size, histogram()),
             std::mem::replace(&mut self.jitter, histogram()),
         );
-        for h in [&mut a, &mut b, &mut c, &mut d] {
+        for h in [&mut a, &mut b, &mut c, &mut d, &mut e] {
             h.reset();
         }
         *self = Self {
             latency: a,
             handshake: b,
             frame_size: c,
-            jitter: d,
+            wire_size: d,
+            jitter: e,
             ..Self::default()
         };
+    }
+}
+
+/// What permessage-deflate brought: connections that negotiated it, and the compressed
+/// messages, read (inflated) or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeflateWindow {
+    /// Upgrades whose answer accepted permessage-deflate.
+    pub upgrades: u64,
+    /// Of those, connections that inflate (`--deflate-sample`).
+    pub sampled: u64,
+    /// Compressed messages received (RSV1), complete: `inflated` + `opaque`, plus in metrics
+    /// runs the snapshots of the connections that do not inflate.
+    pub compressed: u64,
+    /// Compressed messages inflated and read (on sampled connections).
+    pub inflated: u64,
+    /// Compressed messages counted as deliveries unread (on the other connections).
+    pub opaque: u64,
+    /// Bytes on the wire of the inflated messages (their compressed payloads).
+    pub inflated_wire_bytes: u64,
+    /// Bytes of the inflated messages once inflated.
+    pub inflated_bytes: u64,
+}
+
+impl DeflateWindow {
+    /// Adds `other` into this window.
+    pub fn add(&mut self, other: &Self) {
+        self.upgrades += other.upgrades;
+        self.sampled += other.sampled;
+        self.compressed += other.compressed;
+        self.inflated += other.inflated;
+        self.opaque += other.opaque;
+        self.inflated_wire_bytes += other.inflated_wire_bytes;
+        self.inflated_bytes += other.inflated_bytes;
     }
 }
 
@@ -408,6 +456,56 @@ pub struct Step {
     pub held: bool,
 }
 
+/// What permessage-deflate did in a run (`--deflate`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeflateReport {
+    /// `--deflate-sample`: every Nth connection of each thread inflates.
+    pub sample: u32,
+    /// Upgrades whose answer accepted permessage-deflate (compare `handshakes`).
+    pub connections: u64,
+    /// Of those, connections that inflated what they received.
+    pub sampled: u64,
+    /// Compressed messages received.
+    pub compressed: u64,
+    /// Compressed messages inflated and read like any other.
+    pub inflated: u64,
+    /// Compressed messages counted as deliveries unread (included in `deliveries`).
+    pub opaque: u64,
+    /// Bytes on the wire of the inflated messages (compressed payloads).
+    pub inflated_wire_bytes: u64,
+    /// The same messages' bytes once inflated.
+    pub inflated_bytes: u64,
+    /// Mean bytes on the wire per inflated message.
+    pub wire_bytes_per_message: f64,
+    /// Mean bytes per inflated message once inflated.
+    pub inflated_bytes_per_message: f64,
+    /// `inflated_bytes` / `inflated_wire_bytes` (0 when nothing was inflated).
+    pub ratio: f64,
+}
+
+impl DeflateReport {
+    /// Fills the counts in (`sample` is the option's).
+    pub fn set_counts(&mut self, w: &DeflateWindow) {
+        let per = |a: u64, b: u64| {
+            if b == 0 {
+                0.0
+            } else {
+                (a as f64 / b as f64 * 100.0).round() / 100.0
+            }
+        };
+        self.connections = w.upgrades;
+        self.sampled = w.sampled;
+        self.compressed = w.compressed;
+        self.inflated = w.inflated;
+        self.opaque = w.opaque;
+        self.inflated_wire_bytes = w.inflated_wire_bytes;
+        self.inflated_bytes = w.inflated_bytes;
+        self.wire_bytes_per_message = per(w.inflated_wire_bytes, w.inflated);
+        self.inflated_bytes_per_message = per(w.inflated_bytes, w.inflated);
+        self.ratio = per(w.inflated_bytes, w.inflated_wire_bytes);
+    }
+}
+
 /// A run's figures; printed for people and, with `--json`, as one JSON line.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -447,7 +545,8 @@ pub struct Report {
     /// published.
     #[serde(default)]
     pub pipeline: Option<usize>,
-    /// Messages received by subscribers (one per subscriber per message).
+    /// Messages received by subscribers (one per subscriber per message), `deflate.opaque`
+    /// included.
     pub deliveries: u64,
     /// Deliveries per second over the measured time.
     pub deliveries_per_sec: f64,
@@ -479,8 +578,15 @@ pub struct Report {
     pub latency_us: Percentiles,
     /// Connect-to-101 latency, µs.
     pub handshake_us: Percentiles,
-    /// Metrics: frame sizes, bytes.
+    /// Metrics: frame sizes, bytes (as read: inflated, if compressed).
     pub frame_bytes: Option<Percentiles>,
+    /// Metrics runs and with --deflate: bytes on the wire per data message (its frames'
+    /// payloads, compressed or not).
+    #[serde(default)]
+    pub wire_bytes: Option<Percentiles>,
+    /// With --deflate: what was negotiated and compressed.
+    #[serde(default)]
+    pub deflate: Option<DeflateReport>,
     /// Metrics: tick jitter, µs.
     pub jitter_us: Option<Percentiles>,
     /// Metrics: per tick, from the server's `tsUs` to the last subscriber's arrival, µs.
@@ -535,6 +641,14 @@ impl Report {
         self.errors = t.errors.clone();
         self.latency_us = Percentiles::of(&t.latency);
         self.handshake_us = Percentiles::of(&t.handshake);
+        if !t.wire_size.is_empty() {
+            self.wire_bytes = Some(Percentiles::of(&t.wire_size));
+        }
+        if self.deflate.is_some() || t.deflate.upgrades > 0 {
+            self.deflate
+                .get_or_insert_with(DeflateReport::default)
+                .set_counts(&t.deflate);
+        }
         self.window = Some(t.clone());
     }
 
@@ -580,6 +694,56 @@ mod tests {
             (6, 0, 0)
         );
         assert!(taken.resume.is_none() && !text.contains("resume"));
+    }
+
+    #[test]
+    fn deflate_counts_add_up_and_make_a_ratio() {
+        let mut w = Window {
+            deflate: DeflateWindow {
+                upgrades: 4,
+                sampled: 2,
+                compressed: 10,
+                inflated: 4,
+                opaque: 6,
+                inflated_wire_bytes: 4 * 25_000,
+                inflated_bytes: 4 * 185_000,
+            },
+            ..Window::default()
+        };
+        w.wire_size.record(25_000).unwrap();
+        let back: Window = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        let mut sum = back.clone();
+        sum.add(&w);
+        assert_eq!((sum.deflate.upgrades, sum.deflate.opaque), (8, 12));
+        assert_eq!(sum.wire_size.len(), 2);
+        let mut r = Report {
+            deflate: Some(DeflateReport {
+                sample: 2,
+                ..DeflateReport::default()
+            }),
+            ..Report::default()
+        };
+        r.set_totals(&sum, 1.0);
+        let d = r.deflate.as_ref().unwrap();
+        assert_eq!(
+            (d.sample, d.connections, d.inflated, d.opaque),
+            (2, 8, 8, 12)
+        );
+        assert_eq!(
+            (d.wire_bytes_per_message, d.inflated_bytes_per_message),
+            (25_000.0, 185_000.0)
+        );
+        assert_eq!(d.ratio, 7.4);
+        assert_eq!(r.wire_bytes.as_ref().unwrap().count, 2);
+        // A window of an older loadgen (no deflate counts, no wire sizes) still reads.
+        let mut old: serde_json::Value = serde_json::to_value(Window::default()).unwrap();
+        old.as_object_mut().unwrap().remove("deflate");
+        old.as_object_mut().unwrap().remove("wire_size");
+        let old: Window = serde_json::from_value(old).unwrap();
+        assert_eq!(old.deflate, DeflateWindow::default());
+        let mut plain = Report::default();
+        plain.set_totals(&old, 1.0);
+        assert!(plain.deflate.is_none() && plain.wire_bytes.is_none());
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! Per delivery the loop does a substring search for the stamp, two integer parses, a histogram
 //! record and a sequence check; it reads the clock once per `read`, not once per frame.
 //!
+//! With permessage-deflate, compressed messages are inflated by one [`Inflater`] per thread
+//! (reset per message, its buffer reused) on every `--deflate-sample`th connection only, then
+//! read like any other; on the other connections a compressed message is a delivery, unread.
+//!
 //! In a resume run the loop also follows the controller's [`Phase`]: it drops every connection
 //! at once (remembering each one's last `seq` and `epoch`), then opens as many again, each with
 //! `?since=&epoch=`, and counts what each one gets up to its `recovered` notice and after it.
@@ -18,12 +22,14 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flate2::Decompress;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::client::{self, opcode, FrameHead};
+use crate::deflate::{Agreed, Inflater};
 use crate::opts::WsTarget;
 use crate::payload::Scanner;
 use crate::stats::Window;
@@ -109,8 +115,10 @@ pub(crate) struct Plan {
     pub(crate) subscribe_message: Option<Arc<[u8]>>,
     /// Give up on an upgrade (or a close handshake) after this long.
     pub(crate) handshake_timeout: Duration,
-    /// Largest message accepted.
+    /// Largest message accepted (inflated, if compressed).
     pub(crate) max_message: usize,
+    /// With permessage-deflate (offered when `target.deflate`): every Nth connection inflates.
+    pub(crate) deflate_sample: u32,
     /// Metrics mode: the tick interval in µs, the reference for jitter.
     pub(crate) metrics_interval_us: Option<u64>,
 }
@@ -153,12 +161,49 @@ enum State {
     Closing,
 }
 
+/// What a connection does with compressed messages.
+#[derive(Debug)]
+enum Inflation {
+    /// permessage-deflate was not negotiated: RSV1 is a protocol error.
+    Off,
+    /// Not sampled: a compressed message is a delivery, unread.
+    Opaque,
+    /// Sampled, and the server compresses each message from a fresh window: the thread's
+    /// inflater, reset per message.
+    Fresh,
+    /// Sampled, and the server keeps its context across messages: this connection's own
+    /// decompressor (about 40 KiB once used).
+    Own(Box<Decompress>),
+}
+
+impl Inflation {
+    /// Compressed messages are inflated and read.
+    fn inflates(&self) -> bool {
+        matches!(self, Self::Fresh | Self::Own(_))
+    }
+}
+
+/// A fragmented message being put together.
+#[derive(Debug)]
+struct Partial {
+    /// The payloads so far (compressed, if so); empty when the message is not to be read.
+    data: Vec<u8>,
+    /// Payload bytes on the wire so far.
+    wire: usize,
+    /// Its first frame had RSV1.
+    compressed: bool,
+}
+
 #[derive(Debug)]
 struct Conn {
     sock: TcpStream,
     id: u64,
     state: State,
     slow: bool,
+    /// Inflates compressed messages if permessage-deflate is negotiated (`--deflate-sample`).
+    sampled: bool,
+    /// What permessage-deflate the upgrade agreed to, and how this connection reads it.
+    deflate: Inflation,
     /// The peer's FIN (or an error) was reported. Events are edge-triggered: a read that
     /// returns less than asked stops reading, so without this flag an end that arrived with the
     /// last data (or while a slow reader was not reading) would never be read.
@@ -171,7 +216,7 @@ struct Conn {
     /// Bytes not yet written.
     out: Vec<u8>,
     /// A fragmented message being put together.
-    fragments: Option<Vec<u8>>,
+    fragments: Option<Box<Partial>>,
     /// The sequence number expected next (gaps are counted against it).
     next_seq: u64,
     /// Arrival (Unix µs) of the last metrics tick; 0 before the snapshot, then
@@ -214,6 +259,10 @@ struct Worker {
     conns: Slab<Conn>,
     rbuf: Vec<u8>,
     scanner: Scanner,
+    /// With --deflate (taken out while a message is inflated and read).
+    inflater: Option<Inflater>,
+    /// Record each data message's size on the wire (metrics runs, --deflate).
+    sizes: bool,
     window: Window,
     /// Connections started so far (in this phase).
     started: usize,
@@ -253,7 +302,10 @@ impl Worker {
     fn new(plan: Plan, shared: Arc<Shared>) -> io::Result<Self> {
         let now = sys::mono_ns();
         let (quota, rate) = (plan.connections, plan.connect_rate);
+        let deflate = plan.target.deflate;
         Ok(Self {
+            inflater: deflate.then(|| Inflater::new(plan.max_message)),
+            sizes: deflate || plan.metrics_interval_us.is_some(),
             plan,
             shared,
             poll: Poll::new()?,
@@ -351,8 +403,9 @@ impl Worker {
         while self.started < target && self.in_flight < MAX_IN_FLIGHT {
             let slow = self.plan.mode == Mode::Hold && self.started < self.plan.slow;
             let resume = self.resume_state(self.started);
+            let sampled = self.started % self.plan.deflate_sample.max(1) as usize == 0;
             self.started += 1;
-            if let Err(e) = self.connect(slow, resume, now) {
+            if let Err(e) = self.connect(slow, sampled, resume, now) {
                 if self.phase == Phase::Back {
                     self.window.resume_mut().unanswered += 1;
                     self.ended += 1;
@@ -379,7 +432,13 @@ impl Worker {
         Some(Box::new(state))
     }
 
-    fn connect(&mut self, slow: bool, resume: Option<Box<ResumeConn>>, now: u64) -> io::Result<()> {
+    fn connect(
+        &mut self,
+        slow: bool,
+        sampled: bool,
+        resume: Option<Box<ResumeConn>>,
+        now: u64,
+    ) -> io::Result<()> {
         let addr = self.plan.target.addr;
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
@@ -411,6 +470,8 @@ impl Worker {
             id: self.next_id,
             state: State::Connecting,
             slow,
+            sampled,
+            deflate: Inflation::Off,
             read_closed: false,
             started: now,
             key: client::new_key().into_boxed_str(),
@@ -532,23 +593,31 @@ impl Worker {
         let mut pos = 0;
         let conn = &mut self.conns[token];
         if conn.state == State::Upgrading {
-            match client::parse_handshake_response(data, &conn.key) {
+            let offered = self.plan.target.deflate;
+            let agreed = match client::parse_handshake_response(data, &conn.key, offered) {
                 Ok(None) => return Ok(0),
-                Ok(Some(n)) => pos = n,
+                Ok(Some(up)) => {
+                    pos = up.head_len;
+                    up.deflate
+                }
                 Err(e) => {
                     self.fail(token, e.to_string());
                     return Ok(data.len());
                 }
-            }
-            self.upgraded(token, now);
+            };
+            self.upgraded(token, agreed, now);
         }
+        let rsv1 = match self.conns.get(token) {
+            Some(c) => !matches!(c.deflate, Inflation::Off),
+            None => return Ok(data.len()),
+        };
         let unix = if self.plan.metrics_interval_us.is_some() {
             sys::unix_us()
         } else {
             0
         };
         while pos < data.len() {
-            let head = match client::parse_frame(&data[pos..], self.plan.max_message) {
+            let head = match client::parse_frame(&data[pos..], self.plan.max_message, rsv1) {
                 Ok(Some(h)) if pos + h.total_len() <= data.len() => h,
                 Ok(_) => break,
                 Err(e) => return Err(e.to_string()),
@@ -563,10 +632,20 @@ impl Worker {
         Ok(pos)
     }
 
-    fn upgraded(&mut self, token: usize, now: u64) {
+    fn upgraded(&mut self, token: usize, agreed: Option<Agreed>, now: u64) {
         let conn = &mut self.conns[token];
         conn.state = State::Open;
         conn.key = Box::from("");
+        if let Some(agreed) = agreed {
+            conn.deflate = match (conn.sampled, agreed.server_no_context_takeover) {
+                (false, _) => Inflation::Opaque,
+                (true, true) => Inflation::Fresh,
+                (true, false) => Inflation::Own(Box::new(Inflater::context())),
+            };
+            let d = &mut self.window.deflate;
+            d.upgrades += 1;
+            d.sampled += u64::from(conn.deflate.inflates());
+        }
         self.in_flight -= 1;
         self.window.handshakes += 1;
         let _ = self
@@ -604,21 +683,35 @@ impl Worker {
         unix: u64,
     ) -> Result<bool, String> {
         match head.opcode {
-            opcode::TEXT | opcode::BINARY if head.fin => self.message(token, payload, now, unix),
-            opcode::TEXT | opcode::BINARY => self.conns[token].fragments = Some(payload.to_vec()),
+            opcode::TEXT | opcode::BINARY if head.fin => {
+                self.complete(token, payload, payload.len(), head.compressed, now, unix)?
+            }
+            opcode::TEXT | opcode::BINARY => {
+                let conn = &mut self.conns[token];
+                // A compressed message this connection does not read is only counted.
+                let keep = !head.compressed || conn.deflate.inflates();
+                conn.fragments = Some(Box::new(Partial {
+                    data: if keep { payload.to_vec() } else { Vec::new() },
+                    wire: payload.len(),
+                    compressed: head.compressed,
+                }));
+            }
             opcode::CONTINUATION => {
                 let conn = &mut self.conns[token];
-                let Some(mut msg) = conn.fragments.take() else {
+                let Some(mut part) = conn.fragments.take() else {
                     return Err("continuation without a start".into());
                 };
-                msg.extend_from_slice(payload);
-                if msg.len() > self.plan.max_message {
+                part.wire += payload.len();
+                if part.wire > self.plan.max_message {
                     return Err("message over the size limit".into());
                 }
+                if !part.compressed || conn.deflate.inflates() {
+                    part.data.extend_from_slice(payload);
+                }
                 if head.fin {
-                    self.message(token, &msg, now, unix);
+                    self.complete(token, &part.data, part.wire, part.compressed, now, unix)?;
                 } else {
-                    self.conns[token].fragments = Some(msg);
+                    self.conns[token].fragments = Some(part);
                 }
             }
             opcode::PING => {
@@ -650,6 +743,66 @@ impl Worker {
             other => return Err(format!("unknown opcode {other}")),
         }
         Ok(true)
+    }
+
+    /// A whole data message, `wire` bytes on the wire; `msg` is what came (compressed, if
+    /// `compressed`; empty if compressed and not to be read).
+    fn complete(
+        &mut self,
+        token: usize,
+        msg: &[u8],
+        wire: usize,
+        compressed: bool,
+        now: u64,
+        unix: u64,
+    ) -> Result<(), String> {
+        if self.sizes {
+            let _ = self.window.wire_size.record(wire.max(1) as u64);
+        }
+        if !compressed {
+            self.message(token, msg, now, unix);
+            return Ok(());
+        }
+        self.window.deflate.compressed += 1;
+        if !self.conns[token].deflate.inflates() {
+            self.opaque(token);
+            return Ok(());
+        }
+        let Some(mut inflater) = self.inflater.take() else {
+            return Err("compressed message without an inflater".into());
+        };
+        let inflated = match &mut self.conns[token].deflate {
+            Inflation::Own(d) => inflater.inflate_with(d, msg),
+            _ => inflater.inflate(msg),
+        };
+        let outcome = match inflated {
+            Ok(payload) => {
+                let d = &mut self.window.deflate;
+                d.inflated += 1;
+                d.inflated_wire_bytes += msg.len() as u64;
+                d.inflated_bytes += payload.len() as u64;
+                self.message(token, payload, now, unix);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        self.inflater = Some(inflater);
+        outcome
+    }
+
+    /// A compressed message on a connection that does not inflate: a delivery, unread. In a
+    /// metrics run a connection's first message is the retained snapshot, not a tick, as on
+    /// the connections that read it.
+    fn opaque(&mut self, token: usize) {
+        let w = &mut self.window;
+        let conn = &mut self.conns[token];
+        if self.plan.metrics_interval_us.is_some() && conn.last_metrics == 0 {
+            conn.last_metrics = SNAPSHOT_SEEN;
+            w.other_frames += 1;
+            return;
+        }
+        w.deflate.opaque += 1;
+        w.deliveries += 1;
     }
 
     fn message(&mut self, token: usize, payload: &[u8], now: u64, unix: u64) {
@@ -1011,5 +1164,281 @@ pub(crate) fn cause(e: &io::Error) -> String {
             Some(libc::EMFILE) | Some(libc::ENFILE) => "too many open files".into(),
             _ => e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::deflate::tests::{compress, compressor};
+    use crate::payload::{Message, Wrap};
+
+    /// The sample key of RFC 6455 §1.3 and its accept value.
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    /// A worker whose connections (see [`conn`]) offered permessage-deflate when `deflate`,
+    /// every `sample`th inflating, reading messages of at most `max` bytes.
+    fn worker(deflate: bool, sample: u32, max: usize) -> (Worker, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = WsTarget {
+            url: format!("ws://{addr}/ws"),
+            addr,
+            host: addr.to_string(),
+            path: "/ws".into(),
+            headers: Vec::new(),
+            deflate,
+        };
+        let plan = Plan {
+            target: Arc::new(target),
+            connections: 0,
+            slow: 0,
+            slow_read_rate: 0,
+            mode: Mode::Hold,
+            connect_rate: 0.0,
+            reconnect_rate: 0.0,
+            source_addrs: Vec::new(),
+            source_offset: 0,
+            subscribe_message: None,
+            handshake_timeout: Duration::from_secs(1),
+            max_message: max,
+            metrics_interval_us: None,
+            deflate_sample: sample,
+        };
+        let w = Worker::new(plan, Arc::new(Shared::default())).unwrap();
+        (w, listener)
+    }
+
+    /// A connection of `w` waiting for the answer to its upgrade (sent with [`KEY`]).
+    fn conn(w: &mut Worker, sampled: bool) -> usize {
+        let addr = w.plan.target.addr;
+        let sock = TcpStream::from_std(std::net::TcpStream::connect(addr).unwrap());
+        w.in_flight += 1;
+        w.conns.insert(Conn {
+            sock,
+            id: 1,
+            state: State::Upgrading,
+            slow: false,
+            sampled,
+            deflate: Inflation::Off,
+            read_closed: false,
+            started: 0,
+            key: KEY.into(),
+            leftover: Vec::new(),
+            out: Vec::new(),
+            fragments: None,
+            next_seq: NO_SEQ,
+            last_metrics: 0,
+            resume: None,
+        })
+    }
+
+    /// The server's 101, accepting permessage-deflate with `params` (none: not accepting it).
+    fn answer(params: Option<&str>) -> Vec<u8> {
+        let ext = params.map_or(String::new(), |p| {
+            format!("Sec-WebSocket-Extensions: permessage-deflate{p}\r\n")
+        });
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {ACCEPT}\r\n{ext}\r\n"
+        )
+        .into_bytes()
+    }
+
+    const HUB: Option<&str> = Some("; server_no_context_takeover; client_no_context_takeover");
+
+    /// An unmasked server frame: `b0` is FIN, RSV and opcode.
+    fn frame(b0: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(b0);
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n if n <= 0xffff => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+    }
+
+    /// A stamped loadgen message of `size` bytes, sent at 1 s.
+    fn stamped(seq: u64, size: usize) -> Vec<u8> {
+        Message::new(size, Wrap::Raw)
+            .stamp(seq, 1_000_000_000)
+            .to_vec()
+    }
+
+    /// Feeds `data` to connection `token` at 1.002 s; returns what `process` answered.
+    fn feed(w: &mut Worker, token: usize, data: &[u8]) -> Result<usize, String> {
+        w.process(token, data, 1_002_000_000)
+    }
+
+    #[test]
+    fn a_compressed_message_is_inflated_and_read_like_any_other() {
+        let (mut w, _l) = worker(true, 1, 1 << 20);
+        let token = conn(&mut w, true);
+        let msg = stamped(7, 4096);
+        let wire = compress(&mut compressor(), &msg, false);
+        let mut data = answer(HUB);
+        frame(0xC1, &wire, &mut data);
+        // The answer and the first frame in one read.
+        assert_eq!(feed(&mut w, token, &data), Ok(data.len()));
+        assert!(matches!(w.conns[token].deflate, Inflation::Fresh));
+        let win = &w.window;
+        assert_eq!((win.deliveries, win.latency.len(), win.gaps), (1, 1, 0));
+        assert_eq!(win.latency.max(), 2000, "inflated, the stamp reads");
+        let d = win.deflate;
+        assert_eq!(
+            (d.upgrades, d.sampled, d.compressed, d.inflated, d.opaque),
+            (1, 1, 1, 1, 0)
+        );
+        assert_eq!(d.inflated_bytes, msg.len() as u64);
+        assert_eq!(d.inflated_wire_bytes, wire.len() as u64);
+        assert!(wire.len() * 4 < msg.len());
+        assert_eq!(win.wire_size.max(), wire.len() as u64);
+        assert_eq!(win.bytes, wire.len() as u64);
+        // A small message comes uncompressed on the same connection.
+        let mut data = Vec::new();
+        frame(0x81, &stamped(8, 100), &mut data);
+        assert_eq!(feed(&mut w, token, &data), Ok(data.len()));
+        assert_eq!((w.window.deliveries, w.window.deflate.compressed), (2, 1));
+    }
+
+    #[test]
+    fn a_fragmented_compressed_message_is_put_together_then_inflated() {
+        let (mut w, _l) = worker(true, 1, 1 << 20);
+        let token = conn(&mut w, true);
+        feed(&mut w, token, &answer(HUB)).unwrap();
+        let mut c = compressor();
+        for seq in 0..3 {
+            let msg = stamped(seq, 50_000);
+            let wire = compress(&mut c, &msg, false);
+            let (a, rest) = wire.split_at(wire.len() / 3);
+            let (b, z) = rest.split_at(rest.len() / 2);
+            let mut data = Vec::new();
+            // RSV1 on the first frame only; a ping between the fragments.
+            frame(0x41, a, &mut data);
+            frame(0x00, b, &mut data);
+            frame(0x89, b"hi", &mut data);
+            frame(0x80, z, &mut data);
+            assert_eq!(feed(&mut w, token, &data), Ok(data.len()));
+        }
+        let win = &w.window;
+        assert_eq!((win.deliveries, win.gaps, win.deflate.inflated), (3, 0, 3));
+        assert_eq!(win.deflate.inflated_bytes, 150_000);
+        // RSV1 on a continuation is a protocol error.
+        let mut data = Vec::new();
+        frame(0x41, b"\x00", &mut data);
+        frame(0xC0, b"\x00", &mut data);
+        assert_eq!(feed(&mut w, token, &data), Err("reserved bits set".into()));
+    }
+
+    #[test]
+    fn connections_outside_the_sample_count_compressed_messages_unread() {
+        let (mut w, _l) = worker(true, 10, 1 << 20);
+        let token = conn(&mut w, false);
+        feed(&mut w, token, &answer(HUB)).unwrap();
+        assert!(matches!(w.conns[token].deflate, Inflation::Opaque));
+        let wire = compress(&mut compressor(), &stamped(1, 4096), false);
+        let mut data = Vec::new();
+        frame(0xC1, &wire, &mut data);
+        // Fragmented: nothing is kept.
+        frame(0x41, &wire[..10], &mut data);
+        frame(0x80, &wire[10..], &mut data);
+        assert_eq!(feed(&mut w, token, &data), Ok(data.len()));
+        let win = &w.window;
+        assert_eq!((win.deliveries, win.latency.len()), (2, 0));
+        let d = win.deflate;
+        assert_eq!(
+            (d.upgrades, d.sampled, d.compressed, d.inflated, d.opaque),
+            (1, 0, 2, 0, 2)
+        );
+        assert_eq!(win.wire_size.len(), 2);
+    }
+
+    #[test]
+    fn in_a_metrics_run_the_first_unread_message_is_the_snapshot() {
+        let (mut w, _l) = worker(true, 2, 1 << 20);
+        w.plan.metrics_interval_us = Some(2_000_000);
+        let token = conn(&mut w, false);
+        feed(&mut w, token, &answer(HUB)).unwrap();
+        let wire = compress(&mut compressor(), &[b'{'; 5000], false);
+        let mut data = Vec::new();
+        frame(0xC1, &wire, &mut data);
+        frame(0xC1, &wire, &mut data);
+        assert_eq!(feed(&mut w, token, &data), Ok(data.len()));
+        // As on the connections that read it: the snapshot is not a tick.
+        let win = &w.window;
+        assert_eq!(
+            (win.other_frames, win.deliveries, win.deflate.opaque),
+            (1, 1, 1)
+        );
+        assert_eq!(win.deflate.compressed, 2);
+    }
+
+    #[test]
+    fn a_server_that_keeps_its_context_gets_an_inflater_per_connection() {
+        let (mut w, _l) = worker(true, 1, 1 << 20);
+        let token = conn(&mut w, true);
+        feed(&mut w, token, &answer(Some(""))).unwrap();
+        assert!(matches!(w.conns[token].deflate, Inflation::Own(_)));
+        let mut c = compressor();
+        for seq in 0..3 {
+            let mut data = Vec::new();
+            frame(
+                0xC1,
+                &compress(&mut c, &stamped(seq, 8192), true),
+                &mut data,
+            );
+            assert_eq!(feed(&mut w, token, &data), Ok(data.len()));
+        }
+        assert_eq!((w.window.deliveries, w.window.gaps), (3, 0));
+    }
+
+    #[test]
+    fn rsv1_without_negotiation_is_a_protocol_error() {
+        let wire = compress(&mut compressor(), &stamped(1, 4096), false);
+        let mut rsv1 = Vec::new();
+        frame(0xC1, &wire, &mut rsv1);
+        // Offered, but the server did not accept it.
+        let (mut w, _l) = worker(true, 1, 1 << 20);
+        let token = conn(&mut w, true);
+        feed(&mut w, token, &answer(None)).unwrap();
+        assert_eq!(feed(&mut w, token, &rsv1), Err("reserved bits set".into()));
+        assert_eq!(w.window.deflate.upgrades, 0);
+        // Not offered: the server's acceptance fails the upgrade.
+        let (mut w, _l) = worker(false, 1, 1 << 20);
+        let token = conn(&mut w, true);
+        let data = answer(HUB);
+        assert_eq!(feed(&mut w, token, &data), Ok(data.len()));
+        assert!(!w.conns.contains(token));
+        assert_eq!(w.window.errors["extension not offered"], 1);
+    }
+
+    #[test]
+    fn an_inflated_message_over_the_limit_loses_the_connection() {
+        let (mut w, _l) = worker(true, 1, 10_000);
+        let token = conn(&mut w, true);
+        feed(&mut w, token, &answer(HUB)).unwrap();
+        let mut data = Vec::new();
+        // 20,000 bytes inflated, far fewer on the wire.
+        frame(
+            0xC1,
+            &compress(&mut compressor(), &stamped(1, 20_000), false),
+            &mut data,
+        );
+        assert!(data.len() < 10_000);
+        assert_eq!(
+            feed(&mut w, token, &data),
+            Err("inflated message over the size limit".into())
+        );
+        // The inflater is back for the next message.
+        assert!(w.inflater.is_some());
     }
 }
