@@ -549,7 +549,6 @@ fn metrics_reads_the_servers_ticks() {
 }
 
 #[test]
-#[ignore = "needs the hub's permessage-deflate (issue 17)"]
 fn deflate_connections_receive_compressed_snapshots() {
     let _serial = serial(false);
     let hub = hub(HubConfig::default());
@@ -619,7 +618,6 @@ fn deflate_connections_receive_compressed_snapshots() {
 }
 
 #[test]
-#[ignore = "needs the hub's permessage-deflate (issue 17)"]
 fn deflate_fanout_reads_a_sample_and_counts_the_rest() {
     let _serial = serial(false);
     let hub = hub(HubConfig::default());
