@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 use crate::config::HubConfig;
 use crate::connection::decoder::{Decoder, Msg};
 use crate::connection::handshake::{self, Head};
+use crate::connection::inflate::Inflater;
 use crate::protocol::{self, Number};
 
 /// A client message as the hub parses it (a public mirror of the crate's own type).
@@ -100,22 +101,36 @@ pub enum Decoded {
 pub struct ClientFrames {
     decoder: Decoder,
     max: usize,
+    /// Stands in for the shard's: one inflater for every message, as on a shard.
+    inflater: Inflater,
 }
 
 impl ClientFrames {
-    /// A decoder as a connection starts one.
-    pub fn new(cfg: &HubConfig, tail: Vec<u8>) -> Self {
+    /// A decoder as a connection starts one; `deflate`: permessage-deflate was negotiated, so
+    /// messages may come compressed.
+    pub fn new(cfg: &HubConfig, tail: Vec<u8>, deflate: bool) -> Self {
+        let mut decoder = Decoder::with_pending(tail);
+        if deflate {
+            decoder.set_deflate();
+        }
         Self {
-            decoder: Decoder::with_pending(tail),
+            decoder,
             max: cfg.max_message(),
+            inflater: Inflater::default(),
         }
     }
 
     /// Decodes `bytes` (just read; unmasked in place), calling `on` for each message. `Ok(true)`:
     /// a close frame ended the stream; `Err(())`: the client is failed (1002, 1007 or 1009).
+    /// Compressed messages come inflated, so their lengths are the inflated ones.
     #[allow(clippy::result_unit_err)]
     pub fn feed(&mut self, bytes: &mut [u8], mut on: impl FnMut(Decoded)) -> Result<bool, ()> {
-        let flow = self.decoder.feed(bytes, self.max, |msg| {
+        let Self {
+            decoder,
+            max,
+            inflater,
+        } = self;
+        let flow = decoder.feed(bytes, *max, inflater, |msg| {
             let (decoded, stop) = match msg {
                 Msg::Text(t) => (Decoded::Text(t.len()), false),
                 Msg::Binary(b) => (Decoded::Binary(b.len()), false),

@@ -3,7 +3,9 @@
 //! in bounded work, and no message over the configured maximum.
 //!
 //! Input: byte 0 picks the limit (even: the default 512 KiB; odd: a small
-//! `max_message_size`), byte 1 the tail length and the chunk sizes; the rest is the stream.
+//! `max_message_size`) and, with its top bit, whether permessage-deflate was negotiated (RSV1
+//! marks compressed messages, inflated under the same limit), byte 1 the tail length and the
+//! chunk sizes; the rest is the stream.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -17,12 +19,13 @@ fuzz_target!(|data: &[u8]| {
     let cfg = if limit & 1 == 0 {
         HubConfig::default()
     } else {
-        HubConfig::default().max_message_size(1 + usize::from(limit >> 1) * 8)
+        HubConfig::default().max_message_size(1 + usize::from((limit & 0x7f) >> 1) * 8)
     };
+    let deflate = limit & 0x80 != 0;
     let max = cfg.max_message();
     let tail_len = usize::from(split & 0x3f).min(stream.len());
     let (tail, rest) = stream.split_at(tail_len);
-    let mut frames = ClientFrames::new(&cfg, tail.to_vec());
+    let mut frames = ClientFrames::new(&cfg, tail.to_vec(), deflate);
     let chunk = [1, 2, 7, 4096][usize::from(split >> 6)];
     let check = |d: Decoded| match d {
         Decoded::Text(n) | Decoded::Binary(n) => assert!(n <= max, "message of {n} > {max}"),

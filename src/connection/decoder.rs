@@ -4,12 +4,21 @@
 //! reasons checked, and the size limit applied to every frame and whole message from its header,
 //! before its payload is read.
 //!
+//! With permessage-deflate negotiated (RFC 7692, [`Decoder::set_deflate`]), RSV1 on the first
+//! frame of a text or binary message marks it compressed. Its fragments are kept compressed
+//! (the limit applies to their size from the header, as for any message), and the message is
+//! inflated once, when its last fragment is in, by the shard's [`Inflater`], with the limit
+//! applied again to the inflated size; a compressed text is checked for UTF-8 then, whole. The
+//! hub always negotiates `client_no_context_takeover`, so no inflate state outlives a message.
+//!
 //! The decoder holds nothing between frames: bytes are read into the shard's scratch buffer,
 //! and only the bytes of an unfinished frame (or the fragments of an unfinished message) are kept
 //! here, in buffers that are freed as soon as the frame (or the message) completes. An idle
-//! connection carries three empty vectors.
+//! connection carries two empty vectors.
 
 use std::ops::ControlFlow;
+
+use super::inflate::Inflater;
 
 /// A complete client message or control frame. The slices are unmasked payloads.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,6 +45,8 @@ pub(crate) enum Fault {
     TooBig,
     /// 1007: a text message or close reason that is not UTF-8.
     Utf8,
+    /// 1007: a compressed message that does not inflate.
+    Deflate,
 }
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -44,6 +55,11 @@ const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xa;
+
+/// The first header byte's RSV1 bit: a compressed message, once permessage-deflate is on.
+const RSV1: u8 = 0x40;
+/// RSV2 and RSV3: no extension gives them a meaning.
+const RSV23: u8 = 0x30;
 
 /// The state of one connection's incoming stream.
 #[derive(Debug, Default)]
@@ -56,6 +72,11 @@ pub(crate) struct Decoder {
     opcode: u8,
     /// How much of a fragmented text message is known to be valid UTF-8.
     checked: usize,
+    /// permessage-deflate was negotiated: RSV1 may mark a message compressed.
+    deflate: bool,
+    /// The fragmented message being assembled is compressed (its fragments are kept as they
+    /// came and inflated at the end).
+    compressed: bool,
 }
 
 impl Decoder {
@@ -68,6 +89,12 @@ impl Decoder {
         }
     }
 
+    /// Lets messages come compressed: permessage-deflate was negotiated (with
+    /// `client_no_context_takeover`, so each message inflates on its own).
+    pub(crate) fn set_deflate(&mut self) {
+        self.deflate = true;
+    }
+
     /// Whether bytes are waiting that [`Self::feed`] with nothing new would decode.
     pub(crate) fn has_pending(&self) -> bool {
         !self.partial.is_empty()
@@ -76,17 +103,22 @@ impl Decoder {
     /// Decodes `fresh` (bytes just read; unmasked in place) after any bytes kept from before,
     /// handing every complete message to `on`, until `on` breaks, the input runs out, or a
     /// frame breaks the protocol. What is left of an unfinished frame is kept for the next call.
-    /// After a `Break` or an error the decoder must not be fed again.
+    /// After a `Break` or an error the decoder must not be fed again. `max` limits every
+    /// message, compressed or inflated; `inflater` (the shard's) inflates compressed ones.
     pub(crate) fn feed<R>(
         &mut self,
         fresh: &mut [u8],
         max: usize,
+        inflater: &mut Inflater,
         mut on: impl FnMut(Msg<'_>) -> ControlFlow<R>,
     ) -> Result<ControlFlow<R>, Fault> {
         let mut input = Input {
             message: &mut self.message,
             opcode: &mut self.opcode,
             checked: &mut self.checked,
+            compressed: &mut self.compressed,
+            deflate: self.deflate,
+            inflater,
             max,
         };
         if self.partial.is_empty() {
@@ -113,6 +145,9 @@ struct Input<'d> {
     message: &'d mut Vec<u8>,
     opcode: &'d mut u8,
     checked: &'d mut usize,
+    compressed: &'d mut bool,
+    deflate: bool,
+    inflater: &'d mut Inflater,
     max: usize,
 }
 
@@ -156,8 +191,12 @@ impl Input<'_> {
         };
         let fin = b0 & 0x80 != 0;
         let opcode = b0 & 0x0f;
-        if b0 & 0x70 != 0 {
-            // RSV bits: no extension is negotiated.
+        if b0 & RSV23 != 0 {
+            return Err(Fault::Protocol);
+        }
+        if b0 & RSV1 != 0 && !(self.deflate && matches!(opcode, OP_TEXT | OP_BINARY)) {
+            // Only a message's first frame says it is compressed, and only once negotiated
+            // (a text or binary frame inside an open message fails below).
             return Err(Fault::Protocol);
         }
         let control = match opcode {
@@ -209,6 +248,7 @@ impl Input<'_> {
         on: &mut impl FnMut(Msg<'_>) -> ControlFlow<R>,
     ) -> Result<ControlFlow<R>, Fault> {
         let fin = first & 0x80 != 0;
+        let rsv1 = first & RSV1 != 0;
         match first & 0x0f {
             OP_PING => Ok(on(Msg::Ping(payload))),
             OP_PONG => Ok(on(Msg::Pong)),
@@ -222,6 +262,9 @@ impl Input<'_> {
                 }
                 Ok(on(Msg::Close(payload)))
             }
+            opcode @ (OP_TEXT | OP_BINARY) if fin && rsv1 => {
+                self.deliver_inflated(opcode, payload, on)
+            }
             opcode @ (OP_TEXT | OP_BINARY) if fin => {
                 if opcode == OP_TEXT {
                     std::str::from_utf8(payload).map_err(|_| Fault::Utf8)?;
@@ -232,6 +275,7 @@ impl Input<'_> {
             }
             opcode @ (OP_TEXT | OP_BINARY) => {
                 *self.opcode = opcode;
+                *self.compressed = rsv1;
                 self.append(payload)?;
                 Ok(ControlFlow::Continue(()))
             }
@@ -240,6 +284,11 @@ impl Input<'_> {
                 self.append(payload)?;
                 if !fin {
                     return Ok(ControlFlow::Continue(()));
+                }
+                if std::mem::take(self.compressed) {
+                    let message = std::mem::take(self.message);
+                    let opcode = std::mem::take(self.opcode);
+                    return self.deliver_inflated(opcode, &message, on);
                 }
                 let text = *self.opcode == OP_TEXT;
                 if text && *self.checked != self.message.len() {
@@ -258,11 +307,31 @@ impl Input<'_> {
         }
     }
 
+    /// Inflates a whole compressed message, checks it and hands it to `on`.
+    fn deliver_inflated<R>(
+        &mut self,
+        opcode: u8,
+        compressed: &[u8],
+        on: &mut impl FnMut(Msg<'_>) -> ControlFlow<R>,
+    ) -> Result<ControlFlow<R>, Fault> {
+        let message = self.inflater.inflate(compressed, self.max)?;
+        let flow = if opcode == OP_TEXT {
+            match std::str::from_utf8(message) {
+                Ok(_) => Ok(on(Msg::Text(message))),
+                Err(_) => Err(Fault::Utf8),
+            }
+        } else {
+            Ok(on(Msg::Binary(message)))
+        };
+        self.inflater.trim();
+        flow
+    }
+
     /// Adds a fragment to the open message; a text message's new bytes are checked at once,
-    /// up to a sequence the next fragment may complete.
+    /// up to a sequence the next fragment may complete (a compressed one's only once inflated).
     fn append(&mut self, payload: &[u8]) -> Result<(), Fault> {
         self.message.extend_from_slice(payload);
-        if *self.opcode == OP_TEXT {
+        if *self.opcode == OP_TEXT && !*self.compressed {
             match std::str::from_utf8(&self.message[*self.checked..]) {
                 Ok(_) => *self.checked = self.message.len(),
                 Err(e) if e.error_len().is_none() => *self.checked += e.valid_up_to(),
@@ -317,6 +386,7 @@ pub(crate) fn pong(payload: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::inflate::{bomb, compress};
     use super::*;
 
     /// A client frame: masked with a fixed key.
@@ -350,11 +420,25 @@ mod tests {
 
     /// Feeds `bytes` in chunks of `chunk`; returns the messages and how it ended.
     fn decode(bytes: &[u8], chunk: usize, max: usize) -> (Vec<Got>, Result<(), Fault>) {
+        decode_as(false, bytes, chunk, max)
+    }
+
+    /// [`decode`], with permessage-deflate negotiated or not.
+    fn decode_as(
+        deflate: bool,
+        bytes: &[u8],
+        chunk: usize,
+        max: usize,
+    ) -> (Vec<Got>, Result<(), Fault>) {
         let mut d = Decoder::default();
+        if deflate {
+            d.set_deflate();
+        }
+        let mut inflater = Inflater::default();
         let mut got = Vec::new();
         for piece in bytes.chunks(chunk) {
             let mut piece = piece.to_vec();
-            let r = d.feed(&mut piece, max, |m| {
+            let r = d.feed(&mut piece, max, &mut inflater, |m| {
                 got.push(match m {
                     Msg::Text(t) => Got::Text(String::from_utf8(t.to_vec()).unwrap()),
                     Msg::Binary(b) => Got::Binary(b.to_vec()),
@@ -509,13 +593,13 @@ mod tests {
         stream.extend(frame(0x80, b"ment"));
         let (first, rest) = stream.split_at_mut(500);
         let mut seen = 0;
-        let r = d.feed(first, 10_000, |_| {
+        let r = d.feed(first, 10_000, &mut Inflater::default(), |_| {
             seen += 1;
             ControlFlow::<()>::Continue(())
         });
         assert_eq!((r, seen), (Ok(ControlFlow::Continue(())), 0));
         assert!(d.has_pending());
-        let r = d.feed(rest, 10_000, |_| {
+        let r = d.feed(rest, 10_000, &mut Inflater::default(), |_| {
             seen += 1;
             ControlFlow::<()>::Continue(())
         });
@@ -523,6 +607,202 @@ mod tests {
         assert_eq!(d.partial.capacity(), 0, "the frame's buffer went with it");
         assert_eq!(d.message.capacity(), 0, "the message's buffer went with it");
         assert!(!d.has_pending());
+    }
+
+    #[test]
+    fn compressed_messages_decode_whole_or_byte_by_byte() {
+        let text = "compressed text ".repeat(100);
+        let mut stream = frame(0xc1, &compress(text.as_bytes(), false));
+        stream.extend(frame(0xc2, &compress(&[0, 1, 2, 0, 1, 2], false)));
+        // A final block (BFINAL) instead of a sync flush is fine too.
+        stream.extend(frame(0xc1, &compress(b"final", true)));
+        // Empty: nothing but an empty block, or nothing at all before the tail.
+        stream.extend(frame(0xc1, b"\x00"));
+        stream.extend(frame(0xc2, b"\x02\x00"));
+        stream.extend(frame(0xc1, b""));
+        // Plain messages still come as they are.
+        stream.extend(frame(0x81, b"plain"));
+        stream.extend(frame(0x88, b""));
+        for chunk in [1, 3, 7, 4096, usize::MAX] {
+            let (got, end) = decode_as(true, &stream, chunk, 1600);
+            assert_eq!(end, Ok(()));
+            assert_eq!(
+                got,
+                [
+                    Got::Text(text.clone()),
+                    Got::Binary(vec![0, 1, 2, 0, 1, 2]),
+                    Got::Text("final".into()),
+                    Got::Text(String::new()),
+                    Got::Binary(vec![]),
+                    Got::Text(String::new()),
+                    Got::Text("plain".into()),
+                    Got::Close(vec![]),
+                ],
+                "chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn compressed_fragments_join_and_inflate_at_the_end() {
+        let text = "fragmented, compressed: €".repeat(50);
+        let c = compress(text.as_bytes(), false);
+        // Cut anywhere, a UTF-8 sequence's bytes included: fragments are not checked alone.
+        let (a, rest) = c.split_at(c.len() / 3);
+        let (b, z) = rest.split_at(1);
+        let mut stream = frame(0x41, a);
+        stream.extend(frame(0x89, b"mid"));
+        stream.extend(frame(0x00, b));
+        stream.extend(frame(0x00, b""));
+        stream.extend(frame(0x80, z));
+        stream.extend(frame(0x42, &compress(b"\xff\xfe", false)));
+        stream.extend(frame(0x80, b""));
+        // The next message is plain again.
+        stream.extend(frame(0x01, b"pl"));
+        stream.extend(frame(0x80, b"ain"));
+        for chunk in [1, 5, usize::MAX] {
+            let (got, end) = decode_as(true, &stream, chunk, 2000);
+            assert_eq!(end, Ok(()));
+            assert_eq!(
+                got,
+                [
+                    Got::Ping(b"mid".to_vec()),
+                    Got::Text(text.clone()),
+                    Got::Binary(vec![0xff, 0xfe]),
+                    Got::Text("plain".into()),
+                ],
+                "chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn compressed_messages_are_checked_once_inflated() {
+        let cases: Vec<(&str, Vec<u8>, Fault)> = vec![
+            // Block type 3 is reserved.
+            ("bad deflate", frame(0xc1, b"\x07\x00"), Fault::Deflate),
+            (
+                "bad deflate, fragmented",
+                [frame(0x42, b"\x07"), frame(0x80, b"\x00")].concat(),
+                Fault::Deflate,
+            ),
+            (
+                "bytes after the final block",
+                frame(0xc1, &[compress(b"a", true), vec![0]].concat()),
+                Fault::Deflate,
+            ),
+            (
+                "not UTF-8",
+                frame(0xc1, &compress(b"a\xff", false)),
+                Fault::Utf8,
+            ),
+            (
+                "ends inside a sequence",
+                [frame(0x41, &compress(b"\xe2\x82", false)), frame(0x80, b"")].concat(),
+                Fault::Utf8,
+            ),
+        ];
+        for (name, bytes, fault) in cases {
+            for chunk in [1, usize::MAX] {
+                assert_eq!(
+                    decode_as(true, &bytes, chunk, 100),
+                    (vec![], Err(fault)),
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rsv_bits_need_permessage_deflate_and_a_first_frame() {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("rsv2", frame(0xa1, b"x")),
+            ("rsv3", frame(0x91, b"x")),
+            ("rsv1 and rsv2", frame(0xe1, b"x")),
+            ("rsv1 on a ping", frame(0xc9, b"")),
+            ("rsv1 on a pong", frame(0xca, b"")),
+            ("rsv1 on a close", frame(0xc8, b"")),
+            ("rsv1 on a reserved opcode", frame(0xc3, b"")),
+            (
+                "rsv1 on a continuation",
+                [frame(0x01, b"a"), frame(0xc0, b"\x00")].concat(),
+            ),
+            (
+                "rsv1 on a compressed message's continuation",
+                [frame(0x41, b"\x00"), frame(0xc0, b"")].concat(),
+            ),
+            (
+                "a compressed message inside one",
+                [frame(0x41, b"\x00"), frame(0xc1, b"")].concat(),
+            ),
+        ];
+        for (name, bytes) in cases {
+            assert_eq!(
+                decode_as(true, &bytes, 1, 1000).1,
+                Err(Fault::Protocol),
+                "{name}"
+            );
+        }
+        // Not negotiated: RSV1 is as wrong as the others.
+        let c = frame(0xc1, &compress(b"x", false));
+        assert_eq!(decode_as(false, &c, 1, 1000).1, Err(Fault::Protocol));
+        assert_eq!(decode_as(true, &c, 1, 1000).0, [Got::Text("x".into())]);
+    }
+
+    #[test]
+    fn the_limit_applies_compressed_and_inflated() {
+        let data = vec![b'a'; 5000];
+        let c = compress(&data, false);
+        assert!(c.len() < 100);
+        let whole = frame(0xc2, &c);
+        let mut parts = frame(0x42, &c[..10]);
+        parts.extend(frame(0x80, &c[10..]));
+        for bytes in [&whole, &parts] {
+            assert_eq!(
+                decode_as(true, bytes, 7, 5000).0,
+                [Got::Binary(data.clone())]
+            );
+            let mut d = Decoder::default();
+            d.set_deflate();
+            let mut inflater = Inflater::default();
+            let r = d.feed(&mut bytes.clone(), 4999, &mut inflater, |_| {
+                ControlFlow::<()>::Continue(())
+            });
+            assert_eq!(r, Err(Fault::TooBig));
+            assert_eq!(
+                inflater.produced(),
+                5000,
+                "inflating stopped past the limit"
+            );
+        }
+        // The compressed bytes count from the header, as for a plain message.
+        let big = frame(0xc1, &[0; 200]);
+        assert_eq!(decode_as(true, &big[..8], 1, 100).1, Err(Fault::TooBig));
+        let mut parts = frame(0x41, &[0; 60]);
+        parts.extend(frame(0x80, &[0; 41]));
+        assert_eq!(
+            decode_as(true, &parts, usize::MAX, 100).1,
+            Err(Fault::TooBig)
+        );
+    }
+
+    #[test]
+    fn a_zip_bomb_fails_quickly() {
+        // 50 MiB of zeros in about 50 KB.
+        let bomb = bomb(50);
+        let max = 512 * 1024;
+        assert!(bomb.len() < max);
+        let mut d = Decoder::default();
+        d.set_deflate();
+        let mut inflater = Inflater::default();
+        let start = std::time::Instant::now();
+        let r = d.feed(&mut frame(0xc2, &bomb), max, &mut inflater, |_| {
+            ControlFlow::<()>::Continue(())
+        });
+        let took = start.elapsed();
+        assert_eq!(r, Err(Fault::TooBig));
+        assert_eq!(inflater.produced(), max as u64 + 1);
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
     }
 
     #[test]

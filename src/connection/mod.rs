@@ -13,6 +13,7 @@ pub(crate) mod extensions;
 mod greet;
 pub(crate) mod handshake;
 mod head;
+pub(crate) mod inflate;
 mod reader;
 mod writer;
 
@@ -283,6 +284,8 @@ pub(crate) struct Scratch {
     pub(crate) read: RefCell<Vec<u8>>,
     /// The writers' `sendmsg` iovecs.
     pub(crate) iov: RefCell<Vec<libc::iovec>>,
+    /// Inflates the connections' compressed messages (permessage-deflate), one at a time.
+    pub(crate) inflater: RefCell<inflate::Inflater>,
 }
 
 /// The most bytes one read from a client's socket takes.
@@ -294,6 +297,7 @@ impl Default for Scratch {
             bytes: RefCell::default(),
             read: RefCell::new(vec![0; READ_CHUNK]),
             iov: RefCell::new(Vec::with_capacity(writer::MAX_IOV)),
+            inflater: RefCell::default(),
         }
     }
 }

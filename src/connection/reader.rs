@@ -153,13 +153,18 @@ fn decode(
     fresh: &mut [u8],
     max: usize,
 ) -> Option<End> {
-    let failure = match decoder.feed(fresh, max, |msg| on_message(shard, conn, key, msg)) {
+    // The shard's inflater, for compressed messages (borrowed for this call only).
+    let flow = decoder.feed(fresh, max, &mut shard.local.inflater.borrow_mut(), |msg| {
+        on_message(shard, conn, key, msg)
+    });
+    let failure = match flow {
         Ok(ControlFlow::Continue(())) => return None,
         Ok(ControlFlow::Break(Ok(end))) => return Some(end),
         Ok(ControlFlow::Break(Err(failure))) => failure,
         Err(Fault::Protocol) => (close_code::PROTOCOL_ERROR, "protocol error"),
         Err(Fault::TooBig) => (close_code::TOO_BIG, "message too big"),
         Err(Fault::Utf8) => (close_code::INVALID_PAYLOAD, "invalid UTF-8"),
+        Err(Fault::Deflate) => (close_code::INVALID_PAYLOAD, "invalid compressed data"),
     };
     let (code, reason) = failure;
     shard.stats().protocol_errors_total.fetch_add(1, Relaxed);
