@@ -31,6 +31,8 @@ pub(crate) struct Inflater {
     /// Room for the inflated message: all of it initialized (zeroed once, as it grows), so
     /// each message is given exactly the room its limit allows, whatever a bigger one left.
     out: Vec<u8>,
+    /// Messages inflated since [`Self::take_count`].
+    count: u64,
 }
 
 impl Inflater {
@@ -42,6 +44,7 @@ impl Inflater {
     pub(crate) fn inflate(&mut self, compressed: &[u8], max: usize) -> Result<&[u8], Fault> {
         let state = self.state.get_or_insert_with(|| Decompress::new(false));
         state.reset(false);
+        self.count += 1;
         // One byte past the limit is room enough to learn that the message is over it.
         let limit = max.saturating_add(1);
         match run(state, &mut self.out, compressed, limit) {
@@ -51,6 +54,11 @@ impl Inflater {
                 Err(fault)
             }
         }
+    }
+
+    /// Messages inflated (or tried) since the last call, for the shard's counter.
+    pub(crate) fn take_count(&mut self) -> u64 {
+        std::mem::take(&mut self.count)
     }
 
     /// The bytes the last message inflated to, as far as it went.

@@ -60,9 +60,10 @@ impl<'a> ReadHalf<'a> {
         tail: Vec<u8>,
         deflate: bool,
     ) -> Self {
-        let decoder = Decoder::with_pending(tail);
-        // TODO(issue 17): decoder.set_deflate() once the decoder inflates.
-        let _ = deflate;
+        let mut decoder = Decoder::with_pending(tail);
+        if deflate {
+            decoder.set_deflate();
+        }
         Self {
             shard,
             conn,
@@ -154,9 +155,18 @@ fn decode(
     max: usize,
 ) -> Option<End> {
     // The shard's inflater, for compressed messages (borrowed for this call only).
-    let flow = decoder.feed(fresh, max, &mut shard.local.inflater.borrow_mut(), |msg| {
+    let mut inflater = shard.local.inflater.borrow_mut();
+    let flow = decoder.feed(fresh, max, &mut inflater, |msg| {
         on_message(shard, conn, key, msg)
     });
+    let inflated = inflater.take_count();
+    drop(inflater);
+    if inflated > 0 {
+        shard
+            .stats()
+            .inflated_messages_total
+            .fetch_add(inflated, Relaxed);
+    }
     let failure = match flow {
         Ok(ControlFlow::Continue(())) => return None,
         Ok(ControlFlow::Break(Ok(end))) => return Some(end),
