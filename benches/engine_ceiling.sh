@@ -16,7 +16,8 @@
 # seconds of publishing (per step), BATCH (1) messages per publish call, RATES ("1000 2000 4000
 # 6000 8000 12000 16000"), P99_MS (50), MAX_LOSS (0: the fraction of deliveries a held step may
 # lose), DRAIN (2: seconds loadgen keeps listening after the publisher's end), PORT (18990),
-# SHARD_CPU (0), PUB_CPU (1), LG_CPU (1). Output (logs, loadgen's JSON) in OUT_DIR, default
+# SHARD_CPU (0), PUB_CPU (1), LG_CPU (1), LG_ARGS (extra loadgen arguments, e.g. "--deflate":
+# subscribers that negotiate compression). Output (logs, loadgen's JSON) in OUT_DIR, default
 # /tmp/engine-ceiling.
 #
 # The figures: delivered/s is loadgen's deliveries over the publisher's elapsed time; loss is
@@ -91,7 +92,7 @@ run_step() {  # label rate: the example and loadgen, once; leaves the two snapsh
     server=$!; pids+=("$server")
     wait_port "$PORT"
     taskset -c "$LG_CPU" "$LOADGEN" fanout --listen-only --server "127.0.0.1:$PORT" \
-        --subscribers "$SUBS" --size "$SIZE" --duration "$((SECS + DRAIN))s" \
+        --subscribers "$SUBS" --size "$SIZE" --duration "$((SECS + DRAIN))s" ${LG_ARGS:-} \
         --json --quiet >"$json" 2>&1 &
     lg=$!; pids+=("$lg")
     wait_line "$log" '^publishing' "$server" 90

@@ -36,10 +36,19 @@ fn main() -> std::io::Result<()> {
         for p in 0..12 {
             let records = 100 + rng.below(5000);
             let bytes = 10_000 + rng.below(5_000_000);
-            m.produce(p, records, bytes, Duration::from_micros(200 + rng.below(3000)));
+            m.produce(
+                p,
+                records,
+                bytes,
+                Duration::from_micros(200 + rng.below(3000)),
+            );
         }
         let ms = 1 + rng.below(5);
-        m.fetch(rng.below(5000), rng.below(500_000), Duration::from_millis(ms));
+        m.fetch(
+            rng.below(5000),
+            rng.below(500_000),
+            Duration::from_millis(ms),
+        );
     }
     for g in 0..50 {
         let id = format!("group-{g:02}");

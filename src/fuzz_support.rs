@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use crate::config::HubConfig;
 use crate::connection::decoder::{Decoder, Msg};
 use crate::connection::handshake::{self, Head};
-use crate::connection::inflate::Inflater;
+use crate::connection::inflate::{Inflater, INFLATE_SLICE};
 use crate::protocol::{self, Number};
 
 /// A client message as the hub parses it (a public mirror of the crate's own type).
@@ -130,21 +130,31 @@ impl ClientFrames {
             max,
             inflater,
         } = self;
-        let flow = decoder.feed(bytes, *max, inflater, |msg| {
-            let (decoded, stop) = match msg {
-                Msg::Text(t) => (Decoded::Text(t.len()), false),
-                Msg::Binary(b) => (Decoded::Binary(b.len()), false),
-                Msg::Ping(p) => (Decoded::Ping(p.len()), false),
-                Msg::Pong => (Decoded::Pong, false),
-                Msg::Close(c) => (Decoded::Close(c.len()), true),
-            };
-            on(decoded);
-            if stop {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
+        let mut input = bytes;
+        let flow = loop {
+            let flow = decoder.feed(input, *max, inflater, |msg| {
+                let (decoded, stop) = match msg {
+                    Msg::Text(t) => (Decoded::Text(t.len()), false),
+                    Msg::Binary(b) => (Decoded::Binary(b.len()), false),
+                    Msg::Ping(p) => (Decoded::Ping(p.len()), false),
+                    Msg::Pong => (Decoded::Pong, false),
+                    Msg::Close(c) => (Decoded::Close(c.len()), true),
+                };
+                on(decoded);
+                if stop {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            // As the reader does: a slice of inflating stops the decoding, which goes on
+            // with the bytes kept (there, at the connection's next turn).
+            let (_, inflated) = inflater.take_count();
+            match flow {
+                Ok(ControlFlow::Continue(())) if inflated >= INFLATE_SLICE => input = &mut [],
+                flow => break flow,
             }
-        });
+        };
         match flow {
             Ok(flow) => Ok(flow.is_break()),
             Err(_) => Err(()),

@@ -803,6 +803,13 @@ impl Worker {
         }
         w.deflate.opaque += 1;
         w.deliveries += 1;
+        // What was not read leaves no reference: the next message read (a plain one, under
+        // the server's threshold) starts its interval and its sequence afresh rather than
+        // counting the skipped ones as jitter or gaps.
+        if conn.last_metrics != 0 {
+            conn.last_metrics = SNAPSHOT_SEEN;
+        }
+        conn.next_seq = NO_SEQ;
     }
 
     fn message(&mut self, token: usize, payload: &[u8], now: u64, unix: u64) {

@@ -104,7 +104,10 @@ impl Decoder {
     /// handing every complete message to `on`, until `on` breaks, the input runs out, or a
     /// frame breaks the protocol. What is left of an unfinished frame is kept for the next call.
     /// After a `Break` or an error the decoder must not be fed again. `max` limits every
-    /// message, compressed or inflated; `inflater` (the shard's) inflates compressed ones.
+    /// message, compressed or inflated; `inflater` (the shard's) inflates compressed ones, and
+    /// once the messages inflated since its last [`Inflater::take_count`] come to
+    /// [`INFLATE_SLICE`](super::inflate::INFLATE_SLICE) the decoding stops after the current
+    /// frame, the rest kept for a later call (with nothing new, see [`Self::has_pending`]).
     pub(crate) fn feed<R>(
         &mut self,
         fresh: &mut [u8],
@@ -178,6 +181,10 @@ impl Input<'_> {
             let flow = self.frame(first, payload, on)?;
             if flow.is_break() {
                 return Ok((at, flow));
+            }
+            if self.inflater.slice_spent() {
+                // The rest waits for the reader's next turn (kept as it came, still masked).
+                break;
             }
         }
         Ok((at, ControlFlow::Continue(())))
@@ -583,6 +590,34 @@ mod tests {
         assert_eq!(decode(&parts, usize::MAX, 100).1, Err(Fault::TooBig));
         let at_limit = frame(0x81, &[b'a'; 100]);
         assert_eq!(decode(&at_limit, 7, 100).0.len(), 1);
+    }
+
+    #[test]
+    fn inflating_stops_after_a_slice_and_the_rest_waits() {
+        // Each message inflates to 400 KB: three of them pass the slice (1 MiB).
+        let big = vec![b'a'; 400_000];
+        let mut stream = Vec::new();
+        for _ in 0..5 {
+            stream.extend(frame(0xc1, &compress(&big, false)));
+        }
+        assert!(stream.len() < 5_000, "{} B read", stream.len());
+        let mut d = Decoder::default();
+        d.set_deflate();
+        let mut inflater = Inflater::default();
+        let mut seen = 0;
+        let mut count = |_: Msg<'_>| {
+            seen += 1;
+            ControlFlow::<()>::Continue(())
+        };
+        let r = d.feed(&mut stream, 512 * 1024, &mut inflater, &mut count);
+        assert_eq!(r, Ok(ControlFlow::Continue(())));
+        assert_eq!(inflater.take_count(), (3, 1_200_000));
+        assert!(d.has_pending(), "two messages wait, still compressed");
+        let r = d.feed(&mut [], 512 * 1024, &mut inflater, &mut count);
+        assert_eq!(r, Ok(ControlFlow::Continue(())));
+        assert_eq!(inflater.take_count(), (2, 800_000));
+        assert!(!d.has_pending());
+        assert_eq!(seen, 5);
     }
 
     #[test]

@@ -18,6 +18,11 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// The output buffer's first size: a small message needs no more.
 const FIRST: usize = 16 * 1024;
 
+/// Inflated bytes the messages of one read may come to before the reader lets the shard's other
+/// tasks run (and counts them against its read budget): a compressed message can inflate a
+/// thousand times, so the bytes read alone would let one client hold the core.
+pub(crate) const INFLATE_SLICE: u64 = 1 << 20;
+
 /// The output buffer's largest size kept between messages: one big message does not leave the
 /// shard holding memory its size for good.
 const KEEP: usize = 64 * 1024;
@@ -33,6 +38,8 @@ pub(crate) struct Inflater {
     out: Vec<u8>,
     /// Messages inflated since [`Self::take_count`].
     count: u64,
+    /// Bytes they inflated to (as far as they went).
+    bytes: u64,
 }
 
 impl Inflater {
@@ -47,7 +54,9 @@ impl Inflater {
         self.count += 1;
         // One byte past the limit is room enough to learn that the message is over it.
         let limit = max.saturating_add(1);
-        match run(state, &mut self.out, compressed, limit) {
+        let result = run(state, &mut self.out, compressed, limit);
+        self.bytes += state.total_out();
+        match result {
             Ok(len) => Ok(self.out.get(..len).unwrap_or_default()),
             Err(fault) => {
                 self.trim();
@@ -56,9 +65,18 @@ impl Inflater {
         }
     }
 
-    /// Messages inflated (or tried) since the last call, for the shard's counter.
-    pub(crate) fn take_count(&mut self) -> u64 {
-        std::mem::take(&mut self.count)
+    /// Messages inflated (or tried) and the bytes they came to since the last call, for the
+    /// shard's counter and the reader's budget.
+    pub(crate) fn take_count(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.count),
+            std::mem::take(&mut self.bytes),
+        )
+    }
+
+    /// Whether the messages inflated since [`Self::take_count`] used up a slice.
+    pub(crate) fn slice_spent(&self) -> bool {
+        self.bytes >= INFLATE_SLICE
     }
 
     /// The bytes the last message inflated to, as far as it went.

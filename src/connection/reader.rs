@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 use tracing::trace;
 
 use super::decoder::{self, Decoder, Fault, Msg};
+use super::inflate::INFLATE_SLICE;
 use super::{Conn, ConnShard};
 use crate::hub::fanout::Subscribed;
 use crate::hub::shard::Phase;
@@ -79,8 +80,12 @@ impl<'a> ReadHalf<'a> {
         let (shard, conn) = (self.shard, self.conn);
         let max = shard.config.max_message();
         if std::mem::take(&mut self.early) {
-            if let Some(end) = decode(shard, conn, self.key, &mut self.decoder, &mut [], max) {
+            let (end, inflated) = decode(shard, conn, self.key, &mut self.decoder, &mut [], max);
+            if let Some(end) = end {
                 return Poll::Ready(end);
+            }
+            if inflated >= INFLATE_SLICE {
+                return self.later(cx);
             }
         }
         let mut budget = READ_BUDGET;
@@ -92,15 +97,30 @@ impl<'a> ReadHalf<'a> {
                 Poll::Ready(Ok(n)) => n,
             };
             let fresh = &mut scratch[..n];
-            if let Some(end) = decode(shard, conn, self.key, &mut self.decoder, fresh, max) {
+            let (end, inflated) = decode(shard, conn, self.key, &mut self.decoder, fresh, max);
+            if let Some(end) = end {
                 return Poll::Ready(end);
             }
-            budget = budget.saturating_sub(n);
+            if inflated >= INFLATE_SLICE {
+                // Compressed messages came to a slice of work: the rest of what was read
+                // waits in the decoder for the next turn.
+                drop(scratch);
+                return self.later(cx);
+            }
+            // Inflated bytes count like bytes read.
+            budget = budget.saturating_sub(n.max(inflated as usize));
             if budget == 0 {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Lets the shard's other tasks run, then goes on with the bytes the decoder kept.
+    fn later(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        self.early = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Reads and throws away until EOF (bounded by the close timeout of the sweep).
@@ -153,23 +173,23 @@ fn decode(
     decoder: &mut Decoder,
     fresh: &mut [u8],
     max: usize,
-) -> Option<End> {
+) -> (Option<End>, u64) {
     // The shard's inflater, for compressed messages (borrowed for this call only).
     let mut inflater = shard.local.inflater.borrow_mut();
     let flow = decoder.feed(fresh, max, &mut inflater, |msg| {
         on_message(shard, conn, key, msg)
     });
-    let inflated = inflater.take_count();
+    let (messages, inflated) = inflater.take_count();
     drop(inflater);
-    if inflated > 0 {
+    if messages > 0 {
         shard
             .stats()
             .inflated_messages_total
-            .fetch_add(inflated, Relaxed);
+            .fetch_add(messages, Relaxed);
     }
     let failure = match flow {
-        Ok(ControlFlow::Continue(())) => return None,
-        Ok(ControlFlow::Break(Ok(end))) => return Some(end),
+        Ok(ControlFlow::Continue(())) => return (None, inflated),
+        Ok(ControlFlow::Break(Ok(end))) => return (Some(end), inflated),
         Ok(ControlFlow::Break(Err(failure))) => failure,
         Err(Fault::Protocol) => (close_code::PROTOCOL_ERROR, "protocol error"),
         Err(Fault::TooBig) => (close_code::TOO_BIG, "message too big"),
@@ -185,7 +205,7 @@ fn decode(
         // Answers to the valid messages before the bad one still go out first.
         conn.fail(code, reason);
     }
-    Some(End::Failed)
+    (Some(End::Failed), inflated)
 }
 
 /// What one message leads to: go on, the reader is done, or the client is failed with a code.

@@ -49,9 +49,10 @@ impl Frame {
         }))
     }
 
-    /// Makes the compressed frame if it is worth it and not made yet (once for the whole hub:
-    /// a shard that finds another one compressing waits for its result rather than repeating
-    /// the work). Returns whether a compressed frame exists.
+    /// Makes the compressed frame if it is worth it and not made yet: once for the whole hub.
+    /// A shard that finds another one compressing the same frame waits for its result (at
+    /// most one compression's time, which it would otherwise spend compressing it again).
+    /// Returns whether a compressed frame exists.
     pub(crate) fn deflate_with(&self, deflater: &Deflater) -> bool {
         if let Some(made) = self.0.deflated.get() {
             return made.is_some();
@@ -63,6 +64,13 @@ impl Frame {
             .deflated
             .get_or_init(|| deflater.frame(OP_TEXT, self.payload()))
             .is_some()
+    }
+
+    /// Fixes the frame's form for the clients that take compressed frames, once it is queued
+    /// for one of them: a frame nobody compressed by then goes plain to every one of them for
+    /// good, so what a queue holds never changes under a partly written frame.
+    pub(crate) fn settle_deflated(&self) {
+        self.0.deflated.get_or_init(|| None);
     }
 
     /// The compressed frame (RSV1 set), once [`Self::deflate_with`] made it.

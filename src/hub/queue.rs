@@ -12,24 +12,20 @@ pub(crate) enum Out {
     /// A broadcast frame, shared with every other client: the shard wraps the cross-core `Arc`
     /// once in an `Rc`, so per-client clones never touch a cache line another core writes.
     Shared(Rc<Frame>),
-    /// A broadcast frame, compressed (permessage-deflate), shared the same way.
-    Deflated(Rc<Frame>),
     /// Bytes for this client only: replies, control frames.
     Owned(Box<[u8]>),
 }
 
 impl Out {
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// The bytes written: a broadcast frame's compressed form when the client takes it and the
+    /// frame has one (settled before the frame was queued, see [`OutQueue::push_shared`], so
+    /// it never changes under a partly written frame).
+    pub(crate) fn bytes(&self, deflate: bool) -> &[u8] {
         match self {
+            Self::Shared(f) if deflate => f.deflated().unwrap_or_else(|| f.bytes()),
             Self::Shared(f) => f.bytes(),
-            // Queued only once the compressed frame exists (see `push_shared`).
-            Self::Deflated(f) => f.deflated().unwrap_or_else(|| f.bytes()),
             Self::Owned(b) => b,
         }
-    }
-
-    fn is_broadcast(&self) -> bool {
-        !matches!(self, Self::Owned(_))
     }
 }
 
@@ -78,7 +74,12 @@ impl OutQueue {
         let mut dropped = false;
         if self.shared >= cap {
             let skip = usize::from(self.head_written > 0);
-            if let Some(i) = self.items.iter().skip(skip).position(Out::is_broadcast) {
+            if let Some(i) = self
+                .items
+                .iter()
+                .skip(skip)
+                .position(|o| matches!(o, Out::Shared(_)))
+            {
                 self.items.remove(i + skip);
                 self.shared -= 1;
                 self.dropped += 1;
@@ -90,12 +91,11 @@ impl OutQueue {
             // slot, not the four a first push makes; a busy client's queue grows as it needs.
             self.items.reserve_exact(1);
         }
-        let item = if self.deflate && frame.deflated().is_some() {
-            Out::Deflated(frame)
-        } else {
-            Out::Shared(frame)
-        };
-        self.items.push_back(item);
+        if self.deflate {
+            // Whatever path queued it, the frame's form is fixed from now on.
+            frame.settle_deflated();
+        }
+        self.items.push_back(Out::Shared(frame));
         self.shared += 1;
         dropped
     }
@@ -255,7 +255,7 @@ impl OutQueue {
         if self.dropped > 0 && !self.items.is_empty() {
             reported = Some(self.dropped);
             self.items.insert(front, Out::Owned(lagged(self.dropped)));
-            self.reply_bytes += self.items[front].bytes().len();
+            self.reply_bytes += self.items[front].bytes(false).len();
             self.dropped = 0;
         }
         if !self.control.is_empty() {
@@ -274,7 +274,7 @@ impl OutQueue {
     /// The unwritten bytes of the queued items, in order, at most `max` slices.
     pub(crate) fn slices(&self, max: usize) -> impl Iterator<Item = &[u8]> {
         self.items.iter().take(max).enumerate().map(|(i, o)| {
-            let b = o.bytes();
+            let b = o.bytes(self.deflate);
             if i == 0 {
                 &b[self.head_written..]
             } else {
@@ -289,7 +289,7 @@ impl OutQueue {
         self.items
             .iter()
             .filter_map(|o| match o {
-                Out::Shared(f) | Out::Deflated(f) => Some(f.seq()),
+                Out::Shared(f) => Some(f.seq()),
                 Out::Owned(_) => None,
             })
             .collect()
@@ -302,7 +302,7 @@ impl OutQueue {
             let Some(front) = self.items.front() else {
                 break;
             };
-            let left = front.bytes().len() - self.head_written;
+            let left = front.bytes(self.deflate).len() - self.head_written;
             if n < left {
                 self.head_written += n;
                 break;
@@ -315,12 +315,11 @@ impl OutQueue {
                 continue;
             }
             match self.items.pop_front() {
-                Some(Out::Shared(_)) => self.shared -= 1,
-                Some(Out::Deflated(f)) => {
+                Some(Out::Shared(f)) => {
                     self.shared -= 1;
-                    let plain = f.bytes().len();
-                    progress.saved +=
-                        plain.saturating_sub(f.deflated().map_or(plain, <[u8]>::len)) as u64;
+                    if let (true, Some(d)) = (self.deflate, f.deflated()) {
+                        progress.saved += f.bytes().len().saturating_sub(d.len()) as u64;
+                    }
                 }
                 Some(Out::Owned(b)) => {
                     self.reply_bytes = self.reply_bytes.saturating_sub(b.len());
@@ -370,6 +369,12 @@ fn frame_len(b: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queued_item_stays_two_words() {
+        // Every client's queue holds these: compressed frames cost no byte here.
+        assert_eq!(std::mem::size_of::<Out>(), 16);
+    }
 
     #[test]
     fn a_failure_close_goes_after_the_replies_but_drops_broadcasts() {

@@ -30,6 +30,9 @@ impl Push<'_> {
         delivery: &mut Delivery,
     ) {
         let frame = self.frame;
+        // Whether the frame was given its compressed form: asked once, at the first client
+        // that takes compressed frames.
+        let mut readied = self.deflater.is_none();
         for &key in keys {
             let link = (*clients[key]).as_ref();
             if link.held_back(frame) {
@@ -39,8 +42,11 @@ impl Push<'_> {
                 continue;
             }
             let mut out = link.out.borrow_mut();
-            if let (true, Some(d)) = (out.deflate(), self.deflater) {
-                frame.deflate_with(d);
+            if !readied && out.deflate() {
+                if let Some(d) = self.deflater {
+                    frame.deflate_with(d);
+                }
+                readied = true;
             }
             if out.push_shared(frame.clone(), self.cap) {
                 delivery.dropped += 1;
