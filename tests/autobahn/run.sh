@@ -7,7 +7,8 @@
 # difference, FAILED or not, fails the run.
 #
 #   tests/autobahn/run.sh            install if needed, run, compare
-#   tests/autobahn/run.sh --update   run and write expected.json from this run (review the diff!)
+#   tests/autobahn/run.sh --update   run and write expected.json from this run (review the diff!
+#                                    with AUTOBAHN_CASES=all, so that it holds every case)
 #
 # The full report: $AUTOBAHN_STATE/reports/index.html (and index.json, one JSON per case).
 set -euo pipefail
@@ -30,11 +31,18 @@ url=$(sed -n 's/^echo on //p' "$out/echo.log")
 
 # 9.*: only what fits our 512 KiB limit (9.1.1/9.1.2 and 9.2.1/9.2.2 are 64 and 256 KiB; 9.7/9.8
 # are 1000 small round trips). The others are 1 to 16 MiB messages, closed with 1009 by design.
+# 12.*/13.*: 1000 compressed round trips per case, 16 B to 128 KiB, whole or fragmented, under
+# every offer. The cases of 32-128 KiB messages (sizes 9, 10 and 13-18 of each group) take 10
+# of the 13 minutes the suite then needs (wstest's Python is the slow side): CI runs the others,
+# which hold every offer, size up to 32 KiB and fragmentation; AUTOBAHN_CASES=all runs them too.
+exclude='"12.*.9", "12.*.10", "12.*.13", "12.*.14", "12.*.15", "12.*.16", "12.*.17", "12.*.18",
+         "13.*.9", "13.*.10", "13.*.13", "13.*.14", "13.*.15", "13.*.16", "13.*.17", "13.*.18"'
+[ "${AUTOBAHN_CASES:-}" = all ] && exclude=''
 cat > "$out/spec.json" <<JSON
 { "outdir": "$out", "servers": [ { "agent": "takhin-monitor", "url": "$url" } ],
   "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.1.1", "9.1.2", "9.2.1", "9.2.2",
             "9.7.*", "9.8.*", "10.*", "12.*", "13.*"],
-  "exclude-cases": [], "exclude-agent-cases": {} }
+  "exclude-cases": [$exclude], "exclude-agent-cases": {} }
 JSON
 (cd "$out" && "$AUTOBAHN_DIR/wstest.sh" -m fuzzingclient -s "$out/spec.json" > "$out/wstest.log" 2>&1) \
     || { tail -20 "$out/wstest.log"; exit 1; }
@@ -56,7 +64,11 @@ if update:
     print(f"wrote {expected_path}")
     sys.exit(0)
 expected = json.load(open(expected_path))
-bad = [c for c in sorted(set(got) | set(expected), key=key) if got.get(c) != expected.get(c)]
+# expected.json holds every case of a full run (AUTOBAHN_CASES=all); a shorter run is compared
+# on the cases it ran, and must have run some.
+if not got:
+    sys.exit("autobahn: no case ran")
+bad = [c for c in sorted(got, key=key) if got.get(c) != expected.get(c)]
 for c in bad:
     print(f"  {c}: expected {expected.get(c)}, got {got.get(c)}")
 failed = [c for c, v in got.items() if v["behavior"] == "FAILED" or v["behaviorClose"] == "FAILED"]
