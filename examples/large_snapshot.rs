@@ -6,10 +6,14 @@
 //! differ (a fixed pseudo-random sequence), so the JSON compresses as a real cluster's does
 //! rather than better.
 //!
-//! Run: `cargo run --release --example large_snapshot > snapshot.json`
+//! Run: `cargo run --release --example large_snapshot > snapshot.json`, or with `--levels` to
+//! print instead what raw deflate (flate2 with zlib-rs, as the hub compresses) makes of it at
+//! each level: bytes and the time of one compression (median of 21).
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use flate2::{Compress, Compression, FlushCompress};
 
 use takhin_monitor::{GroupCoordinator, MetricsSource, Recorder, StandardSource, TopicManager};
 
@@ -62,7 +66,38 @@ fn main() -> std::io::Result<()> {
     }
     let mut source = StandardSource::new(topics, groups, None);
     let json = serde_json::to_vec(&source.snapshot(Duration::from_secs(2)))?;
+    if std::env::args().any(|a| a == "--levels") {
+        levels(&json);
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     out.write_all(&json)?;
     out.write_all(b"\n")
+}
+
+/// Bytes and time of one compression of `json` at each level, as the hub makes it (raw deflate
+/// from a fresh state, sync-flushed).
+fn levels(json: &[u8]) {
+    println!("{} B of JSON", json.len());
+    for level in 1..=9 {
+        let mut z = Compress::new(Compression::new(level), false);
+        let mut out = Vec::with_capacity(json.len());
+        let mut times: Vec<Duration> = (0..21)
+            .map(|_| {
+                z.reset();
+                out.clear();
+                let t = Instant::now();
+                z.compress_vec(json, &mut out, FlushCompress::Sync)
+                    .expect("compresses");
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        let bytes = out.len() - 4; // the sync tail is not sent
+        println!(
+            "level {level}: {bytes} B ({:.2}x smaller), {:.2} ms",
+            json.len() as f64 / bytes as f64,
+            times[10].as_secs_f64() * 1e3
+        );
+    }
 }
