@@ -35,13 +35,34 @@ pub enum SourceKind {
 }
 
 /// Whether permessage-deflate is negotiated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Switch {
     /// Negotiated with every client that offers it.
     On,
     /// Never negotiated: every frame goes plain.
     Off,
+}
+
+/// In the TOML file, `"on"`/`"off"` as on the command line, or a plain `true`/`false`.
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Bool(bool),
+            Word(String),
+        }
+        match Given::deserialize(d)? {
+            Given::Bool(true) => Ok(Self::On),
+            Given::Bool(false) => Ok(Self::Off),
+            Given::Word(w) if w == "on" => Ok(Self::On),
+            Given::Word(w) if w == "off" => Ok(Self::Off),
+            Given::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected on, off, true or false, not {w:?}"
+            ))),
+        }
+    }
 }
 
 /// The server's options. Each field is at once a flag (`--cpu-list`, unless `long` renames
@@ -450,6 +471,12 @@ mod tests {
             (true, 6, 1024),
             "on by default"
         );
+        for (value, on) in [("true", true), ("false", false), ("\"off\"", false)] {
+            let o = load("deflate-bool", &[], &format!("compression = {value}\n")).unwrap();
+            assert_eq!(o.build_config().unwrap().compression, on, "{value}");
+        }
+        let err = load("deflate-bad", &[], "compression = \"maybe\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("expected on, off"), "{err:#}");
         let err = flags(&["--compression-level=0"])
             .build_config()
             .unwrap_err()
