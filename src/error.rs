@@ -102,16 +102,29 @@ pub enum BroadcastError {
     EmptyBatch,
 }
 
-/// A relay address that is not `redis://HOST:PORT[/prefix]`.
+/// A relay address that is not `redis[s]://[[USER]:PASSWORD@]HOST:PORT[/prefix][?ca=PATH]`.
+/// No variant carries any part of the address: it may hold a password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayUrlError {
-    /// Not of the form `redis://HOST:PORT[/prefix]`; write it so.
-    #[error("expected redis://HOST:PORT[/prefix]")]
+    /// Not of the form `redis[s]://[[USER]:PASSWORD@]HOST:PORT[/prefix]`; write it so.
+    #[error(
+        "expected redis://HOST:PORT[/prefix], with [USER]:PASSWORD@ before the host to \
+         authenticate (percent-encode / ? % in them) and rediss:// for TLS"
+    )]
     Form,
     /// The prefix holds a space or a control character; choose another.
     #[error("the prefix must not contain spaces")]
     Prefix,
+    /// Credentials without a password (`USER@`, `USER:@`): Redis needs one.
+    #[error("the credentials are USER:PASSWORD@ or :PASSWORD@, with a password")]
+    Credentials,
+    /// A `%` not followed by two hex digits, or escapes that decode to no UTF-8 text.
+    #[error("a bad %-escape in the credentials or ca= (%XX, two hex digits, UTF-8 text)")]
+    Escape,
+    /// A query other than one `?ca=PATH` on a `rediss://` URL.
+    #[error("the only parameter is ca=PATH (the roots to trust), and only after rediss://")]
+    Query,
 }
 
 #[cfg(test)]

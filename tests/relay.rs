@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,34 +16,102 @@ use serde_json::{json, Value};
 struct Redis {
     port: u16,
     child: Option<Child>,
+    /// What it is started with besides its port.
+    args: Vec<String>,
+    /// With TLS (its only port): the directory of its certificates, removed when dropped.
+    tls: Option<PathBuf>,
 }
 
 impl Redis {
     /// Starts one on a free port; fails when the binary is missing (the tests are ignored then
     /// unless `CI` is set, or they were asked for with `--ignored`).
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with more arguments (`--requirepass`, `--user`...).
+    fn start_with(args: &[&str]) -> Self {
         common::watchdog();
         if let Err(e) = Command::new("redis-server").arg("--version").output() {
             panic!("redis-server is missing ({e}): apt-get install redis-server");
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self { port, child: None };
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            tls: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// [`Self::start_with`], speaking TLS only, with a certificate for 127.0.0.1 and
+    /// `localhost` signed by a CA made here (`ca.pem` in [`Self::tls`]), and another CA that
+    /// signed nothing of it (`other-ca.pem`). Clients need no certificate of their own.
+    fn start_tls(args: &[&str]) -> Self {
+        common::watchdog();
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("takhin-relay-tls-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, issuer) = test_ca("takhin test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("other-ca.pem"), test_ca("another CA").0.pem()).unwrap();
+        std::fs::write(dir.join("redis.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("redis.key"), key.serialize_pem()).unwrap();
+        let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        let mut tls_args = vec![
+            "--tls-cert-file".to_owned(),
+            file("redis.pem"),
+            "--tls-key-file".to_owned(),
+            file("redis.key"),
+            "--tls-ca-cert-file".to_owned(),
+            file("ca.pem"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        tls_args.extend(args.iter().map(|a| a.to_string()));
+        let mut redis = Self {
+            port,
+            child: None,
+            args: tls_args,
+            tls: Some(dir),
+        };
         redis.restart();
         redis
     }
 
     fn url(&self, prefix: &str) -> String {
-        format!("redis://127.0.0.1:{}/{prefix}", self.port)
+        self.url_as("", prefix)
+    }
+
+    /// The relay URL with `credentials` (`USER:PASSWORD@`, `:PASSWORD@` or nothing) and, with
+    /// TLS, the test CA to trust.
+    fn url_as(&self, credentials: &str, prefix: &str) -> String {
+        match &self.tls {
+            None => format!("redis://{credentials}127.0.0.1:{}/{prefix}", self.port),
+            Some(dir) => format!(
+                "rediss://{credentials}127.0.0.1:{}/{prefix}?ca={}",
+                self.port,
+                dir.join("ca.pem").display()
+            ),
+        }
     }
 
     /// Starts it (again) on its port and waits until it answers.
     fn restart(&mut self) {
+        let port = self.port.to_string();
+        let ports: &[&str] = match self.tls {
+            None => &["--port", &port],
+            Some(_) => &["--port", "0", "--tls-port", &port],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -51,6 +120,7 @@ impl Redis {
                 "--protected-mode",
                 "yes",
             ])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -63,16 +133,27 @@ impl Redis {
 
     /// Sends one command and returns the first line of its reply.
     fn command(&self, args: &[&str]) -> String {
+        self.commands(&[args]).pop().unwrap()
+    }
+
+    /// Sends commands on one connection (plain text) and returns the first line of each reply.
+    fn commands(&self, commands: &[&[&str]]) -> Vec<String> {
         use std::io::{BufRead, BufReader, Write};
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let mut cmd = format!("*{}\r\n", args.len());
-        for a in args {
-            cmd += &format!("${}\r\n{a}\r\n", a.len());
-        }
-        s.write_all(cmd.as_bytes()).unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        line
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut replies = BufReader::new(s.try_clone().unwrap());
+        commands
+            .iter()
+            .map(|args| {
+                let mut cmd = format!("*{}\r\n", args.len());
+                for a in *args {
+                    cmd += &format!("${}\r\n{a}\r\n", a.len());
+                }
+                (&s).write_all(cmd.as_bytes()).unwrap();
+                let mut line = String::new();
+                replies.read_line(&mut line).unwrap();
+                line
+            })
+            .collect()
     }
 
     fn kill(&mut self) {
@@ -86,32 +167,59 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-/// A `takhin-monitor` process on one core joined to the relay under `prefix`.
-fn instance(redis: &Redis, prefix: &str, source: &[&str]) -> common::ServerProcess {
-    let relay = redis.url(prefix);
-    let args = [
-        &["--listen", "127.0.0.1:0", "--cores", "1", "--relay", &relay][..],
-        source,
-    ]
-    .concat();
-    common::spawn_server(&args, &[])
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A CA certificate and what signs with its key.
+fn test_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    (cert, rcgen::Issuer::new(params, key))
+}
+
+/// A `takhin-monitor` process on one core joined to the relay at `url`, given in
+/// `TAKHIN_RELAY` (as a deployment with a password would: not on the command line).
+fn instance_at(url: &str, source: &[&str]) -> common::ServerProcess {
+    let args = [&["--listen", "127.0.0.1:0", "--cores", "1"][..], source].concat();
+    common::spawn_server(&args, &[("TAKHIN_RELAY", url)])
 }
 
 /// The origin: no source of its own but REST and publish; one snapshot at start, the next
 /// `interval` seconds later.
 fn origin(redis: &Redis, prefix: &str, interval: &str) -> common::ServerProcess {
-    instance(
-        redis,
-        prefix,
-        &["--source", "none", "--metrics-interval", interval],
-    )
+    origin_at(&redis.url(prefix), interval)
+}
+
+fn origin_at(url: &str, interval: &str) -> common::ServerProcess {
+    instance_at(url, &["--source", "none", "--metrics-interval", interval])
 }
 
 fn relay_only(redis: &Redis, prefix: &str) -> common::ServerProcess {
-    instance(redis, prefix, &["--source", "relay"])
+    relay_only_at(&redis.url(prefix))
+}
+
+fn relay_only_at(url: &str) -> common::ServerProcess {
+    instance_at(url, &["--source", "relay"])
 }
 
 /// A client whose first message read is the server's first (the registration ping of
@@ -436,4 +544,211 @@ fn a_client_resumes_on_a_relay_only_instance_with_the_origins_seq_and_epoch() {
         own.recv_type("recovered")["data"],
         json!({"recovered": false, "replayed": 0})
     );
+}
+
+/// Every line `hub` has logged holds none of `secrets` (raw or percent-encoded).
+fn assert_never_logged(hub: &common::ServerProcess, secrets: &[&str]) {
+    let log = hub.log.lock().unwrap();
+    for line in log.iter() {
+        for secret in secrets {
+            let encoded = secret.replace(' ', "%20");
+            assert!(
+                !line.contains(secret) && !line.contains(&encoded),
+                "a password in the log: {line}"
+            );
+        }
+    }
+}
+
+/// An origin and a relay-only instance on the relay at `url` share a stream: a publish on the
+/// origin reaches a client of the other, and the relay-only instance lists the origin's topic.
+fn assert_relayed(url: &str, payload: &Value) -> (common::ServerProcess, common::ServerProcess) {
+    let a = origin_at(url, "60");
+    let b = relay_only_at(url);
+    wait_subscribed(a.addr);
+    wait_subscribed(b.addr);
+    let mut on_b = common::connect(b.addr);
+    let r = post(a.addr, "/api/monitoring/publish", payload);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(on_b.recv_type("deploy")["data"], payload["data"]);
+    let created = post(
+        a.addr,
+        "/api/topics",
+        &json!({"name": "orders", "partitions": 2}),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(on_b.recv_type("topic_created")["data"]["name"], "orders");
+    common::eventually("B to list A's topic", || {
+        let r = common::http(b.addr, "GET", "/api/topics", &[], None);
+        r.status == 200 && r.body.contains("orders")
+    });
+    // A client that joins later gets the last value, read back from Redis.
+    let late = relay_only_at(url);
+    wait_subscribed(late.addr);
+    let mut fresh = quiet(late.addr);
+    assert_eq!(fresh.recv()["type"], "metrics", "the last value, relayed");
+    for hub in [&a, &b, &late] {
+        assert_eq!(
+            relay_metric(hub.addr, "takhin_relay_auth_failures_total"),
+            0
+        );
+    }
+    (a, b)
+}
+
+/// `requirepass`: the password alone (`redis://:PASSWORD@...`), percent-encoded in the URL
+/// since it holds `@`, `:`, `/`, `%` and a space.
+#[test]
+#[cfg_attr(
+    not(any(has_redis, ci)),
+    ignore = "needs redis-server (.ci/run installs it)"
+)]
+fn a_redis_with_a_password_relays_with_the_right_one() {
+    let password = "p@ss:w/rd% 1";
+    let redis = Redis::start_with(&["--requirepass", password]);
+    let url = redis.url_as(":p%40ss%3Aw%2Frd%25%201@", "auth");
+    let (a, b) = assert_relayed(&url, &json!({"type": "deploy", "data": {"v": 1}}));
+    for hub in [&a, &b] {
+        assert_never_logged(hub, &[password, "p%40ss"]);
+        assert!(
+            !hub.log_lines(":***@127.0.0.1").is_empty(),
+            "the relay, logged without its password"
+        );
+    }
+}
+
+/// A Redis 6 ACL user (`redis://USER:PASSWORD@...`) with only what the README's recipe
+/// grants: its prefix's keys and channels and the relay's commands; the default user is off.
+/// The origin stays quiet long enough to ping Redis on its subscription (also allowed).
+#[test]
+#[cfg_attr(
+    not(any(has_redis, ci)),
+    ignore = "needs redis-server (.ci/run installs it)"
+)]
+fn an_acl_user_with_only_the_relays_permissions_relays() {
+    let redis = Redis::start_with(&[
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "takhin",
+        "on",
+        ">hub secret",
+        "~acl:*",
+        "&acl:*",
+        "+publish",
+        "+subscribe",
+        "+ping",
+        "+get",
+        "+set",
+        "+del",
+        "+hset",
+        "+hdel",
+        "+hgetall",
+    ]);
+    let url = redis.url_as("takhin:hub%20secret@", "acl");
+    let (a, b) = assert_relayed(&url, &json!({"type": "deploy", "data": {"v": 2}}));
+    // A's subscription hears nothing (no commands are forwarded): after 3 s it pings.
+    std::thread::sleep(Duration::from_millis(4_000));
+    for hub in [&a, &b] {
+        assert_eq!(relay_metric(hub.addr, "takhin_relay_connected"), 1);
+        assert_eq!(relay_metric(hub.addr, "takhin_relay_errors_total"), 0);
+        assert_never_logged(hub, &["hub secret"]);
+    }
+}
+
+/// A wrong password, none, an unknown user: each instance keeps serving its clients, says
+/// which server and user Redis refused (never the password), counts it in /metrics, retries
+/// with backoff, and gets in once Redis takes the password.
+#[test]
+#[cfg_attr(
+    not(any(has_redis, ci)),
+    ignore = "needs redis-server (.ci/run installs it)"
+)]
+fn wrong_credentials_are_reported_without_the_password_and_retried() {
+    let redis = Redis::start_with(&["--requirepass", "right one"]);
+    let wrong = origin_at(&redis.url_as(":wrong%20one@", "bad"), "60");
+    let none = relay_only_at(&redis.url("bad"));
+    let stranger = relay_only_at(&redis.url_as("nobody:right%20one@", "bad"));
+    let at = format!("127.0.0.1:{}", redis.port);
+    for (hub, answer, user) in [
+        (&wrong, "WRONGPASS", "default"),
+        (&none, "NOAUTH", "default"),
+        (&stranger, "WRONGPASS", "nobody"),
+    ] {
+        common::eventually("the refusal to be counted", || {
+            relay_metric(hub.addr, "takhin_relay_auth_failures_total") >= 1
+        });
+        assert_eq!(relay_metric(hub.addr, "takhin_relay_connected"), 0);
+        assert!(relay_metric(hub.addr, "takhin_relay_errors_total") >= 1);
+        let refused = hub.log_lines("refused the relay's credentials");
+        let line = refused.first().expect("the refusal, logged");
+        assert!(
+            line.contains(&at) && line.contains(answer) && line.contains(user),
+            "{line}"
+        );
+        assert_eq!(
+            common::http(hub.addr, "GET", "/healthz", &[], None).status,
+            200
+        );
+        assert_never_logged(hub, &["wrong one", "right one"]);
+    }
+    // Its clients are served meanwhile.
+    let mut on_wrong = common::connect(wrong.addr);
+    on_wrong.send_json(&json!({"type": "ping", "timestamp": 3}));
+    assert_eq!(on_wrong.recv_type("pong")["timestamp"], 3);
+    let r = post(
+        wrong.addr,
+        "/api/monitoring/publish",
+        &json!({"type": "local"}),
+    );
+    assert_eq!(r.status, 202);
+    assert_eq!(on_wrong.recv_type("local")["type"], "local");
+
+    // Redis takes the password now: the next try (at most 5 s of backoff later) gets in.
+    let replies = redis.commands(&[
+        &["AUTH", "right one"],
+        &["CONFIG", "SET", "requirepass", "wrong one"],
+    ]);
+    assert_eq!(replies, ["+OK\r\n", "+OK\r\n"]);
+    wait_subscribed(wrong.addr);
+    assert_never_logged(&wrong, &["wrong one", "right one"]);
+}
+
+/// `rediss://`: Redis on its TLS port only, its certificate from a CA made in the test and
+/// trusted through `?ca=`, with a password. Frames larger than a TLS record cross it whole. An
+/// instance trusting another CA is refused by its own check, and says so.
+#[test]
+#[cfg_attr(
+    not(any(has_redis, ci)),
+    ignore = "needs redis-server (.ci/run installs it)"
+)]
+fn a_tls_redis_relays_to_instances_that_trust_its_ca() {
+    let redis = Redis::start_tls(&["--requirepass", "tls pw"]);
+    let url = redis.url_as(":tls%20pw@", "tls");
+    assert!(url.starts_with("rediss://"), "{url}");
+    let big = "x".repeat(40_000);
+    let (a, b) = assert_relayed(&url, &json!({"type": "deploy", "data": {"big": big}}));
+    for hub in [&a, &b] {
+        assert_never_logged(hub, &["tls pw"]);
+    }
+
+    let dir = redis.tls.as_ref().unwrap();
+    let other = format!(
+        "rediss://:tls%20pw@127.0.0.1:{}/tls?ca={}",
+        redis.port,
+        dir.join("other-ca.pem").display()
+    );
+    let distrustful = relay_only_at(&other);
+    common::eventually("the untrusted certificate to be refused", || {
+        relay_metric(distrustful.addr, "takhin_relay_errors_total") >= 1
+    });
+    assert_eq!(relay_metric(distrustful.addr, "takhin_relay_connected"), 0);
+    assert_eq!(
+        relay_metric(distrustful.addr, "takhin_relay_auth_failures_total"),
+        0
+    );
+    common::eventually("the reason to be logged", || {
+        !distrustful.log_lines("certificate").is_empty()
+    });
 }

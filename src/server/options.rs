@@ -151,7 +151,10 @@ pub struct Options {
     #[arg(long, env = "TAKHIN_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// Redis relay shared by several instances: redis://HOST:PORT[/prefix]. An instance with a
-    /// source publishes every broadcast there; with --source relay it only fans out.
+    /// source publishes every broadcast there; with --source relay it only fans out. With a
+    /// password: redis://USER:PASSWORD@HOST:PORT/prefix (ACL user) or redis://:PASSWORD@...,
+    /// percent-encoded (better in TAKHIN_RELAY or the file than on the command line);
+    /// rediss:// for TLS, ?ca=PATH to trust a private CA instead of the system's roots.
     #[arg(long, env = "TAKHIN_RELAY")]
     #[serde(with = "as_string")]
     pub(crate) relay: Option<RelayConfig>,

@@ -20,18 +20,26 @@
 //! reloads the last values from `<prefix>:last` first, so new clients get the latest metrics at
 //! once.
 //!
-//! Here: the configuration ([`RelayConfig`], [`RelayRole`]), the counters ([`RelayStats`]), what
-//! the threads, the hub and the HTTP side share ([`RelayLink`]) and the running [`Relay`]. The
-//! two threads are in [`threads`], the Redis client they use in [`resp`], the relayed frames'
-//! format in [`wire`] and the REST side in [`api`].
+//! Every connection either thread opens authenticates first when the URL holds credentials
+//! (`AUTH [user] password`) and, with `rediss://`, is TLS (rustls, checked against the system's
+//! roots or a `?ca=` file). Redis refusing them (a wrong password, an unknown user, an ACL that
+//! lacks a command or channel) is logged with the address and the user, never the password,
+//! counted in `takhin_relay_auth_failures_total` and retried with the same backoff.
+//!
+//! Here: the role ([`RelayRole`]), the counters ([`RelayStats`]), what the threads, the hub and
+//! the HTTP side share ([`RelayLink`]) and the running [`Relay`]. The URL ([`RelayConfig`]) is
+//! read in [`config`], the two threads are in [`threads`], the Redis client they use in [`resp`]
+//! (connecting, with TLS, in [`dial`]), the relayed frames' format in [`wire`] and the REST side
+//! in [`api`].
 
 mod api;
+mod config;
+mod dial;
 mod resp;
 mod threads;
 mod wire;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -41,8 +49,9 @@ use std::time::Duration;
 use crossbeam::queue::ArrayQueue;
 use tracing::info;
 
+pub use self::config::RelayConfig;
+use self::dial::Dialer;
 use self::threads::{publisher_loop, subscriber_loop};
-use crate::error::RelayUrlError;
 use crate::http::prometheus::{Exporter, Text};
 use crate::http::Web;
 use crate::hub::{Broadcaster, Frame, FrameTap, HubShared};
@@ -51,48 +60,6 @@ use crate::hub::{Broadcaster, Frame, FrameTap, HubShared};
 const OUT_QUEUE: usize = 16 * 1024;
 /// How long a blocked read waits before the thread looks at its stop flag.
 const POLL: Duration = Duration::from_millis(200);
-
-/// Where the relay is: `redis://HOST:PORT[/prefix]` (the prefix defaults to `takhin`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelayConfig {
-    /// `HOST:PORT` of the Redis server.
-    pub addr: String,
-    /// Prefix of every Redis key and channel the hubs use; instances that share it share a
-    /// stream.
-    pub prefix: String,
-}
-
-impl FromStr for RelayConfig {
-    type Err = RelayUrlError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("redis://").ok_or(RelayUrlError::Form)?;
-        let (addr, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let prefix = if prefix.is_empty() { "takhin" } else { prefix };
-        let port_ok = addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !port_ok {
-            return Err(RelayUrlError::Form);
-        }
-        if prefix
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(RelayUrlError::Prefix);
-        }
-        Ok(Self {
-            addr: addr.to_owned(),
-            prefix: prefix.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for RelayConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis://{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// What this instance is in the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +81,9 @@ pub struct RelayStats {
     pub dropped_total: AtomicU64,
     /// Connection failures and lost connections.
     pub errors_total: AtomicU64,
+    /// Connections Redis refused for their credentials or what these allow (counted in
+    /// `errors_total` too).
+    pub auth_failures_total: AtomicU64,
     /// Forwarded commands sent (relay-only) or run (origin).
     pub commands_total: AtomicU64,
     /// 1 while both threads are connected.
@@ -138,6 +108,8 @@ pub(crate) enum Outgoing {
 pub(crate) struct RelayLink {
     pub(crate) config: RelayConfig,
     pub(crate) role: RelayRole,
+    /// Opens the threads' connections (TLS, if asked for, set up once).
+    dialer: Dialer,
     out: ArrayQueue<Outgoing>,
     /// The publisher thread, to unpark: set once at start, read without a lock.
     publisher: OnceLock<std::thread::Thread>,
@@ -228,6 +200,12 @@ impl Exporter for RelayLink {
                 &r.errors_total,
             ),
             (
+                "takhin_relay_auth_failures_total",
+                "Redis connections refused for the relay's credentials or their ACL permissions \
+                 (WRONGPASS, NOAUTH, NOPERM).",
+                &r.auth_failures_total,
+            ),
+            (
                 "takhin_relay_commands_total",
                 "REST mutations forwarded (relay-only) or run for others (origin).",
                 &r.commands_total,
@@ -264,9 +242,11 @@ impl Relay {
         config: RelayConfig,
         role: RelayRole,
     ) -> std::io::Result<Self> {
+        let dialer = Dialer::new(&config)?;
         let link = Arc::new(RelayLink {
             config,
             role,
+            dialer,
             out: ArrayQueue::new(OUT_QUEUE),
             publisher: OnceLock::new(),
             stats: RelayStats::default(),
@@ -307,7 +287,7 @@ impl Relay {
                 .name("relay-sub".into())
                 .spawn(move || subscriber_loop(&link, &here))?
         };
-        info!(relay = %link.config, ?role, "relay started");
+        info!(relay = %link.config.redacted(), ?role, "relay started");
         Ok(Self {
             link,
             threads: vec![publisher, subscriber],
@@ -338,32 +318,5 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.halt();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_url_names_the_server_and_the_prefix() {
-        let c: RelayConfig = "redis://127.0.0.1:6379".parse().unwrap();
-        assert_eq!(
-            (c.addr.as_str(), c.prefix.as_str()),
-            ("127.0.0.1:6379", "takhin")
-        );
-        let c: RelayConfig = "redis://redis.internal:7000/prod-a".parse().unwrap();
-        assert_eq!(
-            (c.addr.as_str(), c.prefix.as_str()),
-            ("redis.internal:7000", "prod-a")
-        );
-        for bad in [
-            "127.0.0.1:6379",
-            "redis://host",
-            "redis://:1",
-            "redis://h:1/a b",
-        ] {
-            assert!(bad.parse::<RelayConfig>().is_err(), "{bad}");
-        }
     }
 }

@@ -1,15 +1,15 @@
 //! A minimal RESP client (blocking, one per relay thread): commands out, replies in, only what
 //! the relay needs.
 
+use std::fmt;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::POLL;
+use super::dial::{timed_out, Dialer, Stream, CONNECT};
 
 /// A Redis connection: commands out, RESP replies in. Only what the relay needs.
 pub(super) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -24,25 +24,78 @@ pub(super) enum Reply {
     Array(Option<Vec<Self>>),
 }
 
+impl Reply {
+    /// The reply, or the error Redis answered as an I/O error ([`Refused`] inside).
+    pub(super) fn ok(self) -> std::io::Result<Self> {
+        match self {
+            Self::Error(e) => Err(Refused::error(e)),
+            r => Ok(r),
+        }
+    }
+}
+
+/// An error reply from Redis, carried in an `io::Error`.
+#[derive(Debug)]
+pub(super) struct Refused {
+    /// Redis refused the credentials or what they allow: a wrong password or unknown user
+    /// (`WRONGPASS`, any error answering `AUTH`), none given where one is needed (`NOAUTH`), or
+    /// an ACL user without a command, key or channel the relay uses (`NOPERM`).
+    pub(super) auth: bool,
+    /// What Redis said (never the password: Redis does not repeat it).
+    reply: String,
+}
+
+impl Refused {
+    fn error(reply: String) -> std::io::Error {
+        let auth = ["NOAUTH", "WRONGPASS", "NOPERM"]
+            .iter()
+            .any(|p| reply.starts_with(p));
+        std::io::Error::other(Self { auth, reply })
+    }
+
+    /// Whether `e` is Redis refusing the credentials or their permissions.
+    pub(super) fn is_auth(e: &std::io::Error) -> bool {
+        e.get_ref()
+            .and_then(|e| e.downcast_ref::<Self>())
+            .is_some_and(|r| r.auth)
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redis answered: {}", self.reply)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 impl Conn {
-    pub(super) fn open(addr: &str) -> std::io::Result<Self> {
-        let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(addr)?.collect();
-        let mut last = std::io::Error::other("no address");
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, Duration::from_secs(2)) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    stream.set_read_timeout(Some(POLL))?;
-                    return Ok(Self {
-                        stream,
-                        buf: Vec::with_capacity(16 * 1024),
-                        pos: 0,
-                    });
+    /// Connects (TLS included) and, with credentials, authenticates before anything else:
+    /// `AUTH user password` (an ACL user) or `AUTH password`. Any error answering it is a
+    /// [`Refused`] for the credentials.
+    pub(super) fn open(
+        dialer: &Dialer,
+        auth: Option<(Option<&str>, &str)>,
+    ) -> std::io::Result<Self> {
+        let mut conn = Self {
+            stream: dialer.connect()?,
+            buf: Vec::with_capacity(16 * 1024),
+            pos: 0,
+        };
+        if let Some((user, password)) = auth {
+            let mut out = Vec::new();
+            match user {
+                Some(user) => {
+                    Self::command(&mut out, &[b"AUTH", user.as_bytes(), password.as_bytes()])
                 }
-                Err(e) => last = e,
+                None => Self::command(&mut out, &[b"AUTH", password.as_bytes()]),
+            }
+            conn.send(&out)?;
+            if let Reply::Error(reply) = conn.wait_reply(CONNECT)? {
+                return Err(std::io::Error::other(Refused { auth: true, reply }));
             }
         }
-        Err(last)
+        Ok(conn)
     }
 
     /// Appends one command to `out` in RESP.
@@ -56,7 +109,8 @@ impl Conn {
     }
 
     pub(super) fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
     }
 
     /// The next reply; `Ok(None)` when the read timed out with nothing complete.
@@ -78,14 +132,7 @@ impl Conn {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None)
-                }
+                Err(e) if timed_out(&e) => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
@@ -177,9 +224,7 @@ impl Pipeline {
     pub(super) fn run(&self, conn: &mut Conn) -> std::io::Result<()> {
         conn.send(&self.out)?;
         for _ in 0..self.commands {
-            if let Reply::Error(e) = conn.wait_reply(Duration::from_secs(5))? {
-                return Err(std::io::Error::other(e));
-            }
+            conn.wait_reply(Duration::from_secs(5))?.ok()?;
         }
         Ok(())
     }

@@ -2,13 +2,12 @@
 //! origin's REST state with them) and the subscriber (relayed frames, state and commands in),
 //! each reconnecting with backoff when Redis goes away.
 
-use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::resp::{Conn, Pipeline, Reply};
+use super::resp::{Conn, Pipeline, Refused, Reply};
 use super::wire::{decode, encode};
 use super::{api, Here, Outgoing, RelayLink, RelayRole, POLL};
 use crate::http::rest::Api;
@@ -34,7 +33,8 @@ fn pause(link: &RelayLink, d: Duration) -> bool {
     !link.stop.load(Relaxed)
 }
 
-/// Logs a failure at most once per 5 s per thread, counting the rest.
+/// Logs a failure at most once per 5 s per thread, counting the rest. Redis refusing the
+/// credentials is said so, with the user (never the password), and counted apart too.
 struct Complaints {
     /// 0: the publisher thread, 1: the subscriber thread.
     thread: usize,
@@ -51,15 +51,28 @@ impl Complaints {
         }
     }
 
-    fn complain(&mut self, link: &RelayLink, what: &str, e: &dyn fmt::Display) {
+    fn complain(&mut self, link: &RelayLink, what: &str, e: &std::io::Error) {
         link.stats.errors_total.fetch_add(1, Relaxed);
+        let auth = Refused::is_auth(e);
+        if auth {
+            link.stats.auth_failures_total.fetch_add(1, Relaxed);
+        }
         link.set_up(self.thread, false);
         let now = Instant::now();
         if self
             .last
             .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(5))
         {
-            warn!(relay = %link.config, error = %e, held_back = self.held, "{what}");
+            let relay = link.config.redacted();
+            if auth {
+                let thread = ["publishing", "subscribing"][self.thread];
+                let user = link.config.user().unwrap_or("default");
+                warn!(%relay, user, error = %e, held_back = self.held,
+                    "relay: Redis refused the relay's credentials or their permissions ({thread}); \
+                     check the user and password in the relay URL and the user's ACL");
+            } else {
+                warn!(%relay, error = %e, held_back = self.held, "{what}");
+            }
             self.last = Some(now);
             self.held = 0;
         } else {
@@ -78,12 +91,12 @@ pub(super) fn publisher_loop(link: &RelayLink, here: &Here) {
     // An origin starting clears the last values (and group states) an earlier run left.
     let mut stale = link.role == RelayRole::Origin;
     while !link.stop.load(Relaxed) {
-        let opened = Conn::open(&link.config.addr).and_then(|mut c| {
+        let opened = Conn::open(&link.dialer, link.config.auth()).and_then(|mut c| {
             if stale {
                 let mut out = Vec::new();
                 Conn::command(&mut out, &[b"DEL", last.as_bytes()]);
                 c.send(&out)?;
-                c.wait_reply(Duration::from_secs(5))?;
+                c.wait_reply(Duration::from_secs(5))?.ok()?;
             }
             Ok(c)
         });
@@ -203,7 +216,7 @@ pub(super) fn subscriber_loop(link: &RelayLink, here: &Here) {
     while !link.stop.load(Relaxed) {
         let result = (|| -> std::io::Result<()> {
             // Subscribe first, then read the stored values: nothing falls in between.
-            let mut sub = Conn::open(&link.config.addr)?;
+            let mut sub = Conn::open(&link.dialer, link.config.auth())?;
             let mut out = Vec::new();
             let mut channels: Vec<&[u8]> = vec![b"SUBSCRIBE", frames.as_bytes()];
             match link.role {
@@ -212,16 +225,17 @@ pub(super) fn subscriber_loop(link: &RelayLink, here: &Here) {
             }
             Conn::command(&mut out, &channels);
             sub.send(&out)?;
+            // One confirmation per channel, or one error (no credentials, no permission).
             for _ in 1..channels.len() {
-                sub.wait_reply(Duration::from_secs(5))?;
+                sub.wait_reply(Duration::from_secs(5))?.ok()?;
             }
-            let mut kv = Conn::open(&link.config.addr)?;
+            let mut kv = Conn::open(&link.dialer, link.config.auth())?;
             let mut out = Vec::new();
             Conn::command(&mut out, &[b"HGETALL", last.as_bytes()]);
             Conn::command(&mut out, &[b"GET", state.as_bytes()]);
             kv.send(&out)?;
-            let values = kv.wait_reply(Duration::from_secs(5))?;
-            let doc = kv.wait_reply(Duration::from_secs(5))?;
+            let values = kv.wait_reply(Duration::from_secs(5))?.ok()?;
+            let doc = kv.wait_reply(Duration::from_secs(5))?.ok()?;
             drop(kv);
             if let Reply::Array(Some(items)) = values {
                 // Field, value, field, value: the values are relayed frames.
@@ -240,7 +254,7 @@ pub(super) fn subscriber_loop(link: &RelayLink, here: &Here) {
                 set_state(link, &doc);
             }
             link.set_up(1, true);
-            info!(relay = %link.config, "relay: subscribed");
+            info!(relay = %link.config.redacted(), "relay: subscribed");
             backoff = BACKOFF_FIRST;
             // A quiet channel and a Redis that stopped answering look alike: after KEEPALIVE
             // of silence, PING; no answer within another KEEPALIVE means reconnect.
@@ -267,7 +281,8 @@ pub(super) fn subscriber_loop(link: &RelayLink, here: &Here) {
                 };
                 heard = Instant::now();
                 pinged = false;
-                let Reply::Array(Some(parts)) = reply else {
+                // An error here answers the keepalive PING (an ACL without +ping, say).
+                let Reply::Array(Some(parts)) = reply.ok()? else {
                     continue;
                 };
                 let [Reply::Bulk(Some(kind)), Reply::Bulk(Some(chan)), Reply::Bulk(Some(msg))] =
