@@ -331,6 +331,22 @@ pub(crate) fn test_certificate() -> (String, String, CertificateDer<'static>) {
     )
 }
 
+/// A configuration from [`test_certificate`]'s PEM.
+#[cfg(test)]
+pub(crate) fn test_config(cert_pem: &str, key_pem: &str) -> Arc<ServerConfig> {
+    let files = TlsFiles {
+        cert: "cert.pem".into(),
+        key: "key.pem".into(),
+    };
+    from_pem(
+        &files,
+        cert_pem.as_bytes(),
+        key_pem.as_bytes(),
+        new_ticketer().expect("ticket keys"),
+    )
+    .expect("the test certificate loads")
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
