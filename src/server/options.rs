@@ -6,7 +6,6 @@
 //! tables, the command line's keys (a flag, or else its variable) are written over the file's,
 //! and the result is read back. Adding an option is adding a field.
 
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -156,8 +155,7 @@ pub struct Options {
     /// percent-encoded (better in TAKHIN_RELAY or the file than on the command line);
     /// rediss:// for TLS, ?ca=PATH to trust a private CA instead of the system's roots.
     #[arg(long, env = "TAKHIN_RELAY")]
-    #[serde(with = "as_string")]
-    pub(crate) relay: Option<RelayConfig>,
+    pub(crate) relay: Option<RelayUrl>,
     /// With --source kafka: the cluster's bootstrap brokers, HOST:PORT, comma separated.
     #[arg(long, env = "TAKHIN_KAFKA_BROKERS", value_delimiter = ',')]
     pub(crate) kafka_brokers: Option<Vec<String>>,
@@ -204,6 +202,17 @@ impl Options {
         })
     }
 
+    /// The Redis relay, parsed; an error names the URL with its credentials hidden.
+    pub(crate) fn relay(&self) -> anyhow::Result<Option<RelayConfig>> {
+        let Some(RelayUrl(url)) = &self.relay else {
+            return Ok(None);
+        };
+        match url.parse::<RelayConfig>() {
+            Ok(config) => Ok(Some(config)),
+            Err(e) => bail!("--relay {}: {e}", redact_url(url)),
+        }
+    }
+
     /// The Kafka cluster to watch, with `--source kafka`.
     pub(crate) fn kafka(&self) -> anyhow::Result<KafkaConfig> {
         let brokers = self
@@ -231,6 +240,8 @@ impl Options {
     }
 
     pub(crate) fn build_config(&self) -> anyhow::Result<HubConfig> {
+        // A malformed relay URL stops the start before anything listens.
+        self.relay()?;
         let mut c = HubConfig::default();
         if let Some(listen) = self.listen {
             c = c.listen(listen);
@@ -290,31 +301,36 @@ pub(crate) fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
-/// An `Option<T>` (de)serialized as the string `T` displays and parses from: the relay as its
-/// `redis://HOST:PORT/prefix` URL.
-mod as_string {
-    use super::{Display, FromStr};
-    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+/// `--relay` as given: parsed only by [`Options::relay`], so that a malformed URL's error (clap's
+/// and the TOML parser's would quote it whole) never shows the password it may carry; its
+/// `Debug` hides the password too.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct RelayUrl(String);
 
-    pub(super) fn serialize<T: Display, S: Serializer>(
-        value: &Option<T>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(v) => s.collect_str(v),
-            None => s.serialize_none(),
-        }
+impl FromStr for RelayUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
     }
+}
 
-    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
-    where
-        T: FromStr,
-        T::Err: Display,
-        D: Deserializer<'de>,
-    {
-        Option::<String>::deserialize(d)?
-            .map(|s| s.parse().map_err(D::Error::custom))
-            .transpose()
+impl std::fmt::Debug for RelayUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// `url` with whatever stands between `://` and the host's `@` replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -411,7 +427,7 @@ mod tests {
         let origins = ["https://a", "https://b"].map(String::from).to_vec();
         assert_eq!(o.allowed_origins, Some(origins), "replaced, not added to");
         assert_eq!(o.metrics_interval, Some(0.25));
-        assert_eq!(o.relay, relay("redis://flag:6380/f"));
+        assert_eq!(o.relay().unwrap(), relay("redis://flag:6380/f"));
         // What no flag gave still comes from the file.
         assert_eq!(o.token.as_deref(), Some("file-t"));
         assert_eq!(o.pong_wait, Some(30.5));
@@ -436,7 +452,7 @@ mod tests {
         assert_eq!(o.pong_wait, Some(30.5));
         assert_eq!(o.data_dir.as_deref(), Some(Path::new("/var/file")));
         assert_eq!(
-            o.relay,
+            o.relay().unwrap(),
             relay("redis://file:6379/takhin"),
             "the default prefix"
         );
@@ -493,7 +509,7 @@ mod tests {
             .merge_file()
             .unwrap();
         assert_eq!(o.listen, addr("127.0.0.1:2"));
-        assert_eq!(o.relay, relay("redis://r:1/p"));
+        assert_eq!(o.relay().unwrap(), relay("redis://r:1/p"));
         assert_eq!((o.config, o.token, o.source), (None, None, None));
     }
 
@@ -532,13 +548,27 @@ mod tests {
             ("source", "source = \"nats\""),
             ("interval", "metrics_interval = \"fast\""),
             ("origins", "allowed_origins = \"https://a\""),
-            ("relay", "relay = \"http://r:6379\""),
             ("relay-number", "relay = 6379"),
         ] {
             let file = File::new(name, text);
             let err = flags(&["--config", file.arg()]).merge_file().unwrap_err();
             assert!(format!("{err:#}").contains(file.arg()), "{text}: {err:#}");
         }
+        // A malformed relay URL is refused when read, never quoted with its password (clap
+        // and the TOML parser would quote the value whole).
+        for given in [
+            "http://r:6379",
+            "redis://u:s3cret@host",
+            "redis://:s3cret@h:1/?x=1",
+        ] {
+            let o = load("relay", &[], &format!("relay = \"{given}\"")).unwrap();
+            let err = o.relay().unwrap_err().to_string();
+            assert!(err.starts_with("--relay "), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(!format!("{o:?}").contains("s3cret"), "{o:?}");
+        }
+        assert_eq!(redact_url("redis://u:p@w@h:1/x@y"), "redis://***@h:1/x@y");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
         // Even where the command line gives the option: the whole file is checked.
         let err = load("shadowed", &["--cores=2"], "cores = \"four\"").unwrap_err();
         assert!(format!("{err:#}").contains("cores"), "{err:#}");
@@ -658,7 +688,7 @@ mod tests {
         assert_eq!(o.source, Some(SourceKind::Relay));
         assert_eq!(o.metrics_interval, Some(0.25));
         // Environment over file.
-        let config = o.config.unwrap();
+        let config = o.config.clone().unwrap();
         assert!(
             config.to_str().unwrap().ends_with("-env.toml"),
             "{config:?}"
@@ -668,7 +698,7 @@ mod tests {
         assert_eq!(o.compression, Some(Switch::Off));
         let origins = ["https://a", "https://b"].map(String::from).to_vec();
         assert_eq!(o.allowed_origins, Some(origins));
-        assert_eq!(o.relay, relay("redis://env:6379/e"));
+        assert_eq!(o.relay().unwrap(), relay("redis://env:6379/e"));
         // The file.
         assert_eq!(o.admin_token.as_deref(), Some("file-a"));
         assert_eq!(o.pong_wait, Some(30.5));

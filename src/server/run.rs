@@ -89,7 +89,7 @@ pub fn run(opt: Options) -> anyhow::Result<()> {
 
     if source == SourceKind::Relay {
         // Only fans out: no ticker, no topics of its own; REST reads come from the origin.
-        let relay = opt.relay.clone().context("--source relay needs --relay")?;
+        let relay = opt.relay()?.context("--source relay needs --relay")?;
         let relay = hub
             .start_relay(relay, RelayRole::RelayOnly)
             .context("starting the relay")?;
@@ -145,7 +145,7 @@ pub fn run(opt: Options) -> anyhow::Result<()> {
 
 /// With --relay, this instance publishes its broadcasts to the other instances.
 fn origin_relay(hub: &HubHandle, opt: &Options) -> anyhow::Result<Option<Relay>> {
-    let Some(config) = opt.relay.clone() else {
+    let Some(config) = opt.relay()? else {
         return Ok(None);
     };
     let relay = hub
