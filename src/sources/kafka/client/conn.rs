@@ -264,6 +264,13 @@ impl Conn {
         }
         let mut size = [0u8; 4];
         self.read_full(&mut size, R::KEY)?;
+        // A TLS record (an alert or a handshake, version 3.x) where a size should be: the port
+        // speaks TLS and we do not. No valid size starts so (it would be over 350 MB).
+        if matches!(self.stream, Stream::Plain(_)) && matches!(size, [0x15 | 0x16, 0x03, ..]) {
+            return Err(ClientError::TlsListener {
+                addr: self.addr.clone(),
+            });
+        }
         let size = i32::from_be_bytes(size);
         let size = usize::try_from(size)
             .ok()

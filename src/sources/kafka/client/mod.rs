@@ -172,6 +172,15 @@ pub enum ClientError {
         /// The largest accepted.
         limit: usize,
     },
+    /// The broker answered in TLS to a request in plain text.
+    #[error(
+        "Kafka broker {addr} answered in TLS: this port is a TLS listener (use \
+         --kafka-security-protocol ssl, or sasl_ssl)"
+    )]
+    TlsListener {
+        /// HOST:PORT.
+        addr: String,
+    },
     /// The answer carried another request's correlation id.
     #[error(
         "Kafka broker {addr} answered {api:?} with correlation id {got}, not {expected}: the \
@@ -313,6 +322,7 @@ impl ClientError {
                 | Self::Io { .. }
                 | Self::Timeout { .. }
                 | Self::BadResponseSize { .. }
+                | Self::TlsListener { .. }
                 | Self::OutOfStep { .. }
         )
     }
