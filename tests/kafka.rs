@@ -1199,4 +1199,11 @@ fn a_refused_login_is_reported_and_retried_while_the_hub_serves() {
         server.child.try_wait().unwrap().is_none(),
         "the hub is running"
     );
+
+    // TLS without SASL to this broker: it hangs up, and the error says what may be missing.
+    let e = refusal(KafkaConfig::new(vec![bootstrap]).tls_ca_file(ca.file()));
+    assert!(
+        e.contains("closed the connection (does it require SASL?"),
+        "{e}"
+    );
 }

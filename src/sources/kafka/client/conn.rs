@@ -320,10 +320,9 @@ impl Conn {
     fn read_full(&mut self, mut buf: &mut [u8], api: ApiKey) -> Result<(), ClientError> {
         while !buf.is_empty() {
             match self.stream.read(buf) {
-                Ok(0) => {
-                    let eof = io::Error::new(io::ErrorKind::UnexpectedEof, self.hung_up());
-                    return Err(self.io_error(api, "reading", eof));
-                }
+                // TLS reports a peer that closed without close_notify as an error: the same.
+                Ok(0) => return Err(self.eof(api)),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(self.eof(api)),
                 Ok(n) => buf = &mut buf[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
@@ -396,6 +395,11 @@ impl Conn {
             }
             (_, true) => "the broker closed the connection",
         }
+    }
+
+    fn eof(&self, api: ApiKey) -> ClientError {
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, self.hung_up());
+        self.io_error(api, "reading", eof)
     }
 
     fn io_error(&self, api: ApiKey, doing: &'static str, source: io::Error) -> ClientError {
