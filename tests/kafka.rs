@@ -14,17 +14,24 @@
 //! `src/sources/kafka/client/tests.rs`): its log-end offset is wrong after a produce request
 //! carrying several records, so every record is produced on its own; it does not answer
 //! DescribeLogDirs, so `totalBytes` is 0; a group that only has committed offsets is "Empty"
-//! with 0 members; memory storage starts empty after a restart.
+//! with 0 members; memory storage starts empty after a restart. With `--authentication` it
+//! refuses every SCRAM user (its storage keeps no credentials) and closes the connection on a
+//! PLAIN handshake, so only refusals are shown against it; and it cannot serve TLS at all: the
+//! TLS tests reach it through `common::tansu::TlsFront`, a TLS terminator in the test (see
+//! `common/tansu.rs`).
 
 mod common;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::tansu::Tansu;
+use common::tansu::{Setup, Tansu, TlsFront};
 use common::{http, READ_TIMEOUT};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use takhin_monitor::kafka_support::Client;
 use takhin_monitor::{HubHandle, KafkaConfig, Ticker};
@@ -895,4 +902,308 @@ fn the_latency_canary_times_produce_and_the_round_trip() {
     assert!(value("takhin_source_canary_round_trips_total") >= trips as f64);
     assert_eq!(value("takhin_source_canary_errors_total"), 0.0);
     assert!(value("takhin_source_canary_end_to_end_seconds") > 0.0);
+}
+
+/// A certificate authority made for one test, its certificate in a PEM file (removed when
+/// dropped), as `--kafka-tls-ca` takes it.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    der: CertificateDer<'static>,
+    file: PathBuf,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let file = std::env::temp_dir().join(format!(
+            "takhin-kafka-{name}-{}-{}.pem",
+            std::process::id(),
+            unix_secs()
+        ));
+        std::fs::write(&file, cert.pem()).unwrap();
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            der: cert.der().clone(),
+            file,
+        }
+    }
+
+    fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// A TLS server configuration whose certificate, for `names` (DNS names or IP addresses),
+    /// this CA signed; the chain sent includes the CA's.
+    fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let key = PrivatePkcs8KeyDer::from(key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone(), self.der.clone()], key.into())
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Reads `metrics` frames until `orders` shows with all 3 records, and checks `/metrics`: the
+/// source up, no error.
+fn sees_orders(d: &mut Dashboard, addr: SocketAddr) {
+    let m = d.metrics_where("orders and its 3 records", |m| {
+        topic_stats(m, "orders").is_some_and(|t| t["totalMessages"] == 3)
+    });
+    assert_eq!(topic_names(&m), ["orders"], "{m}");
+    assert_eq!(m["source"]["state"], "up", "{m}");
+    let s = wait_up(d, addr);
+    assert_eq!(s.errors, 0.0, "{s:?}");
+    assert_eq!(get_json(addr, "/api/topics/orders", 200)["partitions"], 2);
+}
+
+/// The error of an operation by a client of `kafka` (creating a topic: Metadata first).
+fn refusal(kafka: KafkaConfig) -> String {
+    let mut client = kafka
+        .request_timeout(Duration::from_secs(5))
+        .client()
+        .expect("a valid configuration");
+    let e = client.create_topic("refused", 1, 1).unwrap_err();
+    e.to_string()
+}
+
+/// TLS to a broker whose certificate a private CA signed (`--kafka-tls-ca`): the source polls
+/// it, the stream and REST show it, and every connection went through TLS. The broker is tansu
+/// behind a TLS terminator (tansu 0.6.0 cannot serve TLS), which it advertises as its address.
+/// A certificate of another CA, one not made out to the address, and plain text to the TLS
+/// port are refused, each saying why; `--kafka-tls-server-name` checks the certificate for
+/// its name instead.
+#[test]
+#[cfg_attr(
+    not(any(has_tansu, ci)),
+    ignore = "needs tansu (TANSU=path; .ci/run installs it)"
+)]
+fn tls_with_a_private_ca_reaches_the_cluster() {
+    let ca = TestCa::new("ca");
+    let mut front = TlsFront::bind();
+    let tansu = Tansu::start_with(Setup {
+        authentication: false,
+        advertised: Some(front.addr()),
+    });
+    front.serve(ca.server(&["127.0.0.1"]), tansu.addr());
+    let tls = || KafkaConfig::new(vec![front.bootstrap()]).tls_ca_file(ca.file());
+    let mut admin = tls().client().unwrap();
+    topic_with(&mut admin, "orders", &[2, 1]);
+    let before = front.handshakes();
+    assert!(before >= 1, "the admin client spoke TLS");
+
+    let (hub, ticker) = watch_with(tls());
+    let addr = hub.local_addr();
+    sees_orders(&mut Dashboard::connect(addr), addr);
+    assert!(front.handshakes() > before, "the source spoke TLS");
+    drop(ticker);
+
+    let other = TestCa::new("other-ca");
+    let e = refusal(KafkaConfig::new(vec![front.bootstrap()]).tls_ca_file(other.file()));
+    assert!(e.contains("TLS with Kafka broker"), "{e}");
+    assert!(e.contains("UnknownIssuer"), "{e}");
+    // The system's store does not hold the test CA either (or there is none here).
+    let system = KafkaConfig::new(vec![front.bootstrap()]).tls().client();
+    match system {
+        Ok(mut c) => {
+            let e = c.create_topic("refused", 1, 1).unwrap_err().to_string();
+            assert!(e.contains("UnknownIssuer"), "{e}");
+        }
+        Err(e) => assert!(e.to_string().contains("system's store"), "{e}"),
+    }
+    let e = refusal(KafkaConfig::new(vec![front.bootstrap()]));
+    assert!(
+        e.contains("answered in TLS: this port is a TLS listener"),
+        "{e}"
+    );
+
+    // A certificate for a name, not for the address: refused, unless that name is expected.
+    front.use_config(ca.server(&["kafka.test"]));
+    let e = refusal(tls());
+    assert!(e.contains("\"127.0.0.1\""), "{e}");
+    assert!(
+        e.contains("NotValidForName") || e.contains("not valid for name"),
+        "{e}"
+    );
+    let mut named = tls().tls_server_name("kafka.test").client().unwrap();
+    named.create_topic("named", 1, 1).unwrap();
+    assert_eq!(admin.produce("named", 0, None, b"r").unwrap(), 0);
+}
+
+/// Against a broker that requires SASL (tansu `--authentication`, whose storage keeps no
+/// users, so that every login is refused): SCRAM-SHA-256 and SCRAM-SHA-512 exchanges reach the
+/// server and its refusal is reported naming the user and not the password; PLAIN, which it
+/// lacks, is reported as not enabled; without SASL, the broker hangs up and the error says
+/// SASL may be required. A broker without SASL is reported as not enabling the mechanism.
+#[test]
+#[cfg_attr(
+    not(any(has_tansu, ci)),
+    ignore = "needs tansu (TANSU=path; .ci/run installs it)"
+)]
+fn sasl_refusals_say_why() {
+    let tansu = Tansu::start_with(Setup {
+        authentication: true,
+        advertised: None,
+    });
+    let kafka = || KafkaConfig::new(vec![tansu.bootstrap()]);
+    for (config, mechanism) in [
+        (
+            kafka().sasl_scram_sha_256("bob", "bob's secret"),
+            "SCRAM-SHA-256",
+        ),
+        (
+            kafka().sasl_scram_sha_512("bob", "bob's secret"),
+            "SCRAM-SHA-512",
+        ),
+    ] {
+        let e = refusal(config);
+        assert!(
+            e.contains(&format!(
+                "refused SASL {mechanism} authentication as \"bob\": the server refused: \
+                 unknown-user"
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "{e}");
+    }
+    let e = refusal(kafka().sasl_plain("bob", "bob's secret"));
+    assert!(
+        e.contains("does not enable SASL mechanism PLAIN (it closed the connection when asked"),
+        "{e}"
+    );
+    let e = refusal(kafka());
+    assert!(e.contains("does it require SASL or TLS?"), "{e}");
+
+    let open = Tansu::start();
+    let e = refusal(KafkaConfig::new(vec![open.bootstrap()]).sasl_scram_sha_512("bob", "x"));
+    assert!(
+        e.contains("does not enable SASL mechanism SCRAM-SHA-512 (it names no other)"),
+        "{e}"
+    );
+}
+
+/// The binary as an operator runs it against a cluster that requires SASL over TLS
+/// (`--kafka-security-protocol SASL_SSL`, Kafka's spelling, the password in
+/// `TAKHIN_KAFKA_PASSWORD`), whose broker refuses the login: the hub starts and keeps serving
+/// (health, pings, new clients) while `/metrics` reports the source down with errors counting
+/// up (each poll tries again after the backoff), the snapshot's `source.error` says who was
+/// refused and why, the failure is logged once, and the password is in no log line, no frame
+/// and no `/metrics`. The TLS handshake (with the CA file) happened before the refusal.
+#[test]
+#[cfg_attr(
+    not(any(has_tansu, ci)),
+    ignore = "needs tansu (TANSU=path; .ci/run installs it)"
+)]
+fn a_refused_login_is_reported_and_retried_while_the_hub_serves() {
+    const SECRET: &str = "not-in-any-log-7f3a";
+    let ca = TestCa::new("ca");
+    let mut front = TlsFront::bind();
+    let tansu = Tansu::start_with(Setup {
+        authentication: true,
+        advertised: Some(front.addr()),
+    });
+    front.serve(ca.server(&["127.0.0.1"]), tansu.addr());
+    let bootstrap = front.bootstrap();
+    let ca_file = ca.file().to_str().unwrap();
+    let mut server = common::spawn_server(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--source",
+            "kafka",
+            "--kafka-brokers",
+            &bootstrap,
+            "--kafka-request-timeout",
+            "2",
+            "--metrics-interval",
+            "0.2",
+            "--kafka-security-protocol",
+            "SASL_SSL",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-username",
+            "alice",
+            "--kafka-tls-ca",
+            ca_file,
+        ],
+        &[("TAKHIN_KAFKA_PASSWORD", SECRET)],
+    );
+    let addr = server.addr;
+    let mut d = Dashboard::connect(addr);
+    let down = wait_source(&mut d, addr, "source down", |s| {
+        s.up == 0.0 && s.errors >= 1.0
+    });
+    let later = wait_source(&mut d, addr, "errors counting up", |s| {
+        s.errors > down.errors
+    });
+    assert!(later.polls > down.polls && later.up == 0.0, "{later:?}");
+    assert!(front.handshakes() >= 2, "every attempt spoke TLS first");
+
+    let m = d.metrics_where("the source's error", |m| m["source"]["error"].is_string());
+    let source = &m["source"];
+    assert_eq!(source["state"], "down", "{m}");
+    let error = source["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "Kafka broker {bootstrap} refused SASL SCRAM-SHA-512 authentication as \"alice\""
+        )),
+        "{error}"
+    );
+    assert!(!m.to_string().contains(SECRET), "{m}");
+
+    // Still serving.
+    let health = http(addr, "GET", "/healthz", &[], None);
+    assert_eq!(health.status, 200, "{health:?}");
+    d.ws.send_json(&json!({"type": "ping"}));
+    d.frame_of("pong");
+    assert!(Dashboard::connect(addr).metrics()["clusterHealth"].is_object());
+    let metrics = http(addr, "GET", "/metrics", &[], None);
+    assert!(!metrics.body.contains(SECRET));
+
+    let down_lines = server.log_lines("kafka source down");
+    assert_eq!(down_lines.len(), 1, "{down_lines:?}");
+    assert!(
+        down_lines[0].contains("refused SASL SCRAM-SHA-512"),
+        "{down_lines:?}"
+    );
+    let how = server.log_lines("how the brokers are reached");
+    assert!(
+        how.len() == 1 && how[0].contains("SASL_SSL") && how[0].contains("alice"),
+        "{how:?}"
+    );
+    assert_eq!(server.log_lines(SECRET), Vec::<String>::new());
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the hub is running"
+    );
+
+    // TLS without SASL to this broker: it hangs up, and the error says what may be missing.
+    let e = refusal(KafkaConfig::new(vec![bootstrap]).tls_ca_file(ca.file()));
+    assert!(
+        e.contains("closed the connection (does it require SASL?"),
+        "{e}"
+    );
 }

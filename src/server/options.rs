@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::{valid_topic_name, MAX_TOPIC_NAME};
 use crate::config::{Cores, HubConfig};
+use crate::sources::kafka::client::{Hash, Mechanism, Password};
 use crate::sources::{KafkaConfig, RelayConfig};
 
 /// What feeds the hub.
@@ -62,6 +63,47 @@ impl<'de> Deserialize<'de> for Switch {
             ))),
         }
     }
+}
+
+/// How the Kafka source reaches the brokers, in Kafka's own words (`security.protocol`): an
+/// operator copies the value from the cluster's client properties, and TLS and SASL are each
+/// asked for by name, so credentials are never sent in plain text by default. Upper case, as
+/// Kafka writes it, is accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub(crate) enum SecurityProtocol {
+    /// Plain text, no authentication.
+    #[value(name = "plaintext")]
+    #[serde(rename = "plaintext", alias = "PLAINTEXT")]
+    Plaintext,
+    /// TLS, no authentication.
+    #[value(name = "ssl")]
+    #[serde(rename = "ssl", alias = "SSL")]
+    Ssl,
+    /// SASL authentication over plain text.
+    #[value(name = "sasl_plaintext")]
+    #[serde(rename = "sasl_plaintext", alias = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    /// SASL authentication over TLS.
+    #[value(name = "sasl_ssl")]
+    #[serde(rename = "sasl_ssl", alias = "SASL_SSL")]
+    SaslSsl,
+}
+
+/// The SASL mechanism, as Kafka's `sasl.mechanism` names it (upper case accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+pub(crate) enum SaslMechanism {
+    /// PLAIN: the password itself crosses the wire (use it with sasl_ssl).
+    #[value(name = "plain")]
+    #[serde(rename = "plain", alias = "PLAIN")]
+    Plain,
+    /// SCRAM-SHA-256.
+    #[value(name = "scram-sha-256")]
+    #[serde(rename = "scram-sha-256", alias = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM-SHA-512.
+    #[value(name = "scram-sha-512")]
+    #[serde(rename = "scram-sha-512", alias = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 /// The server's options. Each field is at once a flag (`--cpu-list`, unless `long` renames
@@ -174,6 +216,38 @@ pub struct Options {
     /// canary, latency 0].
     #[arg(long, env = "TAKHIN_KAFKA_CANARY_TOPIC")]
     pub(crate) kafka_canary_topic: Option<String>,
+    /// How to reach the Kafka brokers, as Kafka's security.protocol: plaintext, ssl (TLS),
+    /// sasl_plaintext or sasl_ssl (SASL over TLS) [default: plaintext].
+    #[arg(
+        long,
+        env = "TAKHIN_KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        ignore_case = true
+    )]
+    pub(crate) kafka_security_protocol: Option<SecurityProtocol>,
+    /// With sasl_plaintext or sasl_ssl: plain, scram-sha-256 or scram-sha-512.
+    #[arg(
+        long,
+        env = "TAKHIN_KAFKA_SASL_MECHANISM",
+        value_enum,
+        ignore_case = true
+    )]
+    pub(crate) kafka_sasl_mechanism: Option<SaslMechanism>,
+    /// With sasl_plaintext or sasl_ssl: the user to authenticate as.
+    #[arg(long, env = "TAKHIN_KAFKA_USERNAME")]
+    pub(crate) kafka_username: Option<String>,
+    /// With sasl_plaintext or sasl_ssl: the user's password. Prefer the variable or the file:
+    /// a flag shows in the process list. Never logged.
+    #[arg(long, env = "TAKHIN_KAFKA_PASSWORD", hide_env_values = true)]
+    pub(crate) kafka_password: Option<Password>,
+    /// With ssl or sasl_ssl: a PEM file of the CA certificates to trust for the brokers' (a
+    /// private CA) [default: the system's CA certificates].
+    #[arg(long, env = "TAKHIN_KAFKA_TLS_CA")]
+    pub(crate) kafka_tls_ca: Option<PathBuf>,
+    /// With ssl or sasl_ssl: the name the brokers' certificates must carry [default: each
+    /// broker's host, as given or advertised].
+    #[arg(long, env = "TAKHIN_KAFKA_TLS_SERVER_NAME")]
+    pub(crate) kafka_tls_server_name: Option<String>,
 }
 
 impl Options {
@@ -235,6 +309,68 @@ impl Options {
                 );
             }
             k = k.canary_topic(topic.clone());
+        }
+        self.kafka_security(k)
+    }
+
+    /// TLS and SASL. Each option must go with a protocol that uses it: a password given with
+    /// plaintext is refused rather than ignored (or sent in clear), and SASL needs all three of
+    /// mechanism, user and password.
+    fn kafka_security(&self, mut k: KafkaConfig) -> anyhow::Result<KafkaConfig> {
+        let protocol = self
+            .kafka_security_protocol
+            .unwrap_or(SecurityProtocol::Plaintext);
+        let (tls, sasl) = match protocol {
+            SecurityProtocol::Plaintext => (false, false),
+            SecurityProtocol::Ssl => (true, false),
+            SecurityProtocol::SaslPlaintext => (false, true),
+            SecurityProtocol::SaslSsl => (true, true),
+        };
+        let name = match protocol {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        };
+        if !tls && (self.kafka_tls_ca.is_some() || self.kafka_tls_server_name.is_some()) {
+            bail!(
+                "--kafka-tls-ca and --kafka-tls-server-name are for TLS: with \
+                 --kafka-security-protocol ssl or sasl_ssl (it is {name})"
+            );
+        }
+        let credentials = (
+            self.kafka_sasl_mechanism,
+            self.kafka_username.as_ref(),
+            self.kafka_password.as_ref(),
+        );
+        if !sasl && credentials != (None, None, None) {
+            bail!(
+                "--kafka-sasl-mechanism, --kafka-username and --kafka-password are for SASL: \
+                 with --kafka-security-protocol sasl_ssl or sasl_plaintext (it is {name})"
+            );
+        }
+        if tls {
+            k = k.tls();
+            if let Some(ca) = &self.kafka_tls_ca {
+                k = k.tls_ca_file(ca.clone());
+            }
+            if let Some(server) = &self.kafka_tls_server_name {
+                k = k.tls_server_name(server.clone());
+            }
+        }
+        if sasl {
+            let (Some(mechanism), Some(user), Some(password)) = credentials else {
+                bail!(
+                    "--kafka-security-protocol {name} needs --kafka-sasl-mechanism (plain, \
+                     scram-sha-256 or scram-sha-512), --kafka-username and --kafka-password"
+                );
+            };
+            let mechanism = match mechanism {
+                SaslMechanism::Plain => Mechanism::Plain,
+                SaslMechanism::ScramSha256 => Mechanism::Scram(Hash::Sha256),
+                SaslMechanism::ScramSha512 => Mechanism::Scram(Hash::Sha512),
+            };
+            k = k.sasl(mechanism, user.clone(), password.clone());
         }
         Ok(k)
     }
@@ -627,6 +763,87 @@ mod tests {
     }
 
     #[test]
+    fn the_kafka_security_options_make_tls_and_sasl() {
+        let o = flags(&[
+            "--kafka-brokers=a:9093",
+            "--kafka-security-protocol=SASL_SSL",
+            "--kafka-sasl-mechanism=SCRAM-SHA-512",
+            "--kafka-username=monitor",
+            "--kafka-password=s3cret",
+            "--kafka-tls-ca=/etc/kafka/ca.pem",
+            "--kafka-tls-server-name=kafka.internal",
+        ]);
+        let expected = KafkaConfig::new(vec!["a:9093".into()])
+            .tls_ca_file("/etc/kafka/ca.pem")
+            .tls_server_name("kafka.internal")
+            .sasl_scram_sha_512("monitor", "s3cret");
+        assert_eq!(o.kafka().unwrap(), expected, "Kafka's upper case is taken");
+        // The password is in no Debug output.
+        let shown = format!("{o:?} {:?}", o.kafka().unwrap());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("monitor"), "{shown}");
+
+        let file = "kafka_brokers = [\"a:9092\"]\nkafka_security_protocol = \"sasl_plaintext\"\n\
+                    kafka_sasl_mechanism = \"plain\"\nkafka_username = \"u\"\n\
+                    kafka_password = \"file-secret\"\n";
+        let o = load(
+            "kafka-sasl",
+            &["--kafka-sasl-mechanism=scram-sha-256"],
+            file,
+        )
+        .unwrap();
+        let expected =
+            KafkaConfig::new(vec!["a:9092".into()]).sasl_scram_sha_256("u", "file-secret");
+        assert_eq!(o.kafka().unwrap(), expected, "the flag over the file");
+        let o = load(
+            "kafka-ssl",
+            &[],
+            "kafka_brokers = [\"a:9093\"]\nkafka_security_protocol = \"SSL\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            o.kafka().unwrap(),
+            KafkaConfig::new(vec!["a:9093".into()]).tls(),
+            "TLS with the system's CA certificates"
+        );
+        assert_eq!(
+            flags(&["--kafka-brokers=a:9092"]).kafka().unwrap(),
+            KafkaConfig::new(vec!["a:9092".into()]),
+            "plain text by default"
+        );
+
+        for (args, says) in [
+            (
+                &["--kafka-security-protocol=sasl_ssl", "--kafka-username=u"][..],
+                "needs --kafka-sasl-mechanism",
+            ),
+            (
+                &["--kafka-password=p"][..],
+                "are for SASL: with --kafka-security-protocol sasl_ssl or sasl_plaintext (it is plaintext)",
+            ),
+            (
+                &["--kafka-security-protocol=ssl", "--kafka-sasl-mechanism=plain"][..],
+                "(it is ssl)",
+            ),
+            (
+                &["--kafka-security-protocol=sasl_plaintext", "--kafka-tls-ca=/ca.pem"][..],
+                "are for TLS",
+            ),
+        ] {
+            let mut all = vec!["--kafka-brokers=a:9092"];
+            all.extend_from_slice(args);
+            let err = flags(&all).kafka().unwrap_err().to_string();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+        let file = File::new("kafka-bad", "kafka_security_protocol = \"tls\"\n");
+        let err = flags(&["--config", file.arg()]).merge_file().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("kafka_security_protocol"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
     fn every_option_has_its_takhin_variable() {
         for arg in Options::command().get_arguments() {
             let id = arg.get_id().as_str();
@@ -667,6 +884,7 @@ mod tests {
                 .env("TAKHIN_METRICS_INTERVAL", "0.5")
                 .env("TAKHIN_RELAY", "redis://env:6379/e")
                 .env("TAKHIN_COMPRESSION", "off")
+                .env("TAKHIN_KAFKA_PASSWORD", "env-secret")
                 .output()
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
@@ -696,6 +914,10 @@ mod tests {
         assert_eq!(o.cpu_list, Some(vec![0, 2]));
         assert_eq!(o.token.as_deref(), Some("env-t"));
         assert_eq!(o.compression, Some(Switch::Off));
+        assert_eq!(
+            o.kafka_password,
+            Some(Password::from("env-secret".to_owned()))
+        );
         let origins = ["https://a", "https://b"].map(String::from).to_vec();
         assert_eq!(o.allowed_origins, Some(origins));
         assert_eq!(o.relay().unwrap(), relay("redis://env:6379/e"));

@@ -11,7 +11,10 @@ use hyper::StatusCode;
 use tracing::{info, warn};
 
 use super::canary::{Canary, CanaryStatus};
-use super::client::{Client, ClientError, DEFAULT_CLIENT_ID, DEFAULT_REQUEST_TIMEOUT};
+use super::client::{
+    Client, ClientError, Hash, Mechanism, Password, Sasl, Security, Tls, DEFAULT_CLIENT_ID,
+    DEFAULT_REQUEST_TIMEOUT,
+};
 use super::view::{HubFacts, SourceState, SourceStatus, View, ViewConfig};
 use crate::broker::{GroupDetail, MetricsSource, MonitoringMetrics, SourceInfo, TopicDetail};
 use crate::http::prometheus::{Exporter, Text};
@@ -35,6 +38,9 @@ pub struct KafkaConfig {
     /// The latency canary's topic, created when missing; `None` (the default): no canary,
     /// and the snapshot's latency percentiles are 0.
     pub canary_topic: Option<String>,
+    /// TLS and SASL, set with [`tls`](Self::tls), [`sasl_scram_sha_512`](Self::sasl_scram_sha_512)
+    /// and the like. The default: plain text, no authentication.
+    pub(crate) security: Security,
 }
 
 impl KafkaConfig {
@@ -45,6 +51,7 @@ impl KafkaConfig {
             client_id: DEFAULT_CLIENT_ID.to_owned(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             canary_topic: None,
+            security: Security::default(),
         }
     }
 
@@ -68,6 +75,91 @@ impl KafkaConfig {
     pub fn canary_topic(mut self, topic: impl Into<String>) -> Self {
         self.canary_topic = Some(topic.into());
         self
+    }
+
+    /// Connects to the brokers over TLS, trusting the system's CA certificates unless
+    /// [`tls_ca_file`](Self::tls_ca_file) names others.
+    #[must_use]
+    pub fn tls(mut self) -> Self {
+        self.security.tls.get_or_insert_with(Tls::default);
+        self
+    }
+
+    /// TLS, trusting only the CA certificates of this PEM file (a private CA). Read when the
+    /// source starts: a file that cannot be read or holds no certificate stops it.
+    #[must_use]
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.security.tls.get_or_insert_with(Tls::default).ca_file = Some(path.into());
+        self
+    }
+
+    /// TLS, checking every broker's certificate for `name` instead of the broker's host (for
+    /// brokers reached by IP address or through a tunnel).
+    #[must_use]
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.security
+            .tls
+            .get_or_insert_with(Tls::default)
+            .server_name = Some(name.into());
+        self
+    }
+
+    /// SASL/PLAIN as `username`: the password crosses the wire as is, so use it with TLS.
+    #[must_use]
+    pub fn sasl_plain(self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.sasl(
+            Mechanism::Plain,
+            username.into(),
+            Password::from(password.into()),
+        )
+    }
+
+    /// SASL/SCRAM-SHA-256 as `username`.
+    #[must_use]
+    pub fn sasl_scram_sha_256(
+        self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        let password = Password::from(password.into());
+        self.sasl(Mechanism::Scram(Hash::Sha256), username.into(), password)
+    }
+
+    /// SASL/SCRAM-SHA-512 as `username`.
+    #[must_use]
+    pub fn sasl_scram_sha_512(
+        self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        let password = Password::from(password.into());
+        self.sasl(Mechanism::Scram(Hash::Sha512), username.into(), password)
+    }
+
+    pub(crate) fn sasl(
+        mut self,
+        mechanism: Mechanism,
+        username: String,
+        password: Password,
+    ) -> Self {
+        self.security.sasl = Some(Sasl {
+            mechanism,
+            username,
+            password,
+        });
+        self
+    }
+
+    /// A client of the cluster as this configuration reaches it: the source's, and the
+    /// integration tests' (`kafka_support`). Not a stable API.
+    #[doc(hidden)]
+    pub fn client(&self) -> Result<Client, ClientError> {
+        Client::new(
+            self.brokers.clone(),
+            self.client_id.clone(),
+            self.request_timeout,
+        )?
+        .secured(&self.security)
     }
 
     /// The bootstrap list as one label (`/metrics`, logs).
@@ -165,11 +257,19 @@ impl KafkaSource {
         broadcaster: Broadcaster,
         probe: HubProbe,
     ) -> Result<Self, ClientError> {
-        let client = Client::new(
-            config.brokers.clone(),
-            config.client_id.clone(),
-            config.request_timeout,
-        )?;
+        let client = config.client()?;
+        let sasl = config.security.sasl.as_ref();
+        info!(
+            cluster = %config.label(),
+            security = config.security.protocol(),
+            mechanism = sasl.map(|s| s.mechanism.name()),
+            user = sasl.map(|s| s.username.as_str()),
+            ca = config.security.tls.as_ref().map(|t| t.ca_file.as_ref().map_or_else(
+                || "the system's".to_owned(),
+                |f| f.display().to_string(),
+            )),
+            "kafka: how the brokers are reached"
+        );
         let watch = Arc::new(Watch {
             cluster: config.label(),
             requests: AtomicU64::new(0),

@@ -1,7 +1,8 @@
-//! One broker connection: a blocking socket with Kafka's 4-byte size framing, request and
-//! response headers of the versions each API asks for, correlation ids checked, every request
-//! bounded by the request timeout and every response by [`MAX_RESPONSE`], and the API versions
-//! negotiated once, at connect, with ApiVersions.
+//! One broker connection: a blocking socket (TLS over it when configured) with Kafka's 4-byte
+//! size framing, request and response headers of the versions each API asks for, correlation
+//! ids checked, every request bounded by the request timeout and every response by
+//! [`MAX_RESPONSE`], the API versions negotiated once, at connect, with ApiVersions, then SASL
+//! authentication when configured (`sasl.rs`).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -17,10 +18,12 @@ use kafka_protocol::messages::{
     FindCoordinatorRequest, FindCoordinatorResponse, ListGroupsRequest, ListGroupsResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
+use super::security::{Dial, Socket, Stream};
 use super::ClientError;
 
 /// The largest response accepted (64 MiB): a peer announcing more is not answering what we
@@ -70,7 +73,8 @@ macro_rules! apis {
 // Metadata v1 (null = all topics, controller, internal flag), OffsetFetch v2 (null topics =
 // every committed partition). The highest are the last before a version that names topics by
 // id only (OffsetFetch v10, OffsetCommit v10, Produce v13, Fetch v13). Fetch v4 is the first
-// that reads record batches v2.
+// that reads record batches v2. SaslHandshake v1 is the one whose tokens then travel in
+// SaslAuthenticate requests (v0 sent them bare); SaslAuthenticate v1 adds the session lifetime.
 apis! {
     ApiVersionsRequest => ApiVersionsResponse: ApiVersions 0..=3;
     MetadataRequest => MetadataResponse: Metadata 1..=13;
@@ -85,6 +89,8 @@ apis! {
     ProduceRequest => ProduceResponse: Produce 3..=12;
     FetchRequest => FetchResponse: Fetch 4..=12;
     OffsetCommitRequest => OffsetCommitResponse: OffsetCommit 2..=9;
+    SaslHandshakeRequest => SaslHandshakeResponse: SaslHandshake 1..=1;
+    SaslAuthenticateRequest => SaslAuthenticateResponse: SaslAuthenticate 0..=2;
 }
 
 /// The version of each API both sides speak: for each API this client uses, the broker's
@@ -139,45 +145,61 @@ impl Versions {
 #[derive(Debug)]
 pub(crate) struct Conn {
     /// HOST:PORT as given or advertised, for errors.
-    addr: String,
-    stream: TcpStream,
+    pub(super) addr: String,
+    stream: Stream,
     client_id: StrBytes,
     timeout: Duration,
     correlation: i32,
     versions: Versions,
     /// The request being written (reused).
     out: BytesMut,
+    /// Whether SASL is configured, and whether the broker has answered a request other than
+    /// ApiVersions here: until then, a broker that hangs up may be one that requires what this
+    /// connection lacks, and the error says so.
+    pub(super) sasl: bool,
+    served: bool,
+    /// When the broker ends the authenticated session (SaslAuthenticate's session lifetime,
+    /// KIP-368), less a margin: the connection is replaced before then.
+    pub(super) session_ends: Option<Instant>,
 }
 
 impl Conn {
-    /// Connects to `addr` (HOST:PORT, each resolved address tried in turn, each within
-    /// `timeout`) and negotiates versions. Fails with [`ClientError::Unsupported`] for Metadata
-    /// when the broker speaks no version of it we implement: nothing else can work then.
-    pub(crate) fn connect(
-        addr: &str,
-        client_id: &str,
-        timeout: Duration,
-    ) -> Result<Self, ClientError> {
-        let stream = open(addr, timeout)?;
-        let io = |source| ClientError::Connect {
-            addr: addr.to_owned(),
-            source,
-        };
-        stream.set_nodelay(true).map_err(io)?;
-        stream.set_write_timeout(Some(timeout)).map_err(io)?;
-        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    /// Connects to `addr` (HOST:PORT, each resolved address tried in turn, each within the
+    /// timeout), does the TLS handshake when configured, negotiates versions and authenticates
+    /// when SASL is configured. Fails with [`ClientError::Unsupported`] for Metadata when the
+    /// broker speaks no version of it we implement: nothing else can work then.
+    pub(crate) fn connect(addr: &str, dial: &Dial) -> Result<Self, ClientError> {
+        let tcp = open(addr, dial.timeout)?;
+        tcp.set_nodelay(true)
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let stream = dial.wrap(addr, Socket::new(tcp, dial.timeout))?;
         let mut conn = Self {
             addr: addr.to_owned(),
             stream,
-            client_id: StrBytes::from_string(client_id.to_owned()),
-            timeout,
+            client_id: StrBytes::from_string(dial.client_id.clone()),
+            timeout: dial.timeout,
             correlation: 0,
             versions: Versions::default(),
             out: BytesMut::with_capacity(4096),
+            sasl: dial.sasl.is_some(),
+            served: false,
+            session_ends: None,
         };
         conn.versions = conn.api_versions()?;
         conn.versions.of::<MetadataRequest>(addr)?;
+        if let Some(sasl) = &dial.sasl {
+            conn.authenticate(sasl)?;
+        }
         Ok(conn)
+    }
+
+    /// Whether the broker's authenticated session is over, or nearly: the connection must be
+    /// replaced before its next request, which the broker would otherwise refuse.
+    pub(crate) fn session_ended(&self, now: Instant) -> bool {
+        self.session_ends.is_some_and(|end| now >= end)
     }
 
     /// HOST:PORT of the broker.
@@ -228,15 +250,27 @@ impl Conn {
             .map_err(|_| encode(anyhow::anyhow!("request too large")))?;
         self.out[..4].copy_from_slice(&size.to_be_bytes());
 
-        let deadline = Instant::now() + self.timeout;
-        if let Err(e) = self.stream.write_all(&self.out) {
+        // Every read and write of this request ends by then, TLS's included.
+        self.stream.set_deadline(Instant::now() + self.timeout);
+        if let Err(e) = self
+            .stream
+            .write_all(&self.out)
+            .and_then(|()| self.stream.flush())
+        {
             return Err(match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.timeout_error(R::KEY),
                 _ => self.io_error(R::KEY, "sending", e),
             });
         }
         let mut size = [0u8; 4];
-        self.read_full(&mut size, deadline, R::KEY)?;
+        self.read_full(&mut size, R::KEY)?;
+        // A TLS record (an alert or a handshake, version 3.x) where a size should be: the port
+        // speaks TLS and we do not. No valid size starts so (it would be over 350 MB).
+        if matches!(self.stream, Stream::Plain(_)) && matches!(size, [0x15 | 0x16, 0x03, ..]) {
+            return Err(ClientError::TlsListener {
+                addr: self.addr.clone(),
+            });
+        }
         let size = i32::from_be_bytes(size);
         let size = usize::try_from(size)
             .ok()
@@ -247,7 +281,7 @@ impl Conn {
                 size: i64::from(size),
                 limit: MAX_RESPONSE,
             })?;
-        let mut body = self.read_body(size, deadline, R::KEY)?;
+        let mut body = self.read_body(size, R::KEY)?;
         let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
             .map_err(|source| self.decode_error(R::KEY, version, source))?;
         if header.correlation_id != correlation {
@@ -258,6 +292,7 @@ impl Conn {
                 got: header.correlation_id,
             });
         }
+        self.served |= R::KEY != ApiKey::ApiVersions;
         Ok(body)
     }
 
@@ -267,12 +302,7 @@ impl Conn {
     }
 
     /// Reads `size` bytes, growing the buffer only as they arrive.
-    fn read_body(
-        &mut self,
-        size: usize,
-        deadline: Instant,
-        api: ApiKey,
-    ) -> Result<Bytes, ClientError> {
+    fn read_body(&mut self, size: usize, api: ApiKey) -> Result<Bytes, ClientError> {
         let mut buf = vec![0u8; size.min(FIRST_READ)];
         let mut filled = 0;
         while filled < size {
@@ -280,35 +310,19 @@ impl Conn {
                 buf.resize(size.min(buf.len() * 2), 0);
             }
             let end = buf.len();
-            self.read_full(&mut buf[filled..end], deadline, api)?;
+            self.read_full(&mut buf[filled..end], api)?;
             filled = end;
         }
         Ok(Bytes::from(buf))
     }
 
-    /// Fills `buf`, failing with [`ClientError::Timeout`] past `deadline`.
-    fn read_full(
-        &mut self,
-        mut buf: &mut [u8],
-        deadline: Instant,
-        api: ApiKey,
-    ) -> Result<(), ClientError> {
+    /// Fills `buf`, failing with [`ClientError::Timeout`] past the request's deadline.
+    fn read_full(&mut self, mut buf: &mut [u8], api: ApiKey) -> Result<(), ClientError> {
         while !buf.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(self.timeout_error(api));
-            }
-            if let Err(e) = self.stream.set_read_timeout(Some(left)) {
-                return Err(self.io_error(api, "reading", e));
-            }
             match self.stream.read(buf) {
-                Ok(0) => {
-                    let eof = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the broker closed the connection",
-                    );
-                    return Err(self.io_error(api, "reading", eof));
-                }
+                // TLS reports a peer that closed without close_notify as an error: the same.
+                Ok(0) => return Err(self.eof(api)),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(self.eof(api)),
                 Ok(n) => buf = &mut buf[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
@@ -364,6 +378,28 @@ impl Conn {
                 .iter()
                 .map(|k| (k.api_key, k.min_version, k.max_version)),
         ))
+    }
+
+    /// What a broker closing the connection may mean. Kafka hangs up on a request it cannot
+    /// take from a connection that has not authenticated (after ApiVersions), and a TLS
+    /// listener on a request in plain text.
+    fn hung_up(&self) -> &'static str {
+        match (&self.stream, self.sasl || self.served) {
+            (Stream::Plain(_), false) => {
+                "the broker closed the connection (does it require SASL or TLS? See \
+                 --kafka-security-protocol)"
+            }
+            (Stream::Tls(_), false) => {
+                "the broker closed the connection (does it require SASL? See \
+                 --kafka-security-protocol)"
+            }
+            (_, true) => "the broker closed the connection",
+        }
+    }
+
+    fn eof(&self, api: ApiKey) -> ClientError {
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, self.hung_up());
+        self.io_error(api, "reading", eof)
     }
 
     fn io_error(&self, api: ApiKey, doing: &'static str, source: io::Error) -> ClientError {
@@ -493,7 +529,7 @@ mod tests {
         let t = Duration::from_secs(5);
 
         let addr = serve(|s, _| s.write_all(&(1i32 << 30).to_be_bytes()).unwrap());
-        let e = Conn::connect(&addr, "t", t).unwrap_err();
+        let e = Conn::connect(&addr, &Dial::plain("t", t)).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -510,13 +546,13 @@ mod tests {
             s.write_all(&(c + 7).to_be_bytes()).unwrap();
             s.write_all(&[0; 4]).unwrap();
         });
-        let e = Conn::connect(&addr, "t", t).unwrap_err();
+        let e = Conn::connect(&addr, &Dial::plain("t", t)).unwrap_err();
         assert!(matches!(e, ClientError::OutOfStep { .. }), "{e}");
 
         // Silence: a timeout, within the request timeout.
         let addr = serve(|_, _| thread::sleep(Duration::from_secs(3)));
         let started = Instant::now();
-        let e = Conn::connect(&addr, "t", Duration::from_millis(300)).unwrap_err();
+        let e = Conn::connect(&addr, &Dial::plain("t", Duration::from_millis(300))).unwrap_err();
         assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
         assert!(started.elapsed() < Duration::from_secs(2));
     }

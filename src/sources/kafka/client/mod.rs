@@ -6,6 +6,8 @@
 //!
 //! - `conn`: one broker connection (framing, headers, correlation ids, timeouts, the bound on
 //!   a response, ApiVersions negotiation at connect);
+//! - `security`, `sasl`, `scram`: TLS under a connection and SASL authentication on it (PLAIN,
+//!   SCRAM-SHA-256, SCRAM-SHA-512), as configured;
 //! - `route` (pure): what Metadata says of the cluster, and which broker each request goes to;
 //! - `poll`: the requests of one [`Client::poll`], which fills a
 //!   [`ClusterState`](super::model::ClusterState);
@@ -17,11 +19,12 @@
 //! the broker's own when the broker advertises the address it was reached at). An I/O error,
 //! a timeout or an undecodable answer closes the connection; the broker is not asked again
 //! during the same poll and is connected again on the next. A new Metadata closes the
-//! connections of brokers that left or moved.
+//! connections of brokers that left or moved. A connection whose authenticated session is
+//! ending (the broker's SASL session lifetime) is replaced before its next request.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, MetadataRequest};
@@ -30,6 +33,9 @@ use tracing::debug;
 pub(crate) use self::canary::Trip;
 use self::conn::{Api, Conn};
 use self::route::Layout;
+pub(crate) use self::scram::Hash;
+use self::security::Dial;
+pub(crate) use self::security::{Mechanism, Password, Sasl, Security, Tls};
 use super::model::Broker;
 
 mod admin;
@@ -37,6 +43,9 @@ mod canary;
 mod conn;
 mod poll;
 mod route;
+mod sasl;
+mod scram;
+mod security;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +67,58 @@ pub enum ClientError {
     BadAddress {
         /// The address as given.
         addr: String,
+    },
+    /// The TLS configuration cannot be used: the CA file cannot be read or holds no
+    /// certificate, the system has none, or the server name is not one.
+    #[error("Kafka TLS: {reason}")]
+    TlsConfig {
+        /// Why.
+        reason: String,
+    },
+    /// The TLS handshake failed: the broker's certificate is not trusted or not for this
+    /// name, or the port does not speak TLS.
+    #[error(
+        "TLS with Kafka broker {addr} failed: {source} (is this port the broker's TLS \
+         listener? Is its certificate signed by a CA of --kafka-tls-ca, or of the system's \
+         store without it, and made out to {name:?}, or to --kafka-tls-server-name?)"
+    )]
+    Tls {
+        /// HOST:PORT.
+        addr: String,
+        /// The name the certificate was checked for.
+        name: String,
+        /// rustls's or the socket's error.
+        source: io::Error,
+    },
+    /// The broker does not enable the SASL mechanism configured (or SASL at all).
+    #[error(
+        "Kafka broker {addr} does not enable SASL mechanism {mechanism} ({others}): choose one \
+         it enables with --kafka-sasl-mechanism, or no SASL if it requires none"
+    )]
+    SaslMechanism {
+        /// HOST:PORT.
+        addr: String,
+        /// The mechanism asked for.
+        mechanism: &'static str,
+        /// "it enables: ..." with the mechanisms the broker names, or what it did instead.
+        others: String,
+    },
+    /// SASL authentication failed: wrong user or password, a user without a credential for
+    /// this mechanism, or a server whose SCRAM proof is wrong. The password is never shown.
+    #[error(
+        "Kafka broker {addr} refused SASL {mechanism} authentication as {user:?}: {reason} \
+         (check --kafka-username and --kafka-password, and that the user has a credential for \
+         {mechanism})"
+    )]
+    Authentication {
+        /// HOST:PORT.
+        addr: String,
+        /// The mechanism.
+        mechanism: &'static str,
+        /// The user.
+        user: String,
+        /// The broker's message, or what was wrong with its answer.
+        reason: String,
     },
     /// The broker could not be reached.
     #[error(
@@ -110,6 +171,15 @@ pub enum ClientError {
         size: i64,
         /// The largest accepted.
         limit: usize,
+    },
+    /// The broker answered in TLS to a request in plain text.
+    #[error(
+        "Kafka broker {addr} answered in TLS: this port is a TLS listener (use \
+         --kafka-security-protocol ssl, or sasl_ssl)"
+    )]
+    TlsListener {
+        /// HOST:PORT.
+        addr: String,
     },
     /// The answer carried another request's correlation id.
     #[error(
@@ -252,6 +322,7 @@ impl ClientError {
                 | Self::Io { .. }
                 | Self::Timeout { .. }
                 | Self::BadResponseSize { .. }
+                | Self::TlsListener { .. }
                 | Self::OutOfStep { .. }
         )
     }
@@ -264,7 +335,8 @@ impl ClientError {
 #[derive(Debug)]
 pub struct Client {
     bootstrap: Vec<String>,
-    client_id: String,
+    /// The client id, timeout and security every connection is made with.
+    dial: Dial,
     timeout: Duration,
     /// The brokers, as the last Metadata listed them.
     brokers: BTreeMap<i32, Broker>,
@@ -301,7 +373,7 @@ impl Client {
         }
         Ok(Self {
             bootstrap,
-            client_id: client_id.into(),
+            dial: Dial::plain(client_id, request_timeout),
             timeout: request_timeout,
             brokers: BTreeMap::new(),
             conns: BTreeMap::new(),
@@ -309,6 +381,13 @@ impl Client {
             coordinators: BTreeMap::new(),
             requests: 0,
         })
+    }
+
+    /// Connects with `security` (TLS, SASL) from now on. Its CA certificates are read now: a
+    /// file that cannot be read or holds none is an error here, not at each connect.
+    pub(crate) fn secured(mut self, security: &Security) -> Result<Self, ClientError> {
+        self.dial = self.dial.secured(security)?;
+        Ok(self)
     }
 
     /// The bootstrap addresses.
@@ -336,13 +415,21 @@ impl Client {
         if self.down.contains(&id) {
             return Err(ClientError::Down { id });
         }
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.session_ended(Instant::now()))
+        {
+            debug!(broker = id, "kafka: SASL session ending, connecting again");
+            self.conns.remove(&id);
+        }
         if !self.conns.contains_key(&id) {
             let b = self
                 .brokers
                 .get(&id)
                 .ok_or(ClientError::UnknownBroker { id })?;
             let addr = broker_addr(b);
-            match Conn::connect(&addr, &self.client_id, self.timeout) {
+            match Conn::connect(&addr, &self.dial) {
                 Ok(c) => {
                     self.conns.insert(id, c);
                 }
@@ -427,7 +514,7 @@ impl Client {
         {
             tried += 1;
             self.requests += 1;
-            let answer = Conn::connect(&addr, &self.client_id, self.timeout).and_then(|mut c| {
+            let answer = Conn::connect(&addr, &self.dial).and_then(|mut c| {
                 let v = c.version::<MetadataRequest>()?;
                 c.send(&metadata_request(v)).map(|resp| (c, resp))
             });
