@@ -60,8 +60,7 @@ impl Engine {
     ) -> Result<Self, Error> {
         config.assert_valid()?;
         let cores = config.core_ids()?;
-        let instance = instance_lock(config.listen)?;
-        let (listeners, local_addr) = bind_all(&config, cores.len())?;
+        let (listeners, local_addr, instance) = bind_all(&config, cores.len())?;
         let history = history::HistoryLimits {
             frames: config.history_frames,
             age: config.history_age,
@@ -178,38 +177,79 @@ fn warn_if_exposed(config: &HubConfig, addr: SocketAddr) {
     }
 }
 
-/// Binds one SO_REUSEPORT listener per shard on the same address (port 0 resolves once).
-fn bind_all(config: &HubConfig, n: usize) -> Result<(Vec<RawFd>, SocketAddr), Error> {
+/// Binds one SO_REUSEPORT listener per shard on the same address, holding the port's instance
+/// lock (see [`instance_lock`]). Port 0 resolves once: the first socket is bound, the port the
+/// kernel chose is locked, and only then does anything listen. The kernel may give a port 0
+/// bind a port that another process's SO_REUSEPORT listeners already use (seen when two test
+/// runs started hubs at once: one hub answered the other's requests); a port whose lock is
+/// taken is let go (never having listened, it took no connection) and another one asked for.
+fn bind_all(
+    config: &HubConfig,
+    n: usize,
+) -> Result<
+    (
+        Vec<RawFd>,
+        SocketAddr,
+        Option<std::os::unix::net::UnixListener>,
+    ),
+    Error,
+> {
     let mut addr = config.listen;
-    let mut fds = Vec::with_capacity(n);
-    for _ in 0..n {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&addr.into()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                Error::AddressInUse(format!("{addr}: address in use ({e})").into())
+    let (first, lock) = if addr.port() == 0 {
+        let mut tries = 0;
+        loop {
+            let socket = bind_one(addr)?;
+            let bound = socket.local_addr()?.as_socket();
+            let bound = bound.ok_or_else(|| std::io::Error::other("listener has no IP address"))?;
+            match instance_lock(bound) {
+                Ok(lock) => {
+                    addr = bound;
+                    break (socket, lock);
+                }
+                Err(Error::AddressInUse(_)) if tries < 32 => tries += 1,
+                Err(e) => return Err(e),
             }
-            _ => Error::Io(e),
-        })?;
+        }
+    } else {
+        let lock = instance_lock(addr)?;
+        (bind_one(addr)?, lock)
+    };
+    let mut fds = Vec::with_capacity(n);
+    let mut first = Some(first);
+    for _ in 0..n {
+        let socket = match first.take() {
+            Some(socket) => socket,
+            None => bind_one(addr)?,
+        };
         // Accepted sockets inherit TCP_NODELAY from their listener: no call per connection.
         socket.set_nodelay(true)?;
         socket.listen(config.listen_backlog)?;
-        if addr.port() == 0 {
-            let bound = socket.local_addr()?.as_socket();
-            addr = bound.ok_or_else(|| std::io::Error::other("listener has no IP address"))?;
-        }
         fds.push(socket.into_raw_fd());
     }
-    Ok((fds, addr))
+    Ok((fds, addr, lock))
+}
+
+/// A TCP socket bound to `addr` with SO_REUSEPORT (so every shard's can share the port), not
+/// listening yet.
+fn bind_one(addr: SocketAddr) -> Result<Socket, Error> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            Error::AddressInUse(format!("{addr}: address in use ({e})").into())
+        }
+        _ => Error::Io(e),
+    })?;
+    Ok(socket)
 }
 
 /// One hub per port on this host: the shards' listeners share their port through
 /// SO_REUSEPORT, which a second process of the same user could join, silently taking part of
 /// the new connections. Before binding, the hub takes an abstract Unix socket named after the
 /// port (no file; the kernel frees it when the process ends, however it ends); a second hub
-/// asking for the same port finds it taken and stops with [`Error::AddressInUse`]. Port 0 asks
-/// the kernel for a free port, which no other hub has.
+/// asking for the same port finds it taken and stops with [`Error::AddressInUse`]. A hub asked
+/// for port 0 locks the port the kernel gave it (see [`bind_all`]).
 fn instance_lock(addr: SocketAddr) -> Result<Option<std::os::unix::net::UnixListener>, Error> {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
