@@ -6,6 +6,7 @@ use std::time::Duration;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::error::ConfigError;
+use crate::tls_config::TlsFiles;
 
 /// Default listen address: loopback only, the protocol's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -169,6 +170,11 @@ pub struct HubConfig {
     pub compression_level: u32,
     /// Smallest payload compressed, in bytes. The default is 1024.
     pub compression_threshold: usize,
+    /// The certificate chain and key (PEM) of the port: with them it speaks TLS only
+    /// (`wss://` and `https://`, TLS 1.2 and 1.3, ALPN `http/1.1`); without them (the
+    /// default) plain text only. Read when the hub starts (an unusable file refuses the
+    /// start) and again on [`HubHandle::reload_tls`](crate::HubHandle::reload_tls).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for HubConfig {
@@ -208,6 +214,7 @@ impl Default for HubConfig {
             compression: true,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             compression_threshold: DEFAULT_COMPRESSION_THRESHOLD,
+            tls: None,
         }
     }
 }
@@ -332,6 +339,10 @@ impl HubConfig {
     setter!(
         /// Sets [`Self::compression_threshold`].
         compression_threshold: usize
+    );
+    setter!(
+        /// Sets [`Self::tls`].
+        tls: Option<TlsFiles>
     );
     setter!(
         /// Sets [`Self::viewer_token`].

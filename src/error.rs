@@ -17,6 +17,10 @@ pub enum Error {
     /// io_uring: raise `ulimit -l`).
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The TLS certificate or key cannot be used (the message names the file and the fault,
+    /// never the key's content).
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls_config::TlsLoadError),
     /// A shard's executor failed to start or ended with an error.
     #[error("shard {shard} failed: {cause}")]
     Shard {

@@ -74,8 +74,6 @@ mod protocol;
 mod security;
 pub mod server;
 mod sources;
-// Not wired into the server yet (issue 18: the connection's TLS comes next).
-#[cfg_attr(not(test), allow(dead_code))]
 mod tls_config;
 
 pub use crate::broker::{
@@ -87,13 +85,14 @@ pub use crate::broker::{
 };
 pub use crate::config::{Cores, HubConfig};
 pub use crate::error::{BroadcastError, ConfigError, Error, RelayUrlError, ShardFailure};
-pub use crate::hub::{Broadcaster, Frame, HubProbe, HubStats, ShutdownTrigger};
+pub use crate::hub::{Broadcaster, Frame, HubProbe, HubStats, ShutdownTrigger, TlsReloader};
 pub use crate::protocol::{close_code, Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use crate::server::{Hub, HubHandle};
 pub use crate::sources::{
     DemoBroker, DemoConfig, KafkaConfig, KafkaError, Relay, RelayConfig, RelayRole, RelayStats,
     WatchError,
 };
+pub use crate::tls_config::{TlsFiles, TlsLoadError};
 pub use tungstenite::protocol::WebSocketConfig;
 
 /// Defaults of [`HubConfig`], as named constants.

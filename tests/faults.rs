@@ -81,9 +81,11 @@ fn a_client_that_never_answers_pings_is_closed_and_one_that_answers_stays() {
         .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
 
-    // A raw client that completes the handshake and then stays silent.
-    let mut silent = raw_upgrade(addr);
+    // A raw client that completes the handshake and then stays silent. The clock starts before
+    // the upgrade is sent: the server's pong wait runs from the last thing it read (the head),
+    // which it reads after this instant, so the close can come no earlier than 400 ms after it.
     let started = Instant::now();
+    let mut silent = raw_upgrade(addr);
     let mut pings = 0;
     let mut buf = [0u8; 64];
     loop {

@@ -36,6 +36,7 @@ use crate::config::HubConfig;
 use crate::error::{Error, ShardFailure};
 use crate::hub::shard::{Client, Shard};
 use crate::protocol::Channel;
+use crate::tls_config::{TlsLoadError, TlsReloadable};
 
 /// The running shards: one pinned executor per core. Dropping it shuts them down.
 #[derive(Debug)]
@@ -60,6 +61,8 @@ impl Engine {
     ) -> Result<Self, Error> {
         config.assert_valid()?;
         let cores = config.core_ids()?;
+        // Read before anything listens: an unusable certificate or key refuses the start.
+        let tls = config.tls.clone().map(TlsReloadable::new).transpose()?;
         let (listeners, local_addr, instance) = bind_all(&config, cores.len())?;
         let history = history::HistoryLimits {
             frames: config.history_frames,
@@ -70,6 +73,9 @@ impl Engine {
             config.ring_size,
             history,
         ));
+        if let Some(tls) = tls {
+            shared.tls.set(tls).expect("a new hub's TLS is unset");
+        }
         let context = context(&shared);
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -284,6 +290,27 @@ impl ShutdownTrigger {
     /// Begins the graceful shutdown; returns at once.
     pub fn shutdown(&self) {
         self.0.begin_shutdown();
+    }
+}
+
+/// A `Clone + Send` way to reload the port's TLS certificate and key from another thread (the
+/// server's SIGHUP handler): new connections take the new ones, open ones keep theirs.
+#[derive(Debug, Clone)]
+pub struct TlsReloader(Arc<HubShared>);
+
+impl TlsReloader {
+    /// `None` when the hub does not speak TLS.
+    pub(crate) fn new(shared: Arc<HubShared>) -> Option<Self> {
+        shared.tls.get().is_some().then_some(Self(shared))
+    }
+
+    /// Reads the certificate and key files again. On an error (it names the file and the
+    /// fault) the hub keeps serving the ones it had.
+    pub fn reload(&self) -> Result<(), TlsLoadError> {
+        match self.0.tls.get() {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 }
 

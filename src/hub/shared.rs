@@ -16,6 +16,7 @@ use crate::hub::broadcast::Frame;
 use crate::hub::counters::{DurationHistogram, ShardStats};
 use crate::hub::history::{History, HistoryLimits};
 use crate::protocol::{Channel, Stamp};
+use crate::tls_config::TlsReloadable;
 
 /// Sees every frame this hub broadcasts, in `seq` order, as it is handed to the cores (the
 /// Redis relay publishes them to other instances). Called under the broadcast order lock:
@@ -61,6 +62,9 @@ pub struct HubShared {
     tap: OnceLock<Arc<dyn FrameTap>>,
     /// Recent broadcasts, for clients that resume.
     pub(crate) history: History,
+    /// The TLS configuration new connections take, when the port speaks TLS (set once, when
+    /// the hub starts; replaced inside on a reload).
+    pub(crate) tls: OnceLock<TlsReloadable>,
 }
 
 impl fmt::Debug for HubShared {
@@ -98,6 +102,7 @@ impl HubShared {
             tick_seconds: DurationHistogram::default(),
             tap: OnceLock::new(),
             history: History::new(history, stamp.unix_us),
+            tls: OnceLock::new(),
         }
     }
 

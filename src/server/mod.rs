@@ -20,7 +20,7 @@ use crate::connection::{Conn, Requests};
 use crate::error::Error;
 use crate::http::rest::LocalApi;
 use crate::http::Web;
-use crate::hub::{Broadcaster, Engine, HubProbe, HubStats, ShutdownTrigger};
+use crate::hub::{Broadcaster, Engine, HubProbe, HubStats, ShutdownTrigger, TlsReloader};
 use crate::sources::kafka::KafkaSource;
 use crate::sources::{KafkaConfig, Relay, RelayConfig, RelayRole, WatchError};
 
@@ -76,6 +76,12 @@ impl HubHandle {
     /// A handle that begins shutdown from anywhere.
     pub fn shutdown_trigger(&self) -> ShutdownTrigger {
         ShutdownTrigger::new(self.engine.shared().clone())
+    }
+
+    /// Reloads the port's TLS certificate and key (what SIGHUP does to the server); `None`
+    /// when the hub does not speak TLS.
+    pub fn tls_reloader(&self) -> Option<TlsReloader> {
+        TlsReloader::new(self.engine.shared().clone())
     }
 
     /// A `Clone + Send + Sync` view of the hub's counters and subscriptions, for metrics
