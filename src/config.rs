@@ -173,7 +173,7 @@ pub struct HubConfig {
     /// The certificate chain and key (PEM) of the port: with them it speaks TLS only
     /// (`wss://` and `https://`, TLS 1.2 and 1.3, ALPN `http/1.1`); without them (the
     /// default) plain text only. Read when the hub starts (an unusable file refuses the
-    /// start) and again on [`HubHandle::reload_tls`](crate::HubHandle::reload_tls).
+    /// start) and again on [`HubHandle::tls_reloader`](crate::HubHandle::tls_reloader).
     pub tls: Option<TlsFiles>,
 }
 

@@ -20,7 +20,7 @@ pub enum Error {
     /// The TLS certificate or key cannot be used (the message names the file and the fault,
     /// never the key's content).
     #[error("TLS: {0}")]
-    Tls(#[from] crate::tls_config::TlsLoadError),
+    Tls(Box<crate::tls_config::TlsLoadError>),
     /// A shard's executor failed to start or ended with an error.
     #[error("shard {shard} failed: {cause}")]
     Shard {
@@ -30,6 +30,12 @@ pub enum Error {
         #[source]
         cause: ShardFailure,
     },
+}
+
+impl From<crate::tls_config::TlsLoadError> for Error {
+    fn from(e: crate::tls_config::TlsLoadError) -> Self {
+        Self::Tls(Box::new(e))
+    }
 }
 
 /// What happened to a shard that failed.

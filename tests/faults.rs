@@ -239,11 +239,12 @@ fn a_request_head_that_never_ends_is_cut_off_and_costs_the_others_nothing() {
     let hub = start(common::config().handshake_timeout(Duration::from_millis(300)));
     let addr = hub.local_addr();
     let mut good = connect(addr);
+    // The deadline runs from the accept, which comes after this instant.
+    let started = Instant::now();
     let mut slow = TcpStream::connect(addr).unwrap();
     slow.set_read_timeout(Some(common::READ_TIMEOUT)).unwrap();
     slow.write_all(b"GET /api/monitoring/ws HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
-    let started = Instant::now();
     let seq = hub.broadcaster().topic_created("meanwhile", 1).unwrap();
     assert_eq!(
         good.recv_type("topic_created")["seq"],

@@ -3,10 +3,8 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 
-use futures_lite::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::handshake::{self, Head, Resume};
@@ -86,9 +84,9 @@ pub(super) async fn read(shard: &ConnShard, conn: &Conn) -> Opening {
 /// Sends an HTTP error answer and closes politely.
 async fn respond(shard: &ConnShard, conn: &Conn, response: &str) {
     conn.set_phase(Phase::Closing);
-    if write_all(conn, response.as_bytes()).await.is_ok() {
-        // SAFETY: `fd` is this connection's open socket.
-        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+    if write_all(conn, response.as_bytes()).await.is_ok()
+        && poll_fn(|cx| conn.poll_close(cx)).await.is_ok()
+    {
         discard_until_eof(shard, conn).await;
     }
 }
@@ -97,28 +95,17 @@ async fn respond(shard: &ConnShard, conn: &Conn, response: &str) {
 async fn read_some(conn: &Conn, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
     let len = buf.len();
     buf.resize(want, 0);
-    // Straight to the socket first: the head is usually there already, and a read through
-    // glommio that returns less than asked arms a poll on the ring that is cancelled later.
-    if let Some(res) = conn.try_read(&mut buf[len..]) {
-        buf.truncate(len + *res.as_ref().unwrap_or(&0));
-        return res;
-    }
-    let res = poll_fn(|cx| {
-        let mut stream = conn.stream.borrow_mut();
-        Pin::new(&mut *stream).poll_read(cx, &mut buf[len..])
-    })
-    .await;
+    // Straight to the socket first (`Conn::poll_read` tries that before glommio): the head is
+    // usually there already, and a read through glommio that returns less than asked arms a
+    // poll on the ring that is cancelled later.
+    let res = poll_fn(|cx| conn.poll_read(cx, &mut buf[len..])).await;
     buf.truncate(len + *res.as_ref().unwrap_or(&0));
     res
 }
 
 async fn write_all(conn: &Conn, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        let n = poll_fn(|cx| {
-            let mut stream = conn.stream.borrow_mut();
-            Pin::new(&mut *stream).poll_write(cx, bytes)
-        })
-        .await?;
+        let n = poll_fn(|cx| conn.poll_write(cx, bytes)).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -138,8 +125,7 @@ pub(super) async fn discard_until_eof(shard: &ConnShard, conn: &Conn) {
             let mut sink = shard.local.bytes.borrow_mut();
             let len = sink.len().max(4096);
             sink.resize(len, 0);
-            let mut stream = conn.stream.borrow_mut();
-            Pin::new(&mut *stream).poll_read(cx, &mut sink[..])
+            conn.poll_read(cx, &mut sink[..])
         })
         .await;
         if !matches!(res, Ok(n) if n > 0) {

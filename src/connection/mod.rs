@@ -15,8 +15,7 @@ pub(crate) mod handshake;
 mod head;
 pub(crate) mod inflate;
 mod reader;
-// Not wired into the connection yet (issue 18: TLS on the hub's port).
-#[cfg_attr(not(test), allow(dead_code))]
+mod secure;
 pub(crate) mod tls;
 mod writer;
 
@@ -42,6 +41,8 @@ use crate::protocol::{close_code, close_frame, PING_FRAME};
 use self::clock::Millis;
 use self::greet::{greet, pump_replay};
 use self::head::Opening;
+use self::secure::Secure;
+use self::tls::TlsSession;
 
 /// A shard whose clients are [`Conn`]s.
 pub(crate) type ConnShard = Shard<Conn>;
@@ -82,6 +83,8 @@ pub(crate) struct Conn {
     deflate: Cell<bool>,
     /// Holds a place under the global connection limit.
     admitted: Cell<bool>,
+    /// The TLS session, when the port speaks TLS (boxed: a plain connection pays 8 bytes).
+    tls: Option<Box<RefCell<Secure>>>,
 }
 
 impl AsRef<ClientLink> for Conn {
@@ -100,7 +103,7 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, tls: Option<Box<RefCell<Secure>>>) -> Self {
         let now = Millis::now();
         Self {
             link: ClientLink::default(),
@@ -118,7 +121,19 @@ impl Conn {
             opened: Cell::new(false),
             deflate: Cell::new(false),
             admitted: Cell::new(false),
+            tls,
         }
+    }
+
+    /// Counts bytes the socket took (see `written`).
+    fn count_written(&self, n: usize) {
+        self.written.set(self.written.get().wrapping_add(n as u32));
+    }
+
+    /// Whether TLS ciphertext waits for the socket (the writer has work even with an empty
+    /// queue).
+    fn tls_pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.borrow().has_pending())
     }
 
     /// The connection's times as the sweep sees them at `now`.
@@ -200,6 +215,9 @@ impl Conn {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(tls) = &self.tls {
+            return self.poll_read_tls(tls, cx, buf);
+        }
         if let Some(res) = self.try_read(buf) {
             return Poll::Ready(res);
         }
@@ -227,10 +245,25 @@ impl Conn {
     }
 
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(tls) = &self.tls {
+            return self.poll_write_tls(tls, cx, buf);
+        }
         Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, buf)
     }
 
+    /// Writes what [`Self::poll_write`] left to send (TLS records the socket did not take).
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.tls {
+            Some(tls) => self.poll_flush_tls(tls, cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Flushes, then shuts the write side (after close_notify with TLS).
     pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(tls) = &self.tls {
+            return self.poll_close_tls(tls, cx);
+        }
         Pin::new(&mut *self.stream.borrow_mut()).poll_close(cx)
     }
 
@@ -318,7 +351,21 @@ impl Client for Conn {
         if let Some(bytes) = shard.config.send_buffer {
             set_send_buffer(stream.as_raw_fd(), bytes);
         }
-        serve_conn(shard, Rc::new(Self::new(stream)))
+        let (tls, refused) = match shard.shared.tls.get().map(|t| TlsSession::new(t.current())) {
+            None => (None, false),
+            Some(Ok(session)) => (Some(Box::new(RefCell::new(Secure::new(session)))), false),
+            Some(Err(e)) => {
+                // rustls refuses a configuration only when it cannot work at all (the hub
+                // checked it when it loaded it): this connection ends at once.
+                error!(shard = shard.id, error = %e, "TLS session refused");
+                (None, true)
+            }
+        };
+        let conn = Rc::new(Self::new(stream, tls));
+        if refused {
+            conn.kill();
+        }
+        serve_conn(shard, conn)
     }
 
     fn write_now(&self, shard: &ConnShard) {
@@ -400,6 +447,9 @@ fn send_close_now(conn: &Conn, code: u16, reason: &str) {
         .is_ok_and(|out| out.at_frame_boundary());
     if conn.phase.get() == Phase::Open && at_boundary {
         let frame = close_frame(code, reason);
+        if let Some(tls) = &conn.tls {
+            return secure::send_close_now(conn, tls, &frame);
+        }
         // SAFETY: `fd` is this connection's open socket; `frame` outlives the call.
         unsafe {
             libc::send(
@@ -447,7 +497,11 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 async fn run(shard: &Rc<ConnShard>, conn: &Rc<Conn>, key: usize) {
-    let (tail, resume, deflate) = match Box::pin(head::read(shard, conn)).await {
+    let opening = Box::pin(head::read(shard, conn)).await;
+    if let Some(tls) = &conn.tls {
+        tls.borrow().count_handshake(shard.stats());
+    }
+    let (tail, resume, deflate) = match opening {
         Opening::WebSocket(tail, resume, deflate) => (tail, resume, deflate),
         Opening::Http(bytes) => {
             // Boxed by the handler: hyper's connection state is allocated only for HTTP
@@ -528,7 +582,7 @@ mod tests {
             let shared = std::sync::Arc::new(crate::hub::HubShared::new(1, 4));
             let context: std::sync::Arc<dyn Requests> = std::sync::Arc::new(NoRequests);
             let shard = Rc::new(Shard::new(0, Default::default(), shared, context));
-            let conn = Rc::new(Conn::new(TcpStream::connect(addr).await.unwrap()));
+            let conn = Rc::new(Conn::new(TcpStream::connect(addr).await.unwrap(), None));
             let serve = serve_conn(shard.clone(), conn.clone());
             let reader = reader::ReadHalf::new(&shard, &conn, 0, Vec::new(), false);
             let writer = writer::write_loop(&shard, &conn);
@@ -539,8 +593,9 @@ mod tests {
                 size(&reader),
                 size(&writer),
             );
-            // 400 until the four times became 4-byte `Millis`.
-            assert!(std::mem::size_of::<Conn>() <= 352);
+            // 400 until the four times became 4-byte `Millis`; 352 until TLS (a boxed session,
+            // 8 bytes on a plain connection).
+            assert!(std::mem::size_of::<Conn>() <= 360);
             // 520 (plus a 256 B writer task and tungstenite's 256 B read buffer) until the
             // reader and writer became the halves of one task and frames were decoded in the
             // shard's scratch buffer.

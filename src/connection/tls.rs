@@ -185,6 +185,7 @@ impl TlsSession {
     }
 
     /// The application protocol agreed by ALPN (`http/1.1`), if the client offered any.
+    #[cfg(test)]
     pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
@@ -192,6 +193,11 @@ impl TlsSession {
     /// The negotiated TLS version, once known.
     pub(crate) fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
         self.conn.protocol_version()
+    }
+
+    /// Whether the handshake was full or resumed, once complete.
+    pub(crate) fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.conn.handshake_kind()
     }
 
     /// Before a read into `buf` (the shard's scratch buffer): puts the bytes kept from the last

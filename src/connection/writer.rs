@@ -32,7 +32,7 @@ pub(super) async fn write_loop(shard: &ConnShard, conn: &Conn) {
                 // A resume: the next frames from the history, as the queue has room.
                 super::pump_replay(shard, conn);
             }
-            if conn.link.out.borrow().has_work() {
+            if conn.link.out.borrow().has_work() || conn.tls_pending() {
                 Poll::Ready(true)
             } else if conn.reader_done.get() {
                 Poll::Ready(false)
@@ -61,6 +61,14 @@ async fn flush(shard: &ConnShard, conn: &Conn) -> bool {
                 if conn.stalled_since.get().is_none() {
                     conn.stalled_since.set(Some(super::Millis::now()));
                 }
+                if let Some(tls) = &conn.tls {
+                    // The session's ciphertext goes first; then the next batch.
+                    if poll_fn(|cx| conn.poll_flush_tls(tls, cx)).await.is_err() {
+                        conn.kill();
+                        return false;
+                    }
+                    continue;
+                }
                 match wait_writable(conn).await {
                     Ok(n) => n,
                     Err(_) => {
@@ -83,6 +91,15 @@ async fn flush(shard: &ConnShard, conn: &Conn) -> bool {
         }
         if progress.close_sent {
             conn.set_phase(Phase::Closing);
+            if let Some(tls) = &conn.tls {
+                // The close frame is encrypted, maybe not written yet: close_notify behind it,
+                // and all of it out before the write side shuts.
+                conn.queue_close_notify(tls);
+                if poll_fn(|cx| conn.poll_flush_tls(tls, cx)).await.is_err() {
+                    conn.kill();
+                    return false;
+                }
+            }
             // SAFETY: `fd` is this connection's open socket.
             unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
             return false;
@@ -106,7 +123,7 @@ pub(super) fn write_now(shard: &ConnShard, conn: &Conn) {
         None => {}
         Some(Ok(n)) => {
             advance(shard, conn, &mut out, n);
-            if out.has_work() {
+            if out.has_work() || conn.tls_pending() {
                 drop(out);
                 conn.link.wake_writer();
             }
@@ -142,13 +159,22 @@ fn send_once(shard: &ConnShard, conn: &Conn, out: &mut OutQueue) -> Option<io::R
     {
         shard.stats().lagged_total.fetch_add(1, Relaxed);
     }
-    out.has_work()
-        .then(|| send_queued(conn.fd, out, &mut shard.local.iov.borrow_mut()))
+    if !out.has_work() && !conn.tls_pending() {
+        return None;
+    }
+    Some(match &conn.tls {
+        Some(tls) => super::secure::send_batch(conn, tls, out),
+        None => send_queued(conn.fd, out, &mut shard.local.iov.borrow_mut()),
+    })
 }
 
-/// Marks `n` bytes written to `conn` and counts them.
+/// Marks `n` bytes of the queue written to `conn` (over TLS: encrypted, see
+/// [`send_batch`](super::secure::send_batch)) and counts them.
 fn advance(shard: &ConnShard, conn: &Conn, out: &mut OutQueue, n: usize) -> Progress {
-    conn.written.set(conn.written.get().wrapping_add(n as u32));
+    if conn.tls.is_none() {
+        // Over TLS the socket's bytes are the ciphertext, counted where it is written.
+        conn.count_written(n);
+    }
     let stats = shard.stats();
     let progress = out.advance(n);
     stats.bytes_sent_total.fetch_add(n as u64, Relaxed);

@@ -199,6 +199,26 @@ pub(crate) fn text(probe: &HubProbe, exporters: &[Arc<dyn Exporter>]) -> String 
             "Compressed client messages inflated.",
             s.inflated_messages_total,
         ),
+        (
+            "takhin_tls_handshakes_total",
+            "TLS handshakes completed.",
+            s.tls_handshakes_total,
+        ),
+        (
+            "takhin_tls_resumed_total",
+            "TLS handshakes resumed with a session ticket.",
+            s.tls_resumed_total,
+        ),
+        (
+            "takhin_tls12_handshakes_total",
+            "TLS handshakes completed with TLS 1.2 (the rest are TLS 1.3).",
+            s.tls12_handshakes_total,
+        ),
+        (
+            "takhin_tls_handshake_failures_total",
+            "TLS handshakes that failed or were abandoned.",
+            s.tls_handshake_failures_total,
+        ),
     ];
     for (name, help, value) in counters {
         metric(name, "counter", help, value as f64);

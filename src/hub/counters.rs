@@ -90,6 +90,15 @@ counters! {
     deflate_saved_bytes_total,
     /// Compressed client messages inflated.
     inflated_messages_total,
+    /// TLS handshakes completed (WebSocket and HTTP connections alike).
+    tls_handshakes_total,
+    /// Of them, resumed with a session ticket (no certificate sent, no signature made).
+    tls_resumed_total,
+    /// Of them, TLS 1.2 (the rest are TLS 1.3).
+    tls12_handshakes_total,
+    /// TLS handshakes that failed or were abandoned: plain text or garbage on the TLS port,
+    /// an untrusted or refused certificate on the client's side, a deadline passed.
+    tls_handshake_failures_total,
 }
 
 /// Upper bounds of the duration histograms' buckets, in seconds (Prometheus `le`).

@@ -16,6 +16,7 @@ use tungstenite::{Message, WebSocket};
 pub mod browser;
 pub mod proxy;
 pub mod tansu;
+pub mod tls;
 mod watchdog;
 
 /// How long a client read may wait before the test fails.
@@ -169,7 +170,7 @@ pub fn upgrade_on(mut s: TcpStream) -> TcpStream {
 }
 
 /// Reads an HTTP response head byte by byte.
-pub fn read_head(s: &mut TcpStream) -> String {
+pub fn read_head(s: &mut impl Read) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -209,7 +210,7 @@ pub fn raw_close_code(s: &mut TcpStream) -> Option<u16> {
 
 /// Reads raw server frames until a close frame: the frames before it (opcode, payload) and the
 /// close code, `None` when the socket ended without a close frame.
-pub fn raw_frames_until_close(s: &mut TcpStream) -> (Vec<(u8, Vec<u8>)>, Option<u16>) {
+pub fn raw_frames_until_close(s: &mut impl Read) -> (Vec<(u8, Vec<u8>)>, Option<u16>) {
     let mut frames = Vec::new();
     loop {
         let mut h = [0u8; 2];
@@ -298,7 +299,7 @@ pub fn http(
 
 /// One HTTP/1.1 request on an existing connection.
 pub fn http_on(
-    s: &mut TcpStream,
+    s: &mut (impl Read + Write),
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -330,7 +331,7 @@ pub fn http_on(
 }
 
 /// Reads one HTTP answer (head and `Content-Length` body) from `s`.
-pub fn read_answer(s: &mut TcpStream) -> HttpAnswer {
+pub fn read_answer(s: &mut impl Read) -> HttpAnswer {
     let head = read_head(s);
     let mut lines = head.split("\r\n");
     let status = lines
