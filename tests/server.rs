@@ -303,3 +303,83 @@ fn the_connection_limit_follows_the_open_files_limit() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("at most 144 clients"), "{stderr}");
 }
+
+/// SIGHUP without TLS is logged and ignored: the server keeps its clients and still stops on
+/// SIGTERM afterwards (the signal thread goes on waiting), where SIGHUP's default action would
+/// have ended the process.
+#[test]
+fn sighup_without_tls_is_logged_and_the_server_keeps_running() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+
+    common::watchdog();
+    let child = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--source",
+            "none",
+        ])
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Guarded from here on: a failure below still kills it.
+    let mut server = Server {
+        child,
+        addr: ([0, 0, 0, 0], 0).into(),
+        log: Default::default(),
+    };
+    // Each logged line, as it comes; the channel closes when the process's stderr does.
+    let (lines, logged) = mpsc::channel();
+    let stderr = server.child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        match logged.recv_timeout(common::READ_TIMEOUT) {
+            Ok(line) if line.contains(needle) => break line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?} ({e}: the server exited?)"),
+        }
+    };
+    let line = wait_for("listening on ws://");
+    server.addr = line
+        .split("listening on ws://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut client = common::connect(server.addr);
+    let pid = server.child.id() as i32;
+
+    for _ in 0..2 {
+        // SAFETY: signalling our own child process by its PID.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        let line = wait_for("SIGHUP ignored");
+        assert!(line.contains("no TLS certificate to reload"), "{line}");
+        assert!(line.contains("WARN"), "{line}");
+    }
+    assert!(server.child.try_wait().unwrap().is_none(), "still running");
+    client.send_json(&serde_json::json!({"type": "ping", "timestamp": 7}));
+    assert_eq!(client.recv_type("pong")["timestamp"], 7, "the client stays");
+    let a = common::http(server.addr, "GET", "/readyz", &[], None);
+    assert_eq!(a.status, 200, "still ready: {a:?}");
+
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let close = client.recv_close().expect("a close frame");
+    assert_eq!(u16::from(close.code), close_code::GOING_AWAY);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}

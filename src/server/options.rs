@@ -19,6 +19,7 @@ use crate::broker::{valid_topic_name, MAX_TOPIC_NAME};
 use crate::config::{Cores, HubConfig};
 use crate::sources::kafka::client::{Hash, Mechanism, Password};
 use crate::sources::{KafkaConfig, RelayConfig};
+use crate::tls_config::TlsFiles;
 
 /// What feeds the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -175,6 +176,14 @@ pub struct Options {
     /// Smallest payload compressed, in bytes; smaller frames go plain [default: 1024].
     #[arg(long, env = "TAKHIN_COMPRESSION_THRESHOLD")]
     pub(crate) compression_threshold: Option<usize>,
+    /// The port's certificate chain, a PEM file (leaf first). With --tls-key the port speaks
+    /// TLS only: wss:// and https://. Read at start and again on SIGHUP [default: plain text].
+    #[arg(long, env = "TAKHIN_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, an unencrypted PEM file (PKCS#8, PKCS#1 or SEC1). Never
+    /// logged.
+    #[arg(long, env = "TAKHIN_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Kernel send buffer per WebSocket client, in bytes (SO_SNDBUF) [default: the kernel's
     /// autotuning, up to 4 MiB for a client that reads slowly].
     #[arg(long, env = "TAKHIN_SEND_BUFFER")]
@@ -375,8 +384,27 @@ impl Options {
         Ok(k)
     }
 
+    /// The port's certificate and key: both, or neither (plain text). They may come from
+    /// different layers (the certificate from the file, the key from `TAKHIN_TLS_KEY`); a path
+    /// is used as given, a relative one from the working directory, like every path option.
+    pub(crate) fn tls(&self) -> anyhow::Result<Option<TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles::new(cert.clone(), key.clone()))),
+            (None, None) => Ok(None),
+            (Some(_), None) => bail!(
+                "--tls-cert needs --tls-key (the certificate's private key): give both for TLS, \
+                 or neither for plain text"
+            ),
+            (None, Some(_)) => bail!(
+                "--tls-key needs --tls-cert (the certificate chain it belongs to): give both for \
+                 TLS, or neither for plain text"
+            ),
+        }
+    }
+
     pub(crate) fn build_config(&self) -> anyhow::Result<HubConfig> {
-        // A malformed relay URL stops the start before anything listens.
+        // A malformed relay URL stops the start before anything listens, and so does half of
+        // the TLS pair.
         self.relay()?;
         let mut c = HubConfig::default();
         if let Some(listen) = self.listen {
@@ -425,6 +453,7 @@ impl Options {
         if let Some(bytes) = self.compression_threshold {
             c = c.compression_threshold(bytes);
         }
+        c = c.tls(self.tls()?);
         c.assert_valid()?;
         Ok(c)
     }
@@ -637,6 +666,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("compression_level must be 1 to 9"), "{err}");
+    }
+
+    #[test]
+    fn tls_comes_from_every_layer_and_needs_both_files() {
+        let tls = |cert: &str, key: &str| Some(TlsFiles::new(cert, key));
+        let file = "tls_cert = \"/etc/takhin/cert.pem\"\ntls_key = \"/etc/takhin/key.pem\"\n";
+        let c = load("tls-file", &[], file).unwrap().build_config().unwrap();
+        assert_eq!(c.tls, tls("/etc/takhin/cert.pem", "/etc/takhin/key.pem"));
+        let c = load("tls-flag", &["--tls-cert=/flag/cert.pem"], file)
+            .unwrap()
+            .build_config()
+            .unwrap();
+        assert_eq!(
+            c.tls,
+            tls("/flag/cert.pem", "/etc/takhin/key.pem"),
+            "the flag over the file, the key still from the file"
+        );
+        let c = load(
+            "tls-halves",
+            &["--tls-key=key.pem"],
+            "tls_cert = \"certs/cert.pem\"\n",
+        )
+        .unwrap()
+        .build_config()
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            tls("certs/cert.pem", "key.pem"),
+            "one from each layer; relative paths as given (from the working directory, like \
+             --kafka-tls-ca and --data-dir), not from the file's directory"
+        );
+        let c = flags(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"])
+            .build_config()
+            .unwrap();
+        assert_eq!(c.tls, tls("/c.pem", "/k.pem"));
+        assert_eq!(flags(&[]).build_config().unwrap().tls, None, "plain text");
+
+        // One without the other stops the start, whichever layer gave it.
+        let says_cert = "--tls-cert needs --tls-key";
+        let says_key = "--tls-key needs --tls-cert";
+        for (o, says) in [
+            (flags(&["--tls-cert=/c.pem"]), says_cert),
+            (flags(&["--tls-key=/k.pem"]), says_key),
+            (
+                load("tls-cert", &[], "tls_cert = \"/c.pem\"").unwrap(),
+                says_cert,
+            ),
+            (
+                load("tls-key", &[], "tls_key = \"/k.pem\"").unwrap(),
+                says_key,
+            ),
+        ] {
+            let err = o.build_config().unwrap_err().to_string();
+            assert!(err.contains(says), "{o:?}: {err}");
+            assert!(err.contains("or neither for plain text"), "{err}");
+        }
+        let err = load("tls-number", &[], "tls_key = 1").unwrap_err();
+        assert!(format!("{err:#}").contains("tls_key"), "{err:#}");
     }
 
     #[test]
@@ -885,6 +972,8 @@ mod tests {
                 .env("TAKHIN_RELAY", "redis://env:6379/e")
                 .env("TAKHIN_COMPRESSION", "off")
                 .env("TAKHIN_KAFKA_PASSWORD", "env-secret")
+                .env("TAKHIN_TLS_CERT", "/env/cert.pem")
+                .env("TAKHIN_TLS_KEY", "/env/key.pem")
                 .output()
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
@@ -898,6 +987,7 @@ mod tests {
             "--listen=127.0.0.1:2",
             "--source=relay",
             "--metrics-interval=0.25",
+            "--tls-key=/flag/key.pem",
         ])
         .unwrap();
         let o = cli.merge_file().unwrap();
@@ -914,6 +1004,11 @@ mod tests {
         assert_eq!(o.cpu_list, Some(vec![0, 2]));
         assert_eq!(o.token.as_deref(), Some("env-t"));
         assert_eq!(o.compression, Some(Switch::Off));
+        assert_eq!(
+            o.tls().unwrap(),
+            Some(TlsFiles::new("/env/cert.pem", "/flag/key.pem")),
+            "the certificate from the environment, the key's flag over its variable"
+        );
         assert_eq!(
             o.kafka_password,
             Some(Password::from("env-secret".to_owned()))

@@ -1,15 +1,17 @@
 //! The server binary's work: the hub from its options, its source, the relay, the ticker,
-//! and the signals that stop them.
+//! and the signals that stop them (SIGINT, SIGTERM) or reload its TLS certificate (SIGHUP).
 
 use anyhow::Context as _;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::options::{secs, Options, SourceKind};
 use super::{Hub, HubHandle};
 use crate::broker::{GroupCoordinator, Recorder, StandardSource, TopicManager};
+use crate::hub::TlsReloader;
 use crate::sources::{DemoBroker, Relay, RelayRole};
+use crate::tls_config::TlsFiles;
 
 /// Raises the open-files soft limit to the hard limit: every client is a descriptor.
 fn raise_fd_limit() -> u64 {
@@ -59,6 +61,7 @@ fn fit_connections(
 }
 
 /// Runs the server until SIGINT or SIGTERM: the hub, its source, the relay and the ticker.
+/// SIGHUP reloads the TLS certificate and key (with `--tls-cert`), or is logged and ignored.
 pub fn run(opt: Options) -> anyhow::Result<()> {
     let mut config = opt.build_config()?;
     let interval = secs(opt.metrics_interval.unwrap_or(2.0), "metrics interval")?;
@@ -66,11 +69,18 @@ pub fn run(opt: Options) -> anyhow::Result<()> {
     let max_files = raise_fd_limit();
     config.max_connections =
         fit_connections(opt.max_connections, config.max_connections, max_files)?;
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    // Before the hub starts: from here on SIGHUP no longer ends the process (its default).
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
     let max_clients = config.max_connections;
+    let tls_files = config.tls.clone();
     let hub = Hub::start(config).context("starting the hub")?;
+    let (ws, http) = match tls_files {
+        Some(_) => ("wss", "https"),
+        None => ("ws", "http"),
+    };
     info!(
-        "listening on ws://{addr}/api/monitoring/ws, dashboard at http://{addr}/ \
+        "listening on {ws}://{addr}/api/monitoring/ws, dashboard at {http}://{addr}/ \
          (cores {:?}, source {:?}, open files {}, at most {} clients)",
         hub.cores(),
         source,
@@ -80,10 +90,16 @@ pub fn run(opt: Options) -> anyhow::Result<()> {
     );
 
     let trigger = hub.shutdown_trigger();
+    let tls = hub.tls_reloader().zip(tls_files);
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                reload_tls(tls.as_ref());
+                continue;
+            }
             warn!(signal = sig, "shutting down");
             trigger.shutdown();
+            break;
         }
     });
 
@@ -141,6 +157,22 @@ pub fn run(opt: Options) -> anyhow::Result<()> {
     drop(relay);
     info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the certificate and key files again. A failure (the error names the file and
+/// the fault, never the key's content) leaves the hub serving the certificate it had.
+fn reload_tls(tls: Option<&(TlsReloader, TlsFiles)>) {
+    let Some((reloader, files)) = tls else {
+        warn!("SIGHUP ignored: no TLS certificate to reload (the server runs without --tls-cert)");
+        return;
+    };
+    match reloader.reload() {
+        Ok(()) => info!(cert = %files.cert.display(), "TLS certificate reloaded"),
+        Err(e) => error!(
+            error = %e,
+            "TLS certificate reload failed on SIGHUP; the old certificate stays in use"
+        ),
+    }
 }
 
 /// With --relay, this instance publishes its broadcasts to the other instances.
