@@ -10,6 +10,7 @@
 //! - `fleet`: the threads of this process plus child loadgen processes, as one.
 //! - `publisher`: blocking publishing connections on a fixed schedule.
 //! - [`stats`]: windows of counts and histograms, and the report.
+//! - [`tls`]: `wss://`: the shared rustls configuration and the per-connection TLS state's I/O.
 //! - `run`: the scenarios (fanout, metrics, idle, churn, ramp, resume) and `merge`.
 //!
 //! Every subscriber thread reads with one receive buffer, parses frames in place and reads the
@@ -26,6 +27,7 @@ mod publisher;
 mod run;
 pub mod stats;
 mod sys;
+pub mod tls;
 mod worker;
 
 pub use sys::{clock_ns, mono_ns};

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::payload::Wrap;
+use crate::tls::{TlsClient, TlsOptions};
 
 /// Benchmark harness for WebSocket fan-out servers (takhin-monitor and its peers).
 #[derive(Debug, Parser)]
@@ -178,6 +179,21 @@ pub struct Opts {
     #[arg(long, default_value_t = 1, requires = "deflate",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub deflate_sample: u32,
+    /// wss://: trust the certificates of this PEM file (a CA, or the server's self-signed
+    /// certificate) instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// wss://: accept any server certificate (the handshake's signature is still checked).
+    /// For benchmarks only: anyone on the path could be answering.
+    #[arg(long, conflicts_with = "tls_ca")]
+    pub tls_insecure: bool,
+    /// wss://: no TLS session resumption, every handshake is full (by default the connections
+    /// share one session cache, so reconnections resume).
+    #[arg(long)]
+    pub tls_no_resume: bool,
+    /// wss://: the name to check the certificate for and send as SNI, instead of the URL's host.
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -229,6 +245,8 @@ pub struct WsTarget {
     pub headers: Vec<(String, String)>,
     /// The headers offer permessage-deflate.
     pub deflate: bool,
+    /// `wss://`: the TLS configuration every connection shares.
+    pub tls: Option<TlsClient>,
 }
 
 /// Where and how the publisher sends.
@@ -256,16 +274,52 @@ pub const OUR_WS_PATH: &str = "/api/monitoring/ws";
 pub const OUR_PUBLISH_PATH: &str = "/api/monitoring/publish";
 
 impl Opts {
-    /// The subscribers' endpoint.
-    pub fn ws_target(&self) -> Result<WsTarget> {
-        let url = match &self.subscribe_url {
+    /// The subscribers' URL.
+    pub fn subscribe_url(&self) -> String {
+        match &self.subscribe_url {
             Some(u) => u.clone(),
             None => format!("ws://{}{OUR_WS_PATH}", self.server),
-        };
-        let (scheme, addr, host, path) = split_url(&url)?;
-        if scheme != "ws" {
-            bail!("--subscribe-url must be ws:// (got {url})");
         }
+    }
+
+    /// The subscribers' URL is `wss://`.
+    pub fn subscribes_over_tls(&self) -> bool {
+        self.subscribe_url()
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
+    }
+
+    /// The subscribers' endpoint (for `wss://`, its TLS configuration: the CA file is read and
+    /// checked here).
+    pub fn ws_target(&self) -> Result<WsTarget> {
+        let url = self.subscribe_url();
+        let (scheme, addr, host, path) = split_url(&url)?;
+        let tls = match scheme.as_str() {
+            "ws" => {
+                if self.tls_ca.is_some()
+                    || self.tls_insecure
+                    || self.tls_no_resume
+                    || self.tls_server_name.is_some()
+                {
+                    bail!("the --tls-* options are for a wss:// --subscribe-url (got {url})");
+                }
+                None
+            }
+            "wss" => {
+                let name = match host.rsplit_once(':') {
+                    Some((name, port)) if port.parse::<u16>().is_ok() => name,
+                    _ => &host,
+                };
+                let opts = TlsOptions {
+                    ca: self.tls_ca.as_deref(),
+                    insecure: self.tls_insecure,
+                    no_resume: self.tls_no_resume,
+                    server_name: self.tls_server_name.as_deref(),
+                };
+                Some(TlsClient::new(name, &opts)?)
+            }
+            _ => bail!("--subscribe-url must be ws:// or wss:// (got {url})"),
+        };
         let mut headers = bearer(&self.token);
         if self.deflate {
             headers.push((
@@ -280,6 +334,7 @@ impl Opts {
             path,
             headers,
             deflate: self.deflate,
+            tls,
         })
     }
 
@@ -461,6 +516,32 @@ mod tests {
         let ws = opts.ws_target().unwrap();
         assert!(!ws.deflate && ws.headers.is_empty());
         assert_eq!(opts.deflate_sample, 1);
+    }
+
+    #[test]
+    fn tls_options_go_with_wss() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["loadgen", "idle"][..], args].concat())?;
+            let Command::Idle(opts) = cli.command else {
+                panic!()
+            };
+            Ok::<_, clap::Error>(opts)
+        };
+        let wss = ["--subscribe-url", "wss://127.0.0.1:8443/ws"];
+        let opts = parse(&[&wss[..], &["--tls-insecure", "--tls-no-resume"]].concat()).unwrap();
+        assert!(opts.subscribes_over_tls());
+        let ws = opts.ws_target().unwrap();
+        let tls = ws.tls.expect("a TLS configuration");
+        assert_eq!(tls.name.to_str(), "127.0.0.1");
+        assert_eq!(ws.addr.port(), 8443);
+        // Over plain ws://, a TLS option is a mistake.
+        let opts = parse(&["--tls-insecure"]).unwrap();
+        assert!(opts.ws_target().is_err());
+        // A CA file and no verification at once make no sense.
+        assert!(parse(&[&wss[..], &["--tls-insecure", "--tls-ca", "x.pem"]].concat()).is_err());
+        let opts = parse(&[&wss[..], &["--tls-ca", "/nonexistent.pem"]].concat()).unwrap();
+        let err = opts.ws_target().unwrap_err().to_string();
+        assert!(err.contains("--tls-ca /nonexistent.pem"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,9 @@ use anyhow::{bail, Context, Result};
 use crate::fleet::{self, Fleet};
 use crate::opts::{Command, Opts};
 use crate::publisher::{self, Published, Publisher, Shape};
-use crate::stats::{DeflateReport, Percentiles, Report, ResumeReport, ResumeWindow, Step, Window};
+use crate::stats::{
+    DeflateReport, Percentiles, Report, ResumeReport, ResumeWindow, Step, TlsReport, Window,
+};
 use crate::sys;
 use crate::worker::{Mode, Phase};
 
@@ -269,7 +271,7 @@ impl<'a> Controller<'a> {
         let o = self.opts;
         Report {
             scenario: self.scenario.into(),
-            target: o.ws_target().map(|t| t.url).unwrap_or_default(),
+            target: o.subscribe_url(),
             subscribers: o.subscribers,
             processes: o.processes.max(1),
             size: o.size,
@@ -277,6 +279,11 @@ impl<'a> Controller<'a> {
             deflate: o.deflate.then(|| DeflateReport {
                 sample: o.deflate_sample,
                 ..DeflateReport::default()
+            }),
+            tls: o.subscribes_over_tls().then(|| TlsReport {
+                resumption: !o.tls_no_resume,
+                insecure: o.tls_insecure,
+                ..TlsReport::default()
             }),
             ..Report::default()
         }
@@ -857,6 +864,9 @@ pub(crate) fn print_report(r: &Report, json: bool) -> Result<()> {
         "  connections  {} of {} ({} process(es)), {:.1} s measured",
         r.connected, r.subscribers, r.processes, r.duration_s
     )?;
+    if let Some(t) = &r.tls {
+        print_tls(&mut out, t)?;
+    }
     if let Some(d) = &r.deflate {
         print_deflate(&mut out, r, d)?;
     }
@@ -982,6 +992,33 @@ fn shape(r: &Report) -> String {
     }
 }
 
+/// The TLS line of the summary: what was negotiated, and how many handshakes resumed.
+fn print_tls(out: &mut impl Write, t: &TlsReport) -> Result<()> {
+    let params: Vec<String> = t.params.iter().map(|(p, n)| format!("{p} ({n})")).collect();
+    writeln!(
+        out,
+        "  tls          {}; {} full, {} resumed handshakes{}{}",
+        if params.is_empty() {
+            "no handshake".to_owned()
+        } else {
+            params.join(", ")
+        },
+        t.full,
+        t.resumed,
+        if t.resumption {
+            ""
+        } else {
+            " (resumption off)"
+        },
+        if t.insecure {
+            "; certificate NOT verified (--tls-insecure)"
+        } else {
+            ""
+        }
+    )?;
+    Ok(())
+}
+
 /// The permessage-deflate lines of the summary.
 fn print_deflate(out: &mut impl Write, r: &Report, d: &DeflateReport) -> Result<()> {
     let every = match d.sample {
@@ -1078,6 +1115,7 @@ fn merge(files: &[std::path::PathBuf], json: bool) -> Result<i32> {
                 m.loadgen_cpu_s += r.loadgen_cpu_s;
                 m.publish_url = m.publish_url.or(r.publish_url);
                 m.deflate = m.deflate.or(r.deflate);
+                m.tls = m.tls.or(r.tls);
                 m.failures.extend(r.failures);
                 if let (Some(a), Some(b)) = (&mut m.resume, &r.resume) {
                     a.missed = a.missed.max(b.missed);

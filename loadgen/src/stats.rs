@@ -60,6 +60,9 @@ pub struct Window {
     /// Resume: what the reconnections saw (absent in other scenarios).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<ResumeWindow>,
+    /// `wss://`: how the TLS handshakes went (absent over plain connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsWindow>,
 }
 
 impl Default for Window {
@@ -82,6 +85,7 @@ impl Default for Window {
             jitter: histogram(),
             ticks: BTreeMap::new(),
             resume: None,
+            tls: None,
         }
     }
 }
@@ -113,6 +117,14 @@ impl Window {
         if let Some(r) = &other.resume {
             self.resume_mut().add(r);
         }
+        if let Some(t) = &other.tls {
+            self.tls_mut().add(t);
+        }
+    }
+
+    /// The TLS counts, created on first use.
+    pub fn tls_mut(&mut self) -> &mut TlsWindow {
+        self.tls.get_or_insert_with(TlsWindow::default)
     }
 
     /// The resume counts, created on first use.
@@ -188,6 +200,53 @@ impl DeflateWindow {
         self.inflated_wire_bytes += other.inflated_wire_bytes;
         self.inflated_bytes += other.inflated_bytes;
     }
+}
+
+/// The TLS handshakes of upgraded `wss://` connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsWindow {
+    /// Full handshakes.
+    pub full: u64,
+    /// Resumed handshakes (a session the server remembered).
+    pub resumed: u64,
+    /// Handshakes by protocol version and cipher suite, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
+    pub params: BTreeMap<String, u64>,
+}
+
+impl TlsWindow {
+    /// Counts one handshake.
+    pub fn count(&mut self, resumed: bool, params: String) {
+        if resumed {
+            self.resumed += 1;
+        } else {
+            self.full += 1;
+        }
+        *self.params.entry(params).or_default() += 1;
+    }
+
+    /// Adds `other` into this window.
+    pub fn add(&mut self, other: &Self) {
+        self.full += other.full;
+        self.resumed += other.resumed;
+        for (k, v) in &other.params {
+            *self.params.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// What TLS did in a `wss://` run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TlsReport {
+    /// Session resumption was offered (not `--tls-no-resume`).
+    pub resumption: bool,
+    /// The server's certificate was not checked (`--tls-insecure`).
+    pub insecure: bool,
+    /// Full handshakes of upgraded connections.
+    pub full: u64,
+    /// Resumed handshakes of upgraded connections.
+    pub resumed: u64,
+    /// Handshakes by protocol version and cipher suite.
+    pub params: BTreeMap<String, u64>,
 }
 
 /// What the connections of a resume run counted: one `recovered` notice (or its absence) per
@@ -587,6 +646,9 @@ pub struct Report {
     /// With --deflate: what was negotiated and compressed.
     #[serde(default)]
     pub deflate: Option<DeflateReport>,
+    /// `wss://`: the TLS handshakes (`handshake_us` includes them).
+    #[serde(default)]
+    pub tls: Option<TlsReport>,
     /// Metrics: tick jitter, µs.
     pub jitter_us: Option<Percentiles>,
     /// Metrics: per tick, from the server's `tsUs` to the last subscriber's arrival, µs.
@@ -648,6 +710,11 @@ impl Report {
             self.deflate
                 .get_or_insert_with(DeflateReport::default)
                 .set_counts(&t.deflate);
+        }
+        if self.tls.is_some() || t.tls.is_some() {
+            let r = self.tls.get_or_insert_with(TlsReport::default);
+            let w = t.tls.clone().unwrap_or_default();
+            (r.full, r.resumed, r.params) = (w.full, w.resumed, w.params);
         }
         self.window = Some(t.clone());
     }

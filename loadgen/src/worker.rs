@@ -25,6 +25,7 @@ use std::time::Duration;
 use flate2::Decompress;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -33,7 +34,7 @@ use crate::deflate::{Agreed, Inflater};
 use crate::opts::WsTarget;
 use crate::payload::Scanner;
 use crate::stats::Window;
-use crate::sys;
+use crate::{sys, tls};
 
 /// Receive buffer per thread; grows only for a frame larger than it.
 const READ_BUF: usize = 256 * 1024;
@@ -197,6 +198,8 @@ struct Partial {
 #[derive(Debug)]
 struct Conn {
     sock: TcpStream,
+    /// `wss://`: the connection's TLS state (`None`: plain, read and written directly).
+    tls: Option<Box<ClientConnection>>,
     id: u64,
     state: State,
     slow: bool,
@@ -456,6 +459,10 @@ impl Worker {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
         }
+        let tls = match &self.plan.target.tls {
+            Some(client) => Some(Box::new(client.connection()?)),
+            None => None,
+        };
         let mut sock = TcpStream::from_std(socket.into());
         let entry = self.conns.vacant_entry();
         let token = entry.key();
@@ -467,6 +474,7 @@ impl Worker {
         self.next_id += 1;
         entry.insert(Conn {
             sock,
+            tls,
             id: self.next_id,
             state: State::Connecting,
             slow,
@@ -556,7 +564,16 @@ impl Worker {
         let end = self.rbuf.len().min(left.saturating_add(limit));
         // Once the end was reported, every read is "full": reading goes on until it returns 0.
         let read_closed = conn.read_closed;
-        let n = match conn.sock.read(&mut self.rbuf[left..end]) {
+        // TLS: rustls reads ciphertext in slices of at most 4 KiB, and one record's plaintext
+        // may be short of the buffer while the socket holds more: read again until it blocks.
+        let (read, more) = match conn.tls.as_deref_mut() {
+            None => (conn.sock.read(&mut self.rbuf[left..end]), read_closed),
+            Some(tls) => (
+                tls::read(tls, &mut conn.sock, &mut self.rbuf[left..end]),
+                true,
+            ),
+        };
+        let n = match read {
             Ok(0) => {
                 return Err(if conn.state == State::Closing {
                     String::new()
@@ -580,7 +597,7 @@ impl Worker {
                         conn.leftover.shrink_to(1024);
                     }
                 }
-                Ok(n == end - left || read_closed)
+                Ok(n == end - left || more)
             }
             Err(e) => Err(e),
         };
@@ -645,6 +662,10 @@ impl Worker {
             let d = &mut self.window.deflate;
             d.upgrades += 1;
             d.sampled += u64::from(conn.deflate.inflates());
+        }
+        if let Some(tls) = conn.tls.as_deref() {
+            let (resumed, params) = tls::describe(tls);
+            self.window.tls_mut().count(resumed, params);
         }
         self.in_flight -= 1;
         self.window.handshakes += 1;
@@ -735,7 +756,7 @@ impl Worker {
                         mask(conn.id),
                         &mut self.scratch,
                     );
-                    let _ = conn.sock.write(&self.scratch);
+                    write_last(conn, &self.scratch);
                     self.lose(token, format!("closed {code}"));
                 }
                 return Ok(false);
@@ -1099,7 +1120,7 @@ impl Worker {
                     mask(conn.id),
                     &mut self.scratch,
                 );
-                let _ = conn.sock.write(&self.scratch);
+                write_last(conn, &self.scratch);
             }
             self.remove(token);
         }
@@ -1115,6 +1136,13 @@ impl Worker {
 
 /// Writes what is pending; the rest waits for the next writable event.
 fn flush_out(conn: &mut Conn) -> io::Result<()> {
+    if let Some(tls) = conn.tls.as_deref_mut() {
+        tls::flush(tls, &mut conn.sock, &mut conn.out)?;
+        if conn.out.capacity() > 4096 && conn.out.is_empty() {
+            conn.out = Vec::new();
+        }
+        return Ok(());
+    }
     while !conn.out.is_empty() {
         match conn.sock.write(&conn.out) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -1130,6 +1158,16 @@ fn flush_out(conn: &mut Conn) -> io::Result<()> {
         conn.out = Vec::new();
     }
     Ok(())
+}
+
+/// Writes a last frame (a close) if the socket takes it now, then, over TLS, `close_notify`.
+fn write_last(conn: &mut Conn, frame: &[u8]) {
+    match conn.tls.as_deref_mut() {
+        None => {
+            let _ = conn.sock.write(frame);
+        }
+        Some(tls) => tls::write_last(tls, &mut conn.sock, frame),
+    }
 }
 
 /// Binds a source address and lets the kernel pick the port at connect time, so one source
@@ -1198,6 +1236,7 @@ mod tests {
             path: "/ws".into(),
             headers: Vec::new(),
             deflate,
+            tls: None,
         };
         let plan = Plan {
             target: Arc::new(target),
@@ -1226,6 +1265,7 @@ mod tests {
         w.in_flight += 1;
         w.conns.insert(Conn {
             sock,
+            tls: None,
             id: 1,
             state: State::Upgrading,
             slow: false,
