@@ -309,64 +309,22 @@ fn the_connection_limit_follows_the_open_files_limit() {
 /// have ended the process.
 #[test]
 fn sighup_without_tls_is_logged_and_the_server_keeps_running() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    use std::sync::mpsc;
-
-    common::watchdog();
-    let child = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--source",
-            "none",
-        ])
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Guarded from here on: a failure below still kills it.
-    let mut server = Server {
-        child,
-        addr: ([0, 0, 0, 0], 0).into(),
-        log: Default::default(),
-    };
-    // Each logged line, as it comes; the channel closes when the process's stderr does.
-    let (lines, logged) = mpsc::channel();
-    let stderr = server.child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let wait_for = |needle: &str| loop {
-        match logged.recv_timeout(common::READ_TIMEOUT) {
-            Ok(line) if line.contains(needle) => break line,
-            Ok(_) => {}
-            Err(e) => panic!("no log line with {needle:?} ({e}: the server exited?)"),
-        }
-    };
-    let line = wait_for("listening on ws://");
-    server.addr = line
-        .split("listening on ws://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut server = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--source",
+        "none",
+    ]);
     let mut client = common::connect(server.addr);
     let pid = server.child.id() as i32;
 
     for _ in 0..2 {
+        let mark = server.log_mark();
         // SAFETY: signalling our own child process by its PID.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-        let line = wait_for("SIGHUP ignored");
+        let line = server.await_log(mark, "SIGHUP ignored");
         assert!(line.contains("no TLS certificate to reload"), "{line}");
         assert!(line.contains("WARN"), "{line}");
     }
