@@ -341,3 +341,87 @@ fn sighup_without_tls_is_logged_and_the_server_keeps_running() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// With `--tls-cert`/`--tls-key` the binary serves `wss://`, and SIGHUP reloads the files: new
+/// clients get the new certificate (one trusting only the old one is refused) while open
+/// connections go on; a broken key on a later SIGHUP is logged as an error, without the key's
+/// content, and the certificate served stays.
+#[test]
+fn sighup_reloads_the_tls_certificate_and_a_broken_key_keeps_the_old_one() {
+    use common::tls::{client_trusting, recv_type, tls_connect, wss_connect, TestCert};
+
+    let mut cert = TestCert::new("sighup");
+    let (cert_path, key_path) = (
+        cert.files.cert.to_str().unwrap().to_owned(),
+        cert.files.key.to_str().unwrap().to_owned(),
+    );
+    let server = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--source",
+        "demo",
+        "--metrics-interval",
+        "0.2",
+        "--tls-cert",
+        &cert_path,
+        "--tls-key",
+        &key_path,
+    ]);
+    assert!(server.tls, "the start line says wss://");
+    assert_eq!(server.log_lines("dashboard at https://").len(), 1);
+    let pid = server.child.id() as i32;
+    let cert_a = cert.der.clone();
+    let mut before = wss_connect(server.addr, &cert.client());
+    recv_type(&mut before, "metrics");
+
+    // Renewed files, then SIGHUP: the reload is logged with the certificate's path.
+    let cert_b = cert.renew();
+    let mark = server.log_mark();
+    // SAFETY: signalling our own child process by its PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let line = server.await_log(mark, "TLS certificate reloaded");
+    assert!(line.contains(&cert_path), "{line}");
+
+    // A new client trusting only B gets the stream; a new one trusting only A is refused (a
+    // fresh configuration each: one that connected before would resume with its ticket and
+    // skip the certificate check).
+    let mut after = wss_connect(server.addr, &client_trusting(&cert_b));
+    recv_type(&mut after, "metrics");
+    let refused = tls_connect(server.addr, &client_trusting(&cert_a))
+        .expect_err("a client trusting only the old certificate is refused");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    // The connection from before the reload goes on.
+    recv_type(&mut before, "metrics");
+
+    // A broken key: the reload fails, is logged as an error naming the file, never its
+    // content, and B stays in use.
+    const SECRET: &str = "c2VjcmV0LWtleS1ieXRlcy1uZXZlci1sb2dnZWQ";
+    std::fs::write(
+        &cert.files.key,
+        format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----\n"),
+    )
+    .unwrap();
+    let mark = server.log_mark();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let line = server.await_log(mark, "the old certificate stays in use");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("key.pem"), "names the file: {line}");
+    let mut again = wss_connect(server.addr, &client_trusting(&cert_b));
+    for ws in [&mut again, &mut after, &mut before] {
+        recv_type(ws, "metrics");
+    }
+    assert_eq!(
+        server.log_lines("TLS certificate reloaded").len(),
+        1,
+        "no second reload"
+    );
+    let log = server.log.lock().unwrap();
+    assert!(
+        log.iter().all(|l| !l.contains(SECRET)),
+        "the key's content is never logged:\n{}",
+        log.join("\n")
+    );
+}
