@@ -2,7 +2,10 @@
 //! server's own dashboard with live metrics from the demo source, and runs the seeds' JavaScript
 //! client and React hook unchanged against the server, receiving `metrics` and a
 //! `topic_created` the test triggers through REST, over connections that negotiated
-//! permessage-deflate (compressed snapshots). A second test opens the dashboard through a
+//! permessage-deflate (compressed snapshots); the same again over TLS (`--tls-cert`): the
+//! dashboard from `https://localhost:PORT/`, connecting back with `wss://`, and the seeds' code
+//! with `wss://`, Chromium trusting the test's self-signed certificate by its public key
+//! (`--ignore-certificate-errors-spki-list`). Another test opens the dashboard through a
 //! TCP proxy (`common/proxy.rs`): every group's state is shown at once, and when the proxy cuts
 //! the connection and holds the reconnect while topics are created, the dashboard resumes with
 //! `?since=&epoch=` and shows what it missed, told it was recovered.
@@ -19,16 +22,23 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::browser::{
-    browser_dir, dashboard_topic_row, file_url, prerequisites, start_browser, DASHBOARD_LIVE,
-    DASHBOARD_TOPIC_ROWS, NPM_FILES,
+    browser_dir, dashboard_topic_row, file_url, prerequisites, start_browser, start_browser_with,
+    DASHBOARD_LIVE, DASHBOARD_TOPIC_ROWS, NPM_FILES,
 };
 use common::proxy::Proxy;
+use common::tls::TestCert;
+use common::{HttpAnswer, ServerProcess};
 use serde_json::json;
 
 /// The topic the test creates through REST.
 const TOPIC: &str = "browser-test";
 
-fn start_server() -> common::ServerProcess {
+fn start_server() -> ServerProcess {
+    start_server_with(&[])
+}
+
+/// The server with the demo source, and `more` arguments.
+fn start_server_with(more: &[&str]) -> ServerProcess {
     let args = [
         "--listen",
         "127.0.0.1:0",
@@ -36,8 +46,60 @@ fn start_server() -> common::ServerProcess {
         "1",
         "--source",
         "demo",
+        "--metrics-interval",
+        "0.5",
     ];
-    common::spawn_server(&[&args[..], &["--metrics-interval", "0.5"]].concat(), &[])
+    common::spawn_server(&[&args[..], more].concat(), &[])
+}
+
+/// The server under test and how the test reaches it: in plain text, or over TLS with the
+/// certificate made for it.
+struct Served {
+    server: ServerProcess,
+    cert: Option<TestCert>,
+}
+
+impl Served {
+    fn plain() -> Self {
+        Self {
+            server: start_server(),
+            cert: None,
+        }
+    }
+
+    /// With `--tls-cert`/`--tls-key`: wss:// and https:// on the port.
+    fn tls() -> Self {
+        let cert = TestCert::new("browser");
+        let server = start_server_with(&[
+            "--tls-cert",
+            cert.files.cert.to_str().unwrap(),
+            "--tls-key",
+            cert.files.key.to_str().unwrap(),
+        ]);
+        assert!(server.tls, "the server says it listens on wss://");
+        Self {
+            server,
+            cert: Some(cert),
+        }
+    }
+
+    /// One request, over TLS when the server speaks it.
+    fn http(&self, method: &str, path: &str, body: Option<&str>) -> HttpAnswer {
+        let addr = self.server.addr;
+        match &self.cert {
+            None => common::http(addr, method, path, &[], body),
+            Some(cert) => common::tls::https(addr, &cert.client(), method, path, &[], body),
+        }
+    }
+
+    /// Chromium's flags for reaching the server: with TLS, trust the test's self-signed
+    /// certificate, by its public key only.
+    fn browser_flags(&self) -> Vec<String> {
+        self.cert
+            .iter()
+            .map(|c| format!("--ignore-certificate-errors-spki-list={}", c.spki_sha256))
+            .collect()
+    }
 }
 
 /// The dashboard shows nothing of a watched cluster: frames without `source`.
@@ -104,17 +166,41 @@ fn write_seeds_page(dir: &Path) -> PathBuf {
     ignore = "needs chromium and tests/browser/node_modules (.ci/run installs them)"
 )]
 fn the_dashboard_and_the_seeds_client_and_hook_run_in_headless_chromium() {
+    dashboard_and_seeds_in_chromium(Served::plain);
+}
+
+/// The same over TLS: the dashboard from `https://localhost:PORT/`, which then connects with
+/// `wss://`, and the seeds' client and hook with `wss://`, Chromium trusting the test's
+/// self-signed certificate.
+#[test]
+#[cfg_attr(
+    not(any(has_browser, ci)),
+    ignore = "needs chromium and tests/browser/node_modules (.ci/run installs them)"
+)]
+fn the_dashboard_and_the_seeds_client_and_hook_run_over_tls_in_headless_chromium() {
+    dashboard_and_seeds_in_chromium(Served::tls);
+}
+
+/// The dashboard and the seeds page in Chromium against the server `serve` starts.
+fn dashboard_and_seeds_in_chromium(serve: fn() -> Served) {
     common::watchdog();
     let chromium = prerequisites().unwrap_or_else(|why| panic!("{why}"));
     let started = Instant::now();
-    let server = start_server();
-    let mut browser = start_browser(&chromium);
+    let served = serve();
+    let server = &served.server;
+    let mut browser = start_browser_with(&chromium, &served.browser_flags());
     let cdp = &mut browser.cdp;
 
-    // (a) The server's own dashboard renders live metrics from the demo source.
-    let dashboard = cdp.open(&format!("http://{}/", server.addr));
+    // (a) The server's own dashboard renders live metrics from the demo source, over the
+    // WebSocket URL it builds from its own location (wss:// when the page came over https://).
+    let dashboard = cdp.open(&server.page_url());
     cdp.wait_until(&dashboard, "the dashboard to go live", DASHBOARD_LIVE);
     cdp.wait_until(&dashboard, "topic table rows", DASHBOARD_TOPIC_ROWS);
+    assert_eq!(
+        cdp.eval(&dashboard, "window.__monitor.url"),
+        Ok(json!(server.ws_url())),
+        "the dashboard's WebSocket URL"
+    );
     // The demo's frames carry no `source`: no cluster line, no banner, no lag in time.
     assert_eq!(
         cdp.eval(&dashboard, NO_SOURCE),
@@ -124,19 +210,16 @@ fn the_dashboard_and_the_seeds_client_and_hook_run_in_headless_chromium() {
 
     // (b) The seeds' client and hook, unchanged, in a page of their own.
     let page = write_seeds_page(&browser.process.dir);
-    let ws = common::ws_url(server.addr);
-    let seeds = cdp.open(&format!("{}?ws={ws}", file_url(&page)));
+    let seeds = cdp.open(&format!("{}?ws={}", file_url(&page), server.ws_url()));
     cdp.wait_until(
         &seeds,
         "the seeds' client and hook to get metrics",
         SEEDS_LIVE,
     );
 
-    let created = common::http(
-        server.addr,
+    let created = served.http(
         "POST",
         "/api/topics",
-        &[],
         Some(&json!({"name": TOPIC, "partitions": 2}).to_string()),
     );
     assert_eq!(created.status, 201, "{}", created.body);
@@ -163,7 +246,7 @@ fn the_dashboard_and_the_seeds_client_and_hook_run_in_headless_chromium() {
 
     // (c) Chromium negotiated permessage-deflate (on by default) on every page's connection,
     // and the snapshots it rendered came compressed: once per broadcast, whatever the pages.
-    let metric = common::prometheus(server.addr);
+    let metric = common::prometheus_of(served.http("GET", "/metrics", None));
     assert!(
         metric("takhin_deflate_clients") >= 2.0,
         "Chromium's connections negotiated compression"
@@ -171,6 +254,11 @@ fn the_dashboard_and_the_seeds_client_and_hook_run_in_headless_chromium() {
     assert!(metric("takhin_deflate_frames_total") > 0.0);
     assert!(metric("takhin_deflate_saved_bytes_total") > 0.0);
     assert_eq!(metric("takhin_protocol_errors_total"), 0.0);
+    if served.cert.is_some() {
+        // Chromium's page load and both WebSockets came through TLS handshakes, none failed.
+        assert!(metric("takhin_tls_handshakes_total") >= 3.0);
+        assert_eq!(metric("takhin_tls_handshake_failures_total"), 0.0);
+    }
     eprintln!("browser test took {:?}", started.elapsed());
 }
 

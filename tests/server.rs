@@ -309,64 +309,22 @@ fn the_connection_limit_follows_the_open_files_limit() {
 /// have ended the process.
 #[test]
 fn sighup_without_tls_is_logged_and_the_server_keeps_running() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    use std::sync::mpsc;
-
-    common::watchdog();
-    let child = Command::new(env!("CARGO_BIN_EXE_takhin-monitor"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--source",
-            "none",
-        ])
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Guarded from here on: a failure below still kills it.
-    let mut server = Server {
-        child,
-        addr: ([0, 0, 0, 0], 0).into(),
-        log: Default::default(),
-    };
-    // Each logged line, as it comes; the channel closes when the process's stderr does.
-    let (lines, logged) = mpsc::channel();
-    let stderr = server.child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let wait_for = |needle: &str| loop {
-        match logged.recv_timeout(common::READ_TIMEOUT) {
-            Ok(line) if line.contains(needle) => break line,
-            Ok(_) => {}
-            Err(e) => panic!("no log line with {needle:?} ({e}: the server exited?)"),
-        }
-    };
-    let line = wait_for("listening on ws://");
-    server.addr = line
-        .split("listening on ws://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut server = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--source",
+        "none",
+    ]);
     let mut client = common::connect(server.addr);
     let pid = server.child.id() as i32;
 
     for _ in 0..2 {
+        let mark = server.log_mark();
         // SAFETY: signalling our own child process by its PID.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-        let line = wait_for("SIGHUP ignored");
+        let line = server.await_log(mark, "SIGHUP ignored");
         assert!(line.contains("no TLS certificate to reload"), "{line}");
         assert!(line.contains("WARN"), "{line}");
     }
@@ -382,4 +340,88 @@ fn sighup_without_tls_is_logged_and_the_server_keeps_running() {
     assert_eq!(u16::from(close.code), close_code::GOING_AWAY);
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// With `--tls-cert`/`--tls-key` the binary serves `wss://`, and SIGHUP reloads the files: new
+/// clients get the new certificate (one trusting only the old one is refused) while open
+/// connections go on; a broken key on a later SIGHUP is logged as an error, without the key's
+/// content, and the certificate served stays.
+#[test]
+fn sighup_reloads_the_tls_certificate_and_a_broken_key_keeps_the_old_one() {
+    use common::tls::{client_trusting, recv_type, tls_connect, wss_connect, TestCert};
+
+    let mut cert = TestCert::new("sighup");
+    let (cert_path, key_path) = (
+        cert.files.cert.to_str().unwrap().to_owned(),
+        cert.files.key.to_str().unwrap().to_owned(),
+    );
+    let server = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--source",
+        "demo",
+        "--metrics-interval",
+        "0.2",
+        "--tls-cert",
+        &cert_path,
+        "--tls-key",
+        &key_path,
+    ]);
+    assert!(server.tls, "the start line says wss://");
+    assert_eq!(server.log_lines("dashboard at https://").len(), 1);
+    let pid = server.child.id() as i32;
+    let cert_a = cert.der.clone();
+    let mut before = wss_connect(server.addr, &cert.client());
+    recv_type(&mut before, "metrics");
+
+    // Renewed files, then SIGHUP: the reload is logged with the certificate's path.
+    let cert_b = cert.renew();
+    let mark = server.log_mark();
+    // SAFETY: signalling our own child process by its PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let line = server.await_log(mark, "TLS certificate reloaded");
+    assert!(line.contains(&cert_path), "{line}");
+
+    // A new client trusting only B gets the stream; a new one trusting only A is refused (a
+    // fresh configuration each: one that connected before would resume with its ticket and
+    // skip the certificate check).
+    let mut after = wss_connect(server.addr, &client_trusting(&cert_b));
+    recv_type(&mut after, "metrics");
+    let refused = tls_connect(server.addr, &client_trusting(&cert_a))
+        .expect_err("a client trusting only the old certificate is refused");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    // The connection from before the reload goes on.
+    recv_type(&mut before, "metrics");
+
+    // A broken key: the reload fails, is logged as an error naming the file, never its
+    // content, and B stays in use.
+    const SECRET: &str = "c2VjcmV0LWtleS1ieXRlcy1uZXZlci1sb2dnZWQ";
+    std::fs::write(
+        &cert.files.key,
+        format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----\n"),
+    )
+    .unwrap();
+    let mark = server.log_mark();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let line = server.await_log(mark, "the old certificate stays in use");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("key.pem"), "names the file: {line}");
+    let mut again = wss_connect(server.addr, &client_trusting(&cert_b));
+    for ws in [&mut again, &mut after, &mut before] {
+        recv_type(ws, "metrics");
+    }
+    assert_eq!(
+        server.log_lines("TLS certificate reloaded").len(),
+        1,
+        "no second reload"
+    );
+    let log = server.log.lock().unwrap();
+    assert!(
+        log.iter().all(|l| !l.contains(SECRET)),
+        "the key's content is never logged:\n{}",
+        log.join("\n")
+    );
 }

@@ -94,6 +94,11 @@ impl Drop for Browser {
 /// Starts headless Chromium (the path from [`prerequisites`]) on a fresh profile and connects
 /// to its DevTools endpoint.
 pub fn start_browser(chromium: &Path) -> Browser {
+    start_browser_with(chromium, &[])
+}
+
+/// [`start_browser`] with `flags` added to Chromium's command line.
+pub fn start_browser_with(chromium: &Path, flags: &[String]) -> Browser {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -116,6 +121,7 @@ pub fn start_browser(chromium: &Path) -> Browser {
             "--disable-renderer-backgrounding",
             "--disable-backgrounding-occluded-windows",
         ])
+        .args(flags)
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(["--remote-debugging-port=0", "about:blank"])
         .stdin(Stdio::null())

@@ -274,7 +274,11 @@ impl HttpAnswer {
 
 /// `GET /metrics`, read as a function from a (label-less) metric's name to its value.
 pub fn prometheus(addr: SocketAddr) -> impl Fn(&str) -> f64 {
-    let a = http(addr, "GET", "/metrics", &[], None);
+    prometheus_of(http(addr, "GET", "/metrics", &[], None))
+}
+
+/// [`prometheus`] of an answer already read (`GET /metrics` over TLS, say).
+pub fn prometheus_of(a: HttpAnswer) -> impl Fn(&str) -> f64 {
     assert_eq!(a.status, 200, "{a:?}");
     move |name: &str| -> f64 {
         a.body
@@ -361,8 +365,15 @@ pub fn read_answer(s: &mut impl Read) -> HttpAnswer {
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Whether it speaks TLS on its port (`listening on wss://`): see [`Self::ws_url`] and
+    /// [`Self::page_url`].
+    pub tls: bool,
     /// Every line it has logged so far (stderr).
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Notified on each line logged, and when the log ends.
+    logged: std::sync::Arc<std::sync::Condvar>,
+    /// Set when the process's stderr has ended (it exited).
+    log_ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ServerProcess {
@@ -370,6 +381,53 @@ impl ServerProcess {
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
         let log = self.log.lock().unwrap();
         log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
+    /// How many lines it has logged so far: a mark for [`Self::await_log`].
+    pub fn log_mark(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Waits for a line logged after `mark` that contains `needle` and returns it; fails after
+    /// [`READ_TIMEOUT`], or when the process's log ends without one.
+    pub fn await_log(&self, mark: usize, needle: &str) -> String {
+        use std::sync::atomic::Ordering;
+        let deadline = Instant::now() + READ_TIMEOUT;
+        let mut log = self.log.lock().unwrap();
+        loop {
+            if let Some(line) = log.iter().skip(mark).find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !self.log_ended.load(Ordering::SeqCst),
+                "no log line with {needle:?}: the server's log ended\n{}",
+                log.join("\n")
+            );
+            assert!(
+                !left.is_zero(),
+                "no log line with {needle:?} in time\n{}",
+                log.join("\n")
+            );
+            log = self.logged.wait_timeout(log, left).unwrap().0;
+        }
+    }
+
+    /// The WebSocket endpoint: `ws://127.0.0.1:PORT/...`, or `wss://localhost:PORT/...` with TLS
+    /// (the name the tests' certificates are for).
+    pub fn ws_url(&self) -> String {
+        match self.tls {
+            false => ws_url(self.addr),
+            true => format!("wss://localhost:{}/api/monitoring/ws", self.addr.port()),
+        }
+    }
+
+    /// The dashboard: `http://127.0.0.1:PORT/`, or `https://localhost:PORT/` with TLS.
+    pub fn page_url(&self) -> String {
+        match self.tls {
+            false => format!("http://{}/", self.addr),
+            true => format!("https://localhost:{}/", self.addr.port()),
+        }
     }
 }
 
@@ -413,7 +471,8 @@ pub fn with_file_limit(cmd: &mut std::process::Command, files: u64) {
     }
 }
 
-/// Starts `cmd` (the binary) and waits for the line that says where it listens.
+/// Starts `cmd` (the binary) and waits for the line that says where it listens
+/// (`listening on ws://ADDR/...`, or `wss://` with TLS).
 pub fn spawn_command(mut cmd: std::process::Command) -> ServerProcess {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
@@ -429,26 +488,43 @@ pub fn spawn_command(mut cmd: std::process::Command) -> ServerProcess {
     let mut server = ServerProcess {
         child,
         addr: ([0, 0, 0, 0], 0).into(),
+        tls: false,
         log: Default::default(),
+        logged: Default::default(),
+        log_ended: Default::default(),
     };
     let mut lines = BufReader::new(server.child.stderr.take().unwrap()).lines();
-    server.addr = loop {
+    (server.addr, server.tls) = loop {
         let line = lines
             .next()
             .expect("the server logs where it listens")
             .unwrap();
-        if let Some(rest) = line.split("listening on ws://").nth(1) {
-            let addr = rest.split('/').next().unwrap().parse().unwrap();
-            server.log.lock().unwrap().push(line);
-            break addr;
-        }
+        let Some(rest) = line.split("listening on ").nth(1) else {
+            continue;
+        };
+        let (tls, rest) = match (rest.strip_prefix("wss://"), rest.strip_prefix("ws://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => continue,
+        };
+        let addr = rest.split('/').next().unwrap().parse().unwrap();
+        server.log.lock().unwrap().push(line);
+        break (addr, tls);
     };
     // Keep draining the log so the server never blocks on a full pipe.
-    let log = server.log.clone();
+    let (log, logged, ended) = (
+        server.log.clone(),
+        server.logged.clone(),
+        server.log_ended.clone(),
+    );
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             log.lock().unwrap().push(line);
+            logged.notify_all();
         }
+        let _log = log.lock().unwrap();
+        ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        logged.notify_all();
     });
     server
 }

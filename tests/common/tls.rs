@@ -21,6 +21,9 @@ pub struct TestCert {
     pub dir: PathBuf,
     pub files: TlsFiles,
     pub der: CertificateDer<'static>,
+    /// The base64 SHA-256 of the certificate's SubjectPublicKeyInfo, as Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes it.
+    pub spki_sha256: String,
 }
 
 impl TestCert {
@@ -33,14 +36,19 @@ impl TestCert {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let files = TlsFiles::new(dir.join("cert.pem"), dir.join("key.pem"));
-        let der = write_new_certificate(&files);
-        Self { dir, files, der }
+        let (der, spki_sha256) = write_certificate(&files);
+        Self {
+            dir,
+            files,
+            der,
+            spki_sha256,
+        }
     }
 
     /// Replaces the files with a new certificate and key (a renewal), returning the new
     /// certificate.
     pub fn renew(&mut self) -> CertificateDer<'static> {
-        self.der = write_new_certificate(&self.files);
+        (self.der, self.spki_sha256) = write_certificate(&self.files);
         self.der.clone()
     }
 
@@ -58,10 +66,21 @@ impl Drop for TestCert {
 
 /// Writes a new self-signed `localhost` certificate and its key (PKCS#8) to `files`.
 pub fn write_new_certificate(files: &TlsFiles) -> CertificateDer<'static> {
+    write_certificate(files).0
+}
+
+/// [`write_new_certificate`], also returning the base64 SHA-256 of its public key's
+/// SubjectPublicKeyInfo.
+fn write_certificate(files: &TlsFiles) -> (CertificateDer<'static>, String) {
+    use base64::Engine;
+    use rcgen::PublicKeyData;
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     std::fs::write(&files.cert, made.cert.pem()).unwrap();
     std::fs::write(&files.key, made.signing_key.serialize_pem()).unwrap();
-    made.cert.der().clone()
+    let spki = made.signing_key.subject_public_key_info();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &spki);
+    let spki_sha256 = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    (made.cert.der().clone(), spki_sha256)
 }
 
 /// A client configuration (TLS 1.2 and 1.3, ALPN `http/1.1`) that trusts `cert` only.
@@ -99,6 +118,20 @@ pub fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> std::io::Res
         stream.conn.complete_io(&mut stream.sock)?;
     }
     Ok(stream)
+}
+
+/// One HTTP/1.1 request over a new TLS connection (`Connection: close`), as
+/// [`super::http`] does in plain text.
+pub fn https(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> super::HttpAnswer {
+    let mut s = tls_connect(addr, config).expect("TLS handshake");
+    super::http_on(&mut s, method, path, headers, body, true)
 }
 
 /// A `wss://` WebSocket client, registered with the server (a ping answered).
