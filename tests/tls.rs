@@ -217,3 +217,56 @@ fn a_hub_without_usable_tls_files_does_not_start() {
         takhin_monitor::Hub::start(config().tls(Some(cert.files.clone()))).expect_err("refused");
     assert!(err.to_string().contains("cert.pem"), "{err}");
 }
+
+#[test]
+fn a_tls_client_whose_writes_make_no_progress_is_dropped_and_a_slow_one_is_lagged() {
+    let cert = TestCert::new("slow");
+    let hub = start(
+        config()
+            .cores(takhin_monitor::Cores::Count(1))
+            .tls(Some(cert.files.clone()))
+            .client_queue(16)
+            .write_wait(Duration::from_millis(1000)),
+    );
+    let addr = hub.local_addr();
+    let stuck = wss_connect(addr, &cert.client()); // never reads again
+    let slow = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow.set_recv_buffer_size(16 * 1024).unwrap();
+    slow.connect(&addr.into()).unwrap();
+    let mut slow = common::tls::wss_on(slow.into(), addr, &cert.client());
+    let mut fine = wss_connect(addr, &cert.client());
+    let b = hub.broadcaster();
+    let payload = "y".repeat(16 * 1024);
+    // The slow client reads about 40 KB/s, far less than is published: it must be lagged
+    // (its queue drops the oldest), not dropped. The stuck one reads nothing: dropped after
+    // the write wait. The fine one gets everything.
+    let started = Instant::now();
+    let mut slow_frames = 0;
+    while hub.stats().write_timeouts_total == 0 || started.elapsed() < Duration::from_secs(3) {
+        assert!(
+            started.elapsed() < READ_TIMEOUT,
+            "the stuck client was never dropped"
+        );
+        for _ in 0..10 {
+            b.publish(&Channel::Events, "big", &payload).unwrap();
+            recv_type(&mut fine, "big");
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the slow reader's pace, not a sync
+        if let tungstenite::Message::Text(_) = slow.read().expect("the slow client is served") {
+            slow_frames += 1;
+        }
+    }
+    common::eventually("the stuck client to be released", || {
+        hub.active_connections() == 2
+    });
+    drop(stuck);
+    let stats = hub.stats();
+    assert_eq!(stats.write_timeouts_total, 1, "{stats:?}");
+    assert!(stats.queue_dropped_total > 0, "the slow client lagged");
+    assert!(slow_frames > 0);
+    // The slow client catches up: a `lagged` notice, then the stream goes on.
+    b.publish(&Channel::Events, "end", &0).unwrap();
+    recv_type(&mut slow, "lagged");
+    recv_type(&mut slow, "end");
+    recv_type(&mut fine, "end");
+}

@@ -108,7 +108,11 @@ pub fn client_with(
 /// A TLS connection to `addr` as `localhost`, its handshake done (an error when the server's
 /// certificate is not trusted, or the server refuses).
 pub fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> std::io::Result<TlsStream> {
-    let tcp = TcpStream::connect(addr)?;
+    tls_handshake(TcpStream::connect(addr)?, config)
+}
+
+/// The TLS handshake as `localhost` on a connected socket.
+pub fn tls_handshake(tcp: TcpStream, config: &Arc<ClientConfig>) -> std::io::Result<TlsStream> {
     tcp.set_read_timeout(Some(READ_TIMEOUT))?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").unwrap();
@@ -136,7 +140,16 @@ pub fn https(
 
 /// A `wss://` WebSocket client, registered with the server (a ping answered).
 pub fn wss_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> WebSocket<TlsStream> {
-    let stream = tls_connect(addr, config).expect("TLS handshake");
+    wss_on(TcpStream::connect(addr).unwrap(), addr, config)
+}
+
+/// [`wss_connect`] on a socket already connected to `addr`.
+pub fn wss_on(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+) -> WebSocket<TlsStream> {
+    let stream = tls_handshake(tcp, config).expect("TLS handshake");
     let url = format!("wss://localhost:{}/api/monitoring/ws", addr.port());
     let (mut ws, _) = tungstenite::client(url, stream).expect("WebSocket handshake");
     ws.send(tungstenite::Message::text(r#"{"type":"ping"}"#))
