@@ -5,14 +5,21 @@
 # `dpkg -x` into $AUTOBAHN_STATE (default /tmp/takhin-autobahn). Nothing is installed system-wide;
 # the system's apt sources and dpkg database are left as they are. Then pip 20.3.4 (the last pip for
 # Python 2) from its PyPI wheel, and autobahntestsuite with its pinned dependencies (autobahn
-# 0.10.9, Twisted 19.10.0; the C extensions are compiled against the unpacked headers).
+# 0.10.9, Twisted 19.10.0; the C extensions are compiled against the unpacked headers). Those pins
+# include what the fuzzing client needs for wss:// (run.sh --tls): pyOpenSSL 19.1.0,
+# cryptography 3.3.2 (its manylinux cp27 wheel, with OpenSSL 1.1.1i inside) and
+# service-identity 18.1.0; the last lines check that they import.
 #
 # Needs: apt-get, dpkg, python3 (for pip download), gcc. Idempotent: a second run takes a second.
 # About 2 minutes from scratch.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 R="$AUTOBAHN_STATE/py27/root"
-if [ -x "$R/usr/local/bin/wstest" ]; then "$AUTOBAHN_DIR/wstest.sh" -a | tail -1; exit 0; fi
+tls_check() {   # wss:// support in wstest's Python: Twisted's TLS on pyOpenSSL
+    PYTHONHOME="$R/usr" LD_LIBRARY_PATH="$R/usr/lib/x86_64-linux-gnu" "$R/usr/bin/python2.7" \
+        -W ignore -c 'import OpenSSL, service_identity, twisted.internet.ssl as s; s.ClientContextFactory().getContext(); print("pyOpenSSL " + OpenSSL.__version__ + ", " + OpenSSL.SSL.SSLeay_version(OpenSSL.SSL.SSLEAY_VERSION))'
+}
+if [ -x "$R/usr/local/bin/wstest" ]; then "$AUTOBAHN_DIR/wstest.sh" -a | tail -1; tls_check; exit 0; fi
 command -v gcc >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends gcc libc6-dev; }
 A="$AUTOBAHN_STATE/apt-bullseye"
 mkdir -p "$A/lists/partial" "$A/cache/archives/partial" "$A/etc/preferences.d" "$A/etc/sources.list.d" \
@@ -37,3 +44,4 @@ export PYTHONHOME="$R/usr" LD_LIBRARY_PATH="$R/usr/lib/x86_64-linux-gnu" \
     autobahntestsuite==25.10.1
 unset PYTHONHOME LD_LIBRARY_PATH CFLAGS LDFLAGS
 "$AUTOBAHN_DIR/wstest.sh" -a | tail -1
+tls_check
