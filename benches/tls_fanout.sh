@@ -61,10 +61,10 @@ json.dump(small, open(f"{out}/publish-small.json", "w"), separators=(",", ":"))
 EOF
 
 scheme() { [[ $1 == tls ]] && echo https || echo http; }
-scrape() { curl -skf --max-time 5 "$(scheme "$1")://localhost:$PORT/metrics" > "$OUT/.metrics"; }
+scrape() { curl -skf --max-time 30 "$(scheme "$1")://localhost:$PORT/metrics" > "$OUT/.metrics"; }
 metric() { awk -v n="$1" '$1 == n { print $2 }' "$OUT/.metrics"; }
 publish() {
-    taskset -c "$LOADGEN_CPU" curl -skf --max-time 10 -o /dev/null \
+    taskset -c "$LOADGEN_CPU" curl -skf --max-time 30 -o /dev/null \
         -H 'Content-Type: application/json' --data-binary @"$OUT/publish-$2.json" \
         "$(scheme "$1")://localhost:$PORT/api/monitoring/publish"
 }

@@ -2,7 +2,9 @@
 //! ([`head`]), and the two halves of the connection's one task, reading ([`reader`], frames
 //! decoded by [`decoder`]) and writing ([`writer`]), are in their own
 //! files; the pure handshake rules are in [`handshake`], a new client's first frames in
-//! [`greet`], and the connections' four-byte clock in [`clock`].
+//! [`greet`], and the connections' four-byte clock in [`clock`]. When the port speaks TLS, every
+//! read and write goes through the connection's session: [`secure`] drives it, [`tls`] is the
+//! session itself (rustls's unbuffered API, no I/O).
 //!
 //! A connection that is not a WebSocket upgrade is handed, with the bytes read so far, to the
 //! hub's [`Requests`] handler (the `http` part implements it).
