@@ -128,6 +128,9 @@ pub mod bench_support {
     pub use crate::hub::fanout::{ClientLink, Delivery, Fanout, Subscribed};
     pub use crate::hub::queue::OutQueue;
     pub use crate::hub::HubShared;
+    /// The relay's RESP client, dialing (TLS, `AUTH`) and wire format, as its threads use them
+    /// (benches/relay_client.rs).
+    pub use crate::sources::relay::bench as relay;
 
     /// A broadcaster over bare rings, with no executors behind them.
     pub fn rings(

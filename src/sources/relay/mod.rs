@@ -56,6 +56,52 @@ use crate::http::prometheus::{Exporter, Text};
 use crate::http::Web;
 use crate::hub::{Broadcaster, Frame, FrameTap, HubShared};
 
+/// The relay's Redis client as its threads drive it, for `benches/relay_client.rs` only
+/// (through `bench_support::relay`); not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    pub use super::resp::{Conn, Pipeline, Reply};
+
+    use super::dial::Dialer;
+    use super::RelayConfig;
+    use crate::hub::Frame;
+
+    /// Opens connections as the relay's threads do: the URL's TLS (its roots read once, here)
+    /// and `AUTH`, reads timing out every 200 ms.
+    pub struct Dial {
+        dialer: Dialer,
+        config: RelayConfig,
+    }
+
+    impl std::fmt::Debug for Dial {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Dial")
+                .field("config", &self.config)
+                .finish()
+        }
+    }
+
+    impl Dial {
+        /// Reads the TLS roots, as [`super::Relay::start`] does.
+        pub fn new(config: RelayConfig) -> std::io::Result<Self> {
+            Ok(Self {
+                dialer: Dialer::new(&config)?,
+                config,
+            })
+        }
+
+        /// A new connection, authenticated when the URL holds credentials.
+        pub fn open(&self) -> std::io::Result<Conn> {
+            Conn::open(&self.dialer, self.config.auth())
+        }
+    }
+
+    /// The message the publisher thread `PUBLISH`es for `frame`.
+    pub fn encode(frame: &Frame, epoch: u64) -> Vec<u8> {
+        super::wire::encode(frame, epoch)
+    }
+}
+
 /// Frames (and forwarded commands) waiting for the publisher thread.
 const OUT_QUEUE: usize = 16 * 1024;
 /// How long a blocked read waits before the thread looks at its stop flag.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::dial::{timed_out, Dialer, Stream, CONNECT};
 
 /// A Redis connection: commands out, RESP replies in. Only what the relay needs.
-pub(super) struct Conn {
+pub struct Conn {
     stream: Stream,
     buf: Vec<u8>,
     pos: usize,
@@ -16,17 +16,22 @@ pub(super) struct Conn {
 
 /// A RESP reply.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Reply {
+pub enum Reply {
+    /// `+...`
     Status(String),
+    /// `-...`
     Error(String),
+    /// `:...`
     Int(i64),
+    /// `$...` (`None`: the null bulk string).
     Bulk(Option<Vec<u8>>),
+    /// `*...` (`None`: the null array).
     Array(Option<Vec<Self>>),
 }
 
 impl Reply {
     /// The reply, or the error Redis answered as an I/O error ([`Refused`] inside).
-    pub(super) fn ok(self) -> std::io::Result<Self> {
+    pub fn ok(self) -> std::io::Result<Self> {
         match self {
             Self::Error(e) => Err(Refused::error(e)),
             r => Ok(r),
@@ -69,6 +74,14 @@ impl fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("buffered", &(self.buf.len() - self.pos))
+            .finish()
+    }
+}
+
 impl Conn {
     /// Connects (TLS included) and, with credentials, authenticates before anything else:
     /// `AUTH user password` (an ACL user) or `AUTH password`. Any error answering it is a
@@ -99,7 +112,7 @@ impl Conn {
     }
 
     /// Appends one command to `out` in RESP.
-    pub(super) fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
         out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
         for a in args {
             out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -108,13 +121,14 @@ impl Conn {
         }
     }
 
-    pub(super) fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes `bytes` (commands) and flushes them.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)?;
         self.stream.flush()
     }
 
     /// The next reply; `Ok(None)` when the read timed out with nothing complete.
-    pub(super) fn reply(&mut self) -> std::io::Result<Option<Reply>> {
+    pub fn reply(&mut self) -> std::io::Result<Option<Reply>> {
         loop {
             if let Some((reply, used)) = parse_reply(&self.buf[self.pos..])? {
                 self.pos += used;
@@ -139,7 +153,7 @@ impl Conn {
     }
 
     /// The reply to a command just sent, waiting through read timeouts up to `limit`.
-    pub(super) fn wait_reply(&mut self, limit: Duration) -> std::io::Result<Reply> {
+    pub fn wait_reply(&mut self, limit: Duration) -> std::io::Result<Reply> {
         let end = Instant::now() + limit;
         loop {
             if let Some(r) = self.reply()? {
@@ -204,24 +218,28 @@ fn parse_reply(b: &[u8]) -> std::io::Result<Option<(Reply, usize)>> {
 }
 
 /// Commands sent in one write; their replies are read back in order.
-#[derive(Default)]
-pub(super) struct Pipeline {
+#[derive(Debug, Default)]
+pub struct Pipeline {
     out: Vec<u8>,
-    pub(super) commands: usize,
+    /// How many commands are in it.
+    pub commands: usize,
 }
 
 impl Pipeline {
-    pub(super) fn clear(&mut self) {
+    /// Empties it for the next batch.
+    pub fn clear(&mut self) {
         self.out.clear();
         self.commands = 0;
     }
 
-    pub(super) fn command(&mut self, args: &[&[u8]]) {
+    /// Appends one command.
+    pub fn command(&mut self, args: &[&[u8]]) {
         Conn::command(&mut self.out, args);
         self.commands += 1;
     }
 
-    pub(super) fn run(&self, conn: &mut Conn) -> std::io::Result<()> {
+    /// Sends its commands in one write and reads their replies, failing on the first error.
+    pub fn run(&self, conn: &mut Conn) -> std::io::Result<()> {
         conn.send(&self.out)?;
         for _ in 0..self.commands {
             conn.wait_reply(Duration::from_secs(5))?.ok()?;
