@@ -11,13 +11,15 @@
 #   snapshot  examples/large_snapshot.rs's 186 KB metrics snapshot: one frame per tick
 #   small     a JSON array of 100 metrics messages of about 200 B: 100 frames per tick, which
 #             each client gets in one batch (one encrypt and one write for all of them)
-# Compression is off in both modes so that the difference is TLS alone. loadgen measures the
-# server's CPU (--server-pid) over its hold and counts deliveries; the server's /metrics gives
-# the bytes and writes.
+# Compression is off in both modes (unless COMPRESSION=on) so that the difference is TLS
+# alone. loadgen measures the server's CPU (--server-pid) over its hold and counts deliveries;
+# the server's /metrics gives the bytes and writes.
 #
 #   benches/tls_fanout.sh [OUT_DIR]      # default /tmp/tls-fanout
 #   env: NS ("1000 10000"), PAYLOADS ("snapshot small"), MODES ("plain tls"), ROUNDS (2),
-#        TICKS (6), INTERVAL (3), SAMPLE (10), SERVER_CPU (0), LOADGEN_CPU (1), PORT (18970)
+#        TICKS (6), INTERVAL (3), SERVER_CPU (0), LOADGEN_CPU (1), PORT (18970),
+#        COMPRESSION (off; "on": the server compresses, loadgen offers permessage-deflate and
+#        inflates one connection in SAMPLE (10), as benches/deflate_fanout.sh does)
 #
 # Every process started is stopped by its PID; every step is bounded in time.
 set -euo pipefail
@@ -32,6 +34,10 @@ INTERVAL=${INTERVAL:-3}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 PORT=${PORT:-18970}
+COMPRESSION=${COMPRESSION:-off}
+SAMPLE=${SAMPLE:-10}
+deflate=()
+[[ $COMPRESSION == on ]] && deflate=(--deflate --deflate-sample "$SAMPLE")
 mkdir -p "$OUT"
 ulimit -Sn "$(ulimit -Hn)"
 ulimit -Sl "$(ulimit -Hl)"
@@ -83,7 +89,7 @@ for round in $(seq "$ROUNDS"); do
             url=(--subscribe-url "wss://localhost:$PORT/api/monitoring/ws" --tls-ca "$OUT/cert.pem")
         fi
         taskset -c "$SERVER_CPU" "$SERVER" --listen "127.0.0.1:$PORT" --cpu-list "$SERVER_CPU" \
-            --source none --metrics-interval 100000 --compression off "${tls[@]}" \
+            --source none --metrics-interval 100000 --compression "$COMPRESSION" "${tls[@]}" \
             > "$OUT/server-$round-$n-$payload-$mode.log" 2>&1 &
         server=$!
         pids+=("$server")
@@ -91,7 +97,7 @@ for round in $(seq "$ROUNDS"); do
         report="$OUT/loadgen-$round-$n-$payload-$mode.json"
         taskset -c "$LOADGEN_CPU" timeout $(( hold + 120 )) "$LOADGEN" metrics --subscribers "$n" \
             --duration "${hold}s" --metrics-interval "${INTERVAL}s" --server "127.0.0.1:$PORT" \
-            "${url[@]}" --server-pid "$server" --json --quiet \
+            "${url[@]}" "${deflate[@]}" --server-pid "$server" --json --quiet \
             > "$report" 2> "$OUT/loadgen-$round-$n-$payload-$mode.err" &
         lg=$!
         pids+=("$lg")
