@@ -399,6 +399,25 @@ impl Client for Conn {
     fn kill(&self) {
         Self::kill(self);
     }
+
+    fn abort(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: `fd` is this connection's open socket; the option value is a `linger` that
+        // lives across the call, and its size is passed with it. A failure leaves a plain close.
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                std::ptr::addr_of!(linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        Self::kill(self);
+    }
 }
 
 /// Sets `SO_SNDBUF`; a failure leaves the kernel's default, which is only a larger buffer.

@@ -77,6 +77,16 @@ pub(crate) trait Client: AsRef<ClientLink> + Sized + 'static {
 
     /// Ends the connection now.
     fn kill(&self);
+
+    /// Ends the connection now and resets it (RST) when the socket closes, dropping what the
+    /// kernel still holds for the peer: for a peer the hub gave up on (no pong, no progress,
+    /// no close answer, a head that never ended). A plain close would leave the kernel
+    /// holding the unsent bytes behind a FIN for minutes (FIN_WAIT1 against a zero window),
+    /// and a peer still sending into a zero window of ours would wait as long (nginx's
+    /// `reset_timedout_connection`).
+    fn abort(&self) {
+        self.kill();
+    }
 }
 
 /// One core's state. `Rc`-shared by the tasks of this core only.
@@ -425,7 +435,13 @@ async fn sweep_loop<C: Client>(shard: Rc<Shard<C>>) {
                         counter.fetch_add(1, Relaxed);
                     }
                     debug!(shard = shard.id, ?reason, "closing connection");
-                    conn.kill();
+                    if reason == Expired::HttpIdle {
+                        // Nothing is owed either way: a plain FIN.
+                        conn.kill();
+                    } else {
+                        // A peer we gave up on: see `Client::abort`.
+                        conn.abort();
+                    }
                 }
             }
         }
