@@ -9,6 +9,7 @@
 //! A connection that is not a WebSocket upgrade is handed, with the bytes read so far, to the
 //! hub's [`Requests`] handler (the `http` part implements it).
 
+mod client;
 mod clock;
 pub(crate) mod decoder;
 pub(crate) mod extensions;
@@ -37,14 +38,13 @@ use glommio::net::TcpStream;
 use tracing::error;
 
 use crate::hub::fanout::ClientLink;
-use crate::hub::shard::{Client, Phase, Shard, Timing};
-use crate::protocol::{close_code, close_frame, PING_FRAME};
+use crate::hub::shard::{Phase, Shard, Timing};
+use crate::protocol::{close_code, close_frame};
 
 use self::clock::Millis;
 use self::greet::{greet, pump_replay};
 use self::head::Opening;
 use self::secure::Secure;
-use self::tls::TlsSession;
 
 /// A shard whose clients are [`Conn`]s.
 pub(crate) type ConnShard = Shard<Conn>;
@@ -246,6 +246,24 @@ impl Conn {
             .map(Err)
     }
 
+    /// One `send` without waiting.
+    fn send_raw(&self, bytes: &[u8]) -> io::Result<usize> {
+        // SAFETY: `fd` is this connection's open socket; `bytes` is valid for its length.
+        let n = unsafe {
+            libc::send(
+                self.fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     pub(crate) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if let Some(tls) = &self.tls {
             return self.poll_write_tls(tls, cx, buf);
@@ -340,102 +358,6 @@ impl Default for Scratch {
     }
 }
 
-impl Client for Conn {
-    type Context = dyn Requests;
-    type Local = Scratch;
-
-    /// Serves one accepted socket to its end. A panic inside closes this connection only.
-    ///
-    /// The socket is wrapped before the task starts, so the task's future holds a pointer to
-    /// it, not the stream itself.
-    fn serve(shard: Rc<ConnShard>, stream: TcpStream) -> impl Future<Output = ()> + 'static {
-        // TCP_NODELAY comes from the listener (set in `bind_all`): no call per connection.
-        if let Some(bytes) = shard.config.send_buffer {
-            set_send_buffer(stream.as_raw_fd(), bytes);
-        }
-        let (tls, refused) = match shard.shared.tls.get().map(|t| TlsSession::new(t.current())) {
-            None => (None, false),
-            Some(Ok(session)) => (Some(Box::new(RefCell::new(Secure::new(session)))), false),
-            Some(Err(e)) => {
-                // rustls refuses a configuration only when it cannot work at all (the hub
-                // checked it when it loaded it): this connection ends at once.
-                error!(shard = shard.id, error = %e, "TLS session refused");
-                (None, true)
-            }
-        };
-        let conn = Rc::new(Self::new(stream, tls));
-        if refused {
-            conn.kill();
-        }
-        serve_conn(shard, conn)
-    }
-
-    fn write_now(&self, shard: &ConnShard) {
-        writer::write_now(shard, self);
-    }
-
-    fn timing(&self, now: Instant) -> Timing {
-        Self::timing(self, now)
-    }
-
-    fn note_acknowledged(&self, now: Instant, quiet: bool) {
-        Self::note_acknowledged(self, now, quiet);
-    }
-
-    fn ping(&self, now: Instant) {
-        self.last_ping.set(Millis::at(now));
-        self.link.out.borrow_mut().push_control(PING_FRAME);
-        self.link.wake_writer();
-    }
-
-    fn is_websocket(&self) -> bool {
-        Self::is_websocket(self)
-    }
-
-    fn close(&self, code: u16, reason: &str) {
-        Self::close(self, code, reason);
-    }
-
-    fn kill(&self) {
-        Self::kill(self);
-    }
-
-    fn abort(&self) {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: `fd` is this connection's open socket; the option value is a `linger` that
-        // lives across the call, and its size is passed with it. A failure leaves a plain close.
-        unsafe {
-            libc::setsockopt(
-                self.fd,
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                std::ptr::addr_of!(linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
-        Self::kill(self);
-    }
-}
-
-/// Sets `SO_SNDBUF`; a failure leaves the kernel's default, which is only a larger buffer.
-fn set_send_buffer(fd: RawFd, bytes: usize) {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is an open socket owned by the caller; the option value is a c_int that
-    // lives across the call, and its size is passed with it.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            std::ptr::addr_of!(value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
 async fn serve_conn(shard: Rc<ConnShard>, conn: Rc<Conn>) {
     let key = shard.fanout.borrow_mut().insert(conn.clone());
     let guard = Registered {
@@ -471,15 +393,7 @@ fn send_close_now(conn: &Conn, code: u16, reason: &str) {
         if let Some(tls) = &conn.tls {
             return secure::send_close_now(conn, tls, &frame);
         }
-        // SAFETY: `fd` is this connection's open socket; `frame` outlives the call.
-        unsafe {
-            libc::send(
-                conn.fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
+        let _ = conn.send_raw(&frame);
     }
 }
 

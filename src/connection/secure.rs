@@ -280,24 +280,6 @@ impl Conn {
         Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)
     }
 
-    /// One `send` without waiting.
-    fn send_raw(&self, bytes: &[u8]) -> io::Result<usize> {
-        // SAFETY: `fd` is this connection's open socket; `bytes` is valid for its length.
-        let n = unsafe {
-            libc::send(
-                self.fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
     /// After our close frame: close_notify, behind what is pending (the writing half then
     /// flushes it all before it shuts the socket's write side).
     pub(super) fn queue_close_notify(&self, tls: &RefCell<Secure>) {
