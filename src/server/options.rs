@@ -391,14 +391,13 @@ impl Options {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(TlsFiles::new(cert.clone(), key.clone()))),
             (None, None) => Ok(None),
-            (Some(_), None) => bail!(
-                "--tls-cert needs --tls-key (the certificate's private key): give both for TLS, \
-                 or neither for plain text"
-            ),
-            (None, Some(_)) => bail!(
-                "--tls-key needs --tls-cert (the certificate chain it belongs to): give both for \
-                 TLS, or neither for plain text"
-            ),
+            (cert, _) => {
+                let (given, missing) = match cert {
+                    Some(_) => ("--tls-cert", "--tls-key (its private key)"),
+                    None => ("--tls-key", "--tls-cert (its certificate chain)"),
+                };
+                bail!("{given} needs {missing}: give both for TLS, or neither for plain text")
+            }
         }
     }
 
